@@ -1,0 +1,98 @@
+"""Readers and writers of freehand sweeps: PLUS, TUS-REC, numpy, Slicer sequences.
+
+:func:`read_sweep` and :func:`write_sweep` pick the format from the file name:
+
+=====================================  ==============================================
+``.igs.mha``, ``.mha``, ``.mhd``       PLUS/IGSIO sequence (+ PLUS config calibration)
+``.h5``, ``.hdf5``                     TUS-REC scan (+ ``calib_matrix.csv``)
+``.npz``                               numpy archive (:mod:`.npz`)
+``.seq.nrrd``                          Slicer sequence (:mod:`freehandrecon.mrml`)
+=====================================  ==============================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from ..errors import InputError
+from ..sweep import Sweep
+from .common import check_output, check_spacing, existing_file
+from .matrix_file import read_matrix_file
+from .metaimage import MetaImage, read_metaimage, write_metaimage
+from .npz import read_npz, sweep_from_arrays, write_npz
+from .plus import PlusSequence, read_plus_sequence, sweep_from_plus, write_plus_sequence
+from .plus_config import PlusConfig, read_plus_config
+from .transform_chain import Chain, TransformGraph, split_transform_name
+from .tusrec import read_tusrec_calibration, sweep_from_tusrec, write_tusrec
+
+SUPPORTED = {".igs.mha": "plus", ".mha": "plus", ".mhd": "plus", ".h5": "tusrec", ".hdf5": "tusrec",
+             ".npz": "npz", ".seq.nrrd": "seq.nrrd"}
+_SUPPORTED_TEXT = ", ".join(SUPPORTED)
+
+
+def sweep_format(path: str | os.PathLike) -> str:
+    """``"plus"``, ``"tusrec"``, ``"npz"`` or ``"seq.nrrd"`` from the file name; :class:`InputError` otherwise."""
+    name = Path(path).name.lower()
+    for suffix in sorted(SUPPORTED, key=len, reverse=True):
+        if name.endswith(suffix):
+            return SUPPORTED[suffix]
+    raise InputError(f"'{path}' is not a supported sweep file (by its extension).",
+                     f"Give one of: {_SUPPORTED_TEXT}.")
+
+
+def read_sweep(path: str | os.PathLike, *, plus_config: str | os.PathLike | PlusConfig | None = None,
+               image_to_reference: str | None = "ImageToReference", calibration=None,
+               pixel_spacing: tuple[float, float] | float | None = None) -> Sweep:
+    """Read a sweep, dispatching on the extension (see the module docstring).
+
+    ``plus_config`` and ``image_to_reference`` apply to PLUS files; ``calibration`` is
+    a matrix/matrix file/PLUS config for PLUS files and the ``calib_matrix.csv`` for
+    TUS-REC (default: the one beside the scan). ``pixel_spacing`` (mm, > 0) replaces
+    the spacing found in the file.
+    """
+    fmt = sweep_format(path)
+    spacing = None if pixel_spacing is None else check_spacing(pixel_spacing, "pixel spacing override")
+    existing_file(path, "sweep file")
+    if fmt == "plus":
+        sweep = sweep_from_plus(path, plus_config=plus_config, image_to_reference=image_to_reference,
+                                calibration=calibration)
+    elif fmt == "tusrec":
+        sweep = sweep_from_tusrec(path, calibration=calibration, pixel_spacing=spacing)
+    elif fmt == "npz":
+        sweep = read_npz(path)
+    else:
+        from .. import mrml  # Slicer MRML is heavy and optional: load it only for .seq.nrrd
+
+        sweep = mrml.read_seq_nrrd(path, pixel_spacing=spacing)
+    if spacing is not None:
+        meta = dict(sweep.metadata, pixel_spacing_source="override", file_pixel_spacing=sweep.pixel_spacing)
+        sweep = dataclasses.replace(sweep, pixel_spacing=spacing, metadata=meta)
+    return sweep
+
+
+def write_sweep(sweep: Sweep, path: str | os.PathLike, force: bool = False) -> Path:
+    """Write ``sweep``, choosing the format from the extension; never overwrites without ``force``.
+
+    A TUS-REC ``.h5`` gets its ``calib_matrix.csv`` in the same folder.
+    """
+    fmt = sweep_format(path)
+    out = check_output(path, force)
+    if fmt == "plus":
+        return write_plus_sequence(sweep, out, force=force)
+    if fmt == "tusrec":
+        return write_tusrec(sweep, out, out.parent / "calib_matrix.csv", force=force)[0]
+    if fmt == "npz":
+        return write_npz(sweep, out, force=force)
+    from .. import mrml  # see read_sweep
+
+    mrml.write_seq_nrrd(sweep, out, force=force)
+    return out
+
+
+__all__ = ["read_sweep", "write_sweep", "sweep_format", "SUPPORTED", "MetaImage", "read_metaimage",
+           "write_metaimage", "PlusSequence", "read_plus_sequence", "sweep_from_plus", "write_plus_sequence",
+           "PlusConfig", "read_plus_config", "Chain", "TransformGraph", "split_transform_name", "read_matrix_file",
+           "read_npz", "write_npz", "sweep_from_arrays", "read_tusrec_calibration", "sweep_from_tusrec",
+           "write_tusrec"]
