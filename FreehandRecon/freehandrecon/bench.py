@@ -1,0 +1,140 @@
+"""Compounding benchmark: frames/s, megapixels/s and peak memory, one fresh process per case."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SPINE = Path(__file__).resolve().parents[2] / "Testing" / "Data" / "igsio"
+
+
+def synthetic_sweep(num_frames: int = 1000, height: int = 480, width: int = 640, seed: int = 0):
+    """A smooth freehand-like sweep (0.2 mm pixels, 0.15 mm steps, gentle tilts) with random speckle."""
+    from .geometry import params_to_matrix
+    from .sweep import Sweep
+
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 256, (num_frames, height, width), dtype=np.uint8)
+    t = np.linspace(0.0, 1.0, num_frames)
+    params = np.stack([5 * np.sin(2 * np.pi * t), 2 * np.sin(4 * np.pi * t), 0.15 * np.arange(num_frames),
+                       90 + 8 * np.sin(2 * np.pi * t), 4 * np.sin(3 * np.pi * t), 3 * np.cos(2 * np.pi * t)], axis=1)
+    return Sweep(frames=frames, pixel_spacing=(0.2, 0.2), image_to_world=params_to_matrix(params))
+
+
+def _spine_sweep():
+    from .io.plus import sweep_from_plus
+
+    return sweep_from_plus(SPINE / "SpinePhantomFreehand.igs.mha",
+                           plus_config=SPINE / "Config_VolumeReconstruction_SpinePhantom_NN_MEAN.xml")
+
+
+def _vm(key: str) -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def _run_case(case: dict) -> dict:
+    """Run one case in this process (called in a fresh subprocess by :func:`run_compound_benchmark`)."""
+    import warnings
+
+    import torch
+
+    from .compound import CompoundOptions, compound, fit_grid
+    from .compound.holes import fill_sticks
+
+    torch.set_num_threads(int(case.get("threads", 2)))
+    dev = case["device"]
+    if case["kind"] == "stick":
+        sweep = _spine_sweep()
+        grid = fit_grid(sweep, 0.5)
+        res = compound(sweep, grid, CompoundOptions(device=dev))
+        vol, filled = torch.from_numpy(res.volume).to(dev), torch.from_numpy(res.coverage > 0).to(dev)
+        fill_sticks(vol, filled, 9, 1)
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            _, n = fill_sticks(vol, filled, 9, 1)
+            if dev.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        return {"case": f"stick fill 9/1 on {grid.dims[0]}x{grid.dims[1]}x{grid.dims[2]}", "seconds": min(times),
+                "filled_voxels": n, "peak_mb": _vm("VmHWM")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sweep = _spine_sweep() if case["kind"] == "spine" else synthetic_sweep(case["frames"])
+    opts = CompoundOptions(interpolation=case["interpolation"], compounding="mean", device=dev)
+    grid = fit_grid(sweep, case["spacing"])
+    compound(sweep.subset(slice(0, 2)), grid, opts)  # warm-up (thread pools, first allocations)
+    rss0 = _vm("VmRSS")
+    t0 = time.perf_counter()
+    res = compound(sweep, grid, opts)
+    if dev.startswith("cuda"):
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    n, h, w = sweep.frames.shape
+    return {"case": f"{case['kind']} {n}x{h}x{w} {case['interpolation']}-mean {case['spacing']} mm",
+            "grid": "x".join(str(d) for d in grid.dims), "seconds": dt, "frames_per_s": n / dt,
+            "megapixels_per_s": n * h * w / dt / 1e6, "peak_mb": _vm("VmHWM"), "peak_delta_mb": _vm("VmHWM") - rss0,
+            "coverage": res.stats["voxels_hit"] / res.stats["voxels"]}
+
+
+def benchmark_cases(device: str = "cpu", quick: bool = False) -> list[dict]:
+    frames = 200 if quick else 1000
+    cases = []
+    for kind in ("spine", "synthetic"):
+        for interp in ("nearest", "linear"):
+            for spacing in (0.5, 1.0):
+                cases.append({"kind": kind, "interpolation": interp, "spacing": spacing, "frames": frames,
+                              "device": device})
+    cases.append({"kind": "stick", "device": device})
+    return cases
+
+
+def run_compound_benchmark(device: str = "cpu", quick: bool = False) -> list[dict]:
+    """Run every case in its own Python process (so peak memory is per case) and return the rows."""
+    rows = []
+    for case in benchmark_cases(device, quick):
+        code = ("import json,sys; from freehandrecon.bench import _run_case; "
+                "print('BENCH' + json.dumps(_run_case(json.loads(sys.argv[1]))))")
+        proc = subprocess.run([sys.executable, "-c", code, json.dumps(case)], capture_output=True, text=True)
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH")), None)
+        if proc.returncode != 0 or line is None:
+            rows.append({"case": str(case), "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]})
+            continue
+        rows.append(json.loads(line[5:]))
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """Rows as a plain-text table."""
+    out = [f"{'case':52s} {'s':>7s} {'frames/s':>9s} {'MP/s':>7s} {'peak MB':>8s}"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"{r['case'][:52]:52s} ERROR {r['error']}")
+            continue
+        out.append(f"{r['case'][:52]:52s} {r['seconds']:7.3f} {r.get('frames_per_s', float('nan')):9.1f} "
+                   f"{r.get('megapixels_per_s', float('nan')):7.1f} {r['peak_mb']:8.0f}")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description="FreehandRecon compounding benchmark")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quick", action="store_true", help="200 synthetic frames instead of 1000")
+    a = p.parse_args(argv)
+    print(format_table(run_compound_benchmark(a.device, a.quick)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

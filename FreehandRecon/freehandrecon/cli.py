@@ -1,0 +1,314 @@
+"""The ``freehandrecon`` command line: every headless job behind one entry point.
+
+Exit codes: 0 success; 1 other FreehandRecon error; 2 bad input or usage; 3 an output
+exists (use --force); 4 not enough memory/device; 70 internal error (a bug: please
+report it with the traceback); 130 cancelled (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+from .errors import Cancelled, FreehandReconError
+
+EXIT_INTERNAL = 70
+log = logging.getLogger("freehandrecon")
+
+
+class _Progress:
+    """tqdm bars keyed by stage name (one bar per stage), silent with --quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bars: dict = {}
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        if self.quiet:
+            return
+        from tqdm import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None:
+            for other in self.bars.values():  # one stage at a time: finish the previous bar
+                other.close()
+            bar = self.bars[stage] = tqdm(total=100, desc=f"{stage:>10}", unit="%", file=sys.stderr,
+                                          bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}")
+        bar.update(round(100 * fraction) - bar.n)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+# --- reconstruct ----------------------------------------------------------------------------------
+
+def _add_input_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", type=Path, help="sweep file: PLUS sequence (.igs.mha, .mha, .mhd), TUS-REC scan "
+                   "(.h5 with calib_matrix.csv beside it), Slicer image sequence (.seq.nrrd) or .npz")
+    p.add_argument("--plus-config", type=Path, metavar="XML",
+                   help="PLUS configuration XML: image-to-probe calibration (CoordinateDefinitions) and, for "
+                   "reconstruct, its VolumeReconstruction settings as defaults (options given here win)")
+    p.add_argument("--image-to-reference", default="ImageToReference", metavar="NAME",
+                   help="name of the pixel-to-world transform to build from the transforms in the file and the "
+                   "calibration, e.g. ImageToReference = inv(ReferenceToTracker) ProbeToTracker ImageToProbe "
+                   "(default: %(default)s)")
+    p.add_argument("--calibration", type=Path, metavar="FILE",
+                   help="image calibration instead of --plus-config: a text file with a 4x4 matrix, or a TUS-REC "
+                   "calib_matrix.csv")
+    p.add_argument("--pixel-spacing", type=float, nargs=2, metavar=("SX", "SY"),
+                   help="override the pixel spacing in mm (columns, rows) read from the file")
+
+
+def _reconstruct_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reconstruct", help="compound a tracked sweep into a 3D volume (nrrd, mrb, png, json)",
+                       description="Compound a freehand sweep into a volume. Writes volume.nrrd, coverage.nrrd "
+                       "(accumulated weight), scene.mrb (opens in 3D Slicer), render.png (3D view) and "
+                       "report.json into --out. Nothing existing is overwritten without --force.")
+    _add_input_args(p)
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--spacing", type=float, nargs="+", metavar="MM",
+                   help="output voxel spacing in mm, one value or three (default: the PLUS config's "
+                   "OutputSpacing, else 1.0)")
+    p.add_argument("--interpolation", choices=["nearest", "linear"],
+                   help="nearest: each pixel to its nearest voxel; linear: trilinear splat over 8 voxels "
+                   "(default: nearest)")
+    p.add_argument("--compounding", choices=["mean", "max", "latest", "importance"],
+                   help="how overlapping pixels combine (default: mean); importance needs --importance-mask")
+    p.add_argument("--importance-mask", type=Path, metavar="FILE",
+                   help="per-pixel weights for --compounding importance: .npy [H,W] or a grey .png/.mha image")
+    p.add_argument("--fill-holes", choices=["none", "normalized", "stick"],
+                   help="fill voxels no pixel reached: normalized convolution or PLUS-like stick kernel "
+                   "(default: none, or the PLUS config's FillHoles)")
+    p.add_argument("--hole-size", type=int, metavar="N",
+                   help="hole-filling kernel width in voxels (normalized) or stick length limit (stick)")
+    p.add_argument("--sticks", type=int, metavar="N", help="number of best sticks to average (stick; default 1)")
+    p.add_argument("--clip", type=int, nargs=4, metavar=("X0", "Y0", "W", "H"),
+                   help="use only pixels inside this rectangle (pixels)")
+    p.add_argument("--fan", nargs="+", metavar="V",
+                   help="curvilinear fan mask: 'auto' to detect it from the frames, or OX OY A0 A1 R0 R1 "
+                   "(origin pixel, angles in degrees, start and stop radius in pixels)")
+    p.add_argument("--pixel-threshold", type=float, metavar="T", help="ignore pixels darker than T")
+    p.add_argument("--roi", type=float, nargs=6, metavar=("CX", "CY", "CZ", "SX", "SY", "SZ"),
+                   help="output box centre and size in world mm (default: fitted to all frames)")
+    p.add_argument("--oriented", action="store_true",
+                   help="fit the output box along the sweep instead of the world axes (smaller volume)")
+    p.add_argument("--plus-compatible", action="store_true",
+                   help="reproduce PLUS/IGSIO's integer arithmetic (running mean rounded at every insertion, "
+                   "truncating stick filling) to match its volumes voxel for voxel; the default computes the "
+                   "exact weighted mean")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="where to compound (default: cpu)")
+    p.add_argument("--max-memory-gb", type=float, metavar="GB",
+                   help="refuse outputs whose estimated memory exceeds this (default: 80%% of the available RAM or GPU memory)")
+    p.add_argument("--no-render", action="store_true", help="skip the 3D view PNG")
+    p.add_argument("--no-mrb", action="store_true", help="skip the Slicer scene bundle")
+    p.add_argument("--force", action="store_true", help="overwrite outputs already in --out")
+    p.set_defaults(func=cmd_reconstruct)
+
+
+def _read(args: argparse.Namespace):
+    from .io import read_sweep
+
+    return read_sweep(args.input, plus_config=args.plus_config, image_to_reference=args.image_to_reference,
+                      calibration=args.calibration,
+                      pixel_spacing=tuple(args.pixel_spacing) if args.pixel_spacing else None)
+
+
+def build_request(args: argparse.Namespace, sweep):
+    """Merge PLUS config defaults with explicit command-line options into a ReconstructionRequest."""
+    from .compound import CompoundOptions, FanMask, HoleFilling, detect_fan, options_from_plus_config
+    from .errors import InputError
+    from .logic import ReconstructionRequest, Roi
+
+    spacing = (1.0, 1.0, 1.0)
+    opts = CompoundOptions()
+    if args.plus_config is not None:
+        opts, spacing = options_from_plus_config(args.plus_config)
+    if args.spacing:
+        if len(args.spacing) not in (1, 3):
+            raise InputError(f"--spacing takes one or three values, got {len(args.spacing)}.",
+                             "Use e.g. --spacing 0.5 or --spacing 0.5 0.5 1.0.")
+        spacing = tuple(args.spacing) * (3 if len(args.spacing) == 1 else 1)
+    if any(s <= 0 for s in spacing):
+        raise InputError(f"Output spacing must be positive, got {spacing} mm.", "Use e.g. --spacing 0.5.")
+    changes = {}
+    if args.interpolation:
+        changes["interpolation"] = args.interpolation
+    if args.compounding:
+        changes["compounding"] = args.compounding
+    if args.importance_mask:
+        changes["importance_mask"] = _load_mask(args.importance_mask)
+    if args.clip:
+        changes["clip_rectangle"] = tuple(args.clip)
+    if args.pixel_threshold is not None:
+        changes["pixel_threshold"] = args.pixel_threshold
+    if args.device:
+        changes["device"] = args.device
+    if args.plus_compatible:
+        changes["plus_arithmetic"] = True
+    if args.max_memory_gb:
+        changes["max_memory_bytes"] = int(args.max_memory_gb * 2**30)
+    if args.fan:
+        if args.fan == ["auto"]:
+            fan = detect_fan(sweep.frames)
+            if fan is None:
+                raise InputError("--fan auto found no curvilinear fan in the frames.",
+                                 "Give the fan explicitly: --fan OX OY A0 A1 R0 R1, or drop --fan for linear probes.")
+            changes["fan"] = fan
+        elif len(args.fan) == 6:
+            v = [float(x) for x in args.fan]
+            changes["fan"] = FanMask((v[0], v[1]), (v[2], v[3]), v[4], v[5])
+        else:
+            raise InputError(f"--fan takes 'auto' or 6 numbers, got {args.fan}.", "Use --fan auto or --fan OX OY A0 A1 R0 R1.")
+    if args.fill_holes or args.hole_size or args.sticks:
+        hf = opts.hole_filling
+        hf = replace(hf, method=args.fill_holes or (hf.method if hf.method != "none" else "normalized"))
+        if args.hole_size:
+            hf = replace(hf, size=args.hole_size)
+        if args.sticks:
+            hf = replace(hf, sticks=args.sticks)
+        changes["hole_filling"] = hf
+    opts = replace(opts, **changes)
+    if opts.compounding == "importance" and opts.importance_mask is None:
+        raise InputError("--compounding importance needs per-pixel weights.", "Pass --importance-mask FILE.")
+    roi = Roi(tuple(args.roi[:3]), tuple(args.roi[3:])) if args.roi else None
+    return ReconstructionRequest(spacing_mm=spacing, options=opts, roi=roi, oriented_grid=args.oriented)
+
+
+def _load_mask(path: Path):
+    import numpy as np
+
+    from .errors import InputError
+
+    if not path.exists():
+        raise InputError(f"Importance mask {path} does not exist.", "Check the path.")
+    if path.suffix == ".npy":
+        return np.load(path)
+    if path.suffix in (".mha", ".mhd"):
+        from .io.metaimage import read_metaimage
+
+        return read_metaimage(path).array.squeeze()
+    if path.suffix == ".png":
+        import vtk
+        from vtk.util.numpy_support import vtk_to_numpy
+
+        reader = vtk.vtkPNGReader()
+        reader.SetFileName(str(path))
+        reader.Update()
+        img = reader.GetOutput()
+        w, h, _ = img.GetDimensions()
+        arr = vtk_to_numpy(img.GetPointData().GetScalars()).reshape(h, w, -1)[..., 0]
+        return arr[::-1].copy()  # VTK's PNG rows start at the bottom
+    raise InputError(f"Unsupported importance mask format {path.suffix}.", "Use .npy, .png or .mha.")
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from .logic import check_outputs_free, run_reconstruct_job
+
+    check_outputs_free(args.out, ("volume.nrrd", "report.json"), args.force)  # before any slow work
+    sweep = _read(args)
+    request = build_request(args, sweep)
+    progress = _Progress(args.quiet)
+    try:
+        report = run_reconstruct_job(sweep, request, args.out, force=args.force, render=not args.no_render,
+                                     mrb=not args.no_mrb, progress=progress)
+    finally:
+        progress.close()
+    summary = {k: report[k] for k in ("frames", "coverage_fraction", "compound_seconds", "frames_per_second",
+                                      "memory_estimate_mb", "outputs")}
+    summary["grid_dims"] = report["grid"]["dims_ijk"]
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+# --- info / convert ------------------------------------------------------------------------------
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    sweep = _read(args)
+    info = {"frames": sweep.num_frames, "frame_size": [sweep.frame_shape[1], sweep.frame_shape[0]],
+            "dtype": str(sweep.frames.dtype), "pixel_spacing_mm": list(sweep.pixel_spacing),
+            "has_poses": sweep.image_to_world is not None, "channels": sorted(sweep.channels),
+            "metadata": {k: str(v) for k, v in sweep.metadata.items()}}
+    if sweep.image_to_world is not None:
+        centres = sweep.image_to_world[:, :3, 3]
+        info["path_length_mm"] = float(np.linalg.norm(np.diff(centres, axis=0), axis=1).sum())
+    if sweep.timestamps is not None:
+        info["duration_s"] = float(sweep.timestamps[-1] - sweep.timestamps[0])
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .io import write_sweep
+
+    sweep = _read(args)
+    write_sweep(sweep, args.output, force=args.force)
+    print(f"wrote {args.output} ({sweep.num_frames} frames)")
+    return 0
+
+
+# --- bench ---------------------------------------------------------------------------------------
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import format_table, run_compound_benchmark
+
+    print(format_table(run_compound_benchmark(device=args.device, quick=args.quick)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="freehandrecon", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--verbose", action="store_true", help="log details (and tracebacks of errors)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _reconstruct_parser(sub)
+    p = sub.add_parser("info", help="summarise a sweep file (frames, spacing, poses, channels)")
+    _add_input_args(p)
+    p.set_defaults(func=cmd_info)
+    p = sub.add_parser("convert", help="convert a sweep between formats (.igs.mha, .seq.nrrd, .npz, .h5)")
+    _add_input_args(p)
+    p.add_argument("output", type=Path, help="output file; the format follows the extension")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.set_defaults(func=cmd_convert)
+    p = sub.add_parser("bench", help="print speed and memory figures")
+    p.add_argument("what", choices=["compound"], help="what to benchmark")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run (default: cpu)")
+    p.add_argument("--quick", action="store_true", help="smaller cases (a smoke run)")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (see the module docstring)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("freehandrecon: cancelled; no output was written.", file=sys.stderr)
+        return Cancelled.exit_code
+    except FreehandReconError as err:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"freehandrecon: error: {err.problem}", file=sys.stderr)
+        if err.fix:
+            print(f"freehandrecon: fix: {err.fix}", file=sys.stderr)
+        return err.exit_code
+    except Exception:  # noqa: BLE001 - last resort: report a bug with its traceback
+        traceback.print_exc()
+        print("freehandrecon: internal error (a bug); please report it with the traceback above.", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Memory needed by a compounding run, estimated before anything is allocated."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import ResourceError
+from .grid import OutputGrid
+from .options import CompoundOptions
+
+# Pixels per chunk: small enough to stay in cache, large enough to amortise per-call overhead.
+CHUNK_PIXELS = {"nearest": 1 << 20, "linear": 1 << 18}
+
+
+def voxel_bytes(options: CompoundOptions) -> int:
+    """Bytes held per output voxel (accumulators, outputs, hole-filling work arrays)."""
+    acc = {"mean": 8, "importance": 8, "max": 8, "latest": 12}[options.compounding]
+    if options.plus_arithmetic and options.compounding in ("mean", "importance"):
+        acc += 16
+    out = 8 + 8  # float32 volume and coverage, plus their numpy copies
+    holes = {"none": 0, "normalized": 16, "stick": 12}[options.hole_filling.method]
+    return acc + out + holes
+
+
+def chunk_frames_for(options: CompoundOptions, frame_pixels: int) -> int:
+    """Frames per chunk (``options.chunk_frames`` or automatic)."""
+    if options.chunk_frames is not None:
+        return int(options.chunk_frames)
+    return max(1, CHUNK_PIXELS[options.interpolation] // max(frame_pixels, 1))
+
+
+def chunk_bytes(options: CompoundOptions, frame_pixels: int) -> int:
+    per_pixel = 48 if options.interpolation == "nearest" else 8 * 24 + 32
+    if options.plus_arithmetic:
+        per_pixel += 64 if options.interpolation == "nearest" else 8 * 64
+    return per_pixel * frame_pixels * chunk_frames_for(options, frame_pixels)
+
+
+def estimate_memory_bytes(grid: OutputGrid, options: CompoundOptions, frame_shape: tuple[int, int],
+                          num_frames: int) -> int:
+    """Peak bytes a :func:`compound` call needs (volume accumulators + one chunk of frames)."""
+    frame_pixels = int(frame_shape[0]) * int(frame_shape[1])
+    fixed = chunk_bytes(options, frame_pixels) + 4 * 3 * 3 * 8 * int(num_frames)
+    pad = grid.dims[0] * grid.dims[1] + grid.dims[0] + 2
+    return int((grid.num_voxels + pad) * voxel_bytes(options) + fixed)
+
+
+def available_bytes(device: str) -> int:
+    """Memory that may be used on ``device`` (80 % of what is free now)."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        free, _ = torch.cuda.mem_get_info()
+        return int(0.8 * free)
+    try:
+        with open("/proc/meminfo") as fh:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh}
+        return int(0.8 * info.get("MemAvailable", info["MemFree"]))
+    except (OSError, KeyError, ValueError):
+        return 8 << 30
+
+
+def check_memory(grid: OutputGrid, options: CompoundOptions, frame_shape: tuple[int, int], num_frames: int) -> int:
+    """Return the estimate, or raise :class:`ResourceError` suggesting a spacing that would fit."""
+    need = estimate_memory_bytes(grid, options, frame_shape, num_frames)
+    budget = int(options.max_memory_bytes) if options.max_memory_bytes is not None else available_bytes(options.device)
+    if need <= budget:
+        return need
+    per_voxel = voxel_bytes(options)
+    voxels = grid.num_voxels + grid.dims[0] * grid.dims[1] + grid.dims[0] + 2
+    fixed = need - voxels * per_voxel
+    room = budget - fixed
+    if room <= per_voxel:
+        raise ResourceError(f"Even a tiny output needs {need / 2**20:.0f} MiB but only {budget / 2**20:.0f} MiB "
+                            "may be used.", "Free memory, or lower chunk_frames.")
+    factor = (voxels * per_voxel / room) ** (1.0 / 3.0) * 1.05
+    suggested = np.asarray(grid.spacing) * factor
+    sug = ", ".join(f"{math.ceil(s * 100) / 100:g}" for s in suggested)
+    raise ResourceError(
+        f"The output grid {grid.dims[0]}x{grid.dims[1]}x{grid.dims[2]} ({grid.num_voxels / 1e6:.1f} M voxels) needs "
+        f"about {need / 2**30:.2f} GiB but only {budget / 2**30:.2f} GiB may be used on {options.device}.",
+        f"Use a coarser spacing of about {sug} mm, a smaller ROI, or raise the memory limit.")

@@ -1,0 +1,242 @@
+"""The one reconstruction workflow: read -> poses -> compound -> MRML nodes -> files.
+
+The same :class:`ReconstructionLogic` serves the Slicer module (with ``slicer.mrmlScene``),
+the Python console and the ``freehandrecon`` command line (with a scene from
+:func:`freehandrecon.mrml.new_scene`). Nodes are created only after the computation
+succeeded, so a failed or cancelled run leaves the scene as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import __version__
+from .compound import (CompoundOptions, CompoundResult, OutputGrid, compound, estimate_memory_bytes, fit_grid,
+                       grid_from_roi)
+from .errors import Cancelled, InputError, OutputExistsError
+from .sweep import Sweep
+
+ProgressCallback = Callable[[str, float], None]
+"""``progress(stage, fraction)`` with fraction in [0, 1] for the named stage."""
+
+
+@dataclass
+class Roi:
+    """An output box: centre and size in world mm, optional 3x3 orientation (columns = box axes)."""
+
+    center: tuple[float, float, float]
+    size: tuple[float, float, float]
+    orientation: np.ndarray | None = None
+
+
+@dataclass
+class ReconstructionRequest:
+    """Everything a reconstruction needs besides the sweep."""
+
+    spacing_mm: float | tuple[float, float, float] = 1.0
+    options: CompoundOptions = field(default_factory=CompoundOptions)
+    roi: Roi | None = None
+    oriented_grid: bool = False
+    channels: tuple[str, ...] | None = None  # None: every channel the sweep has
+
+
+@dataclass
+class ReconstructionResult:
+    """Arrays, grid and figures of a finished reconstruction (no MRML yet)."""
+
+    bmode: CompoundResult
+    channels: dict[str, CompoundResult]
+    grid: OutputGrid
+    seconds: float
+    memory_estimate_bytes: int
+    input_dtype: np.dtype
+
+    def volume_array(self, name: str | None = None) -> np.ndarray:
+        """Intensity volume ``[k, j, i]`` in the input pixel type (rounded and clipped)."""
+        res = self.bmode if name is None else self.channels[name]
+        return res.volume_as(self.input_dtype) if np.issubdtype(self.input_dtype, np.integer) else res.volume
+
+    @property
+    def coverage_fraction(self) -> float:
+        return float(np.count_nonzero(self.bmode.coverage) / self.bmode.coverage.size)
+
+
+def _stage(progress: ProgressCallback | None, stage: str) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+    return lambda done, total: progress(stage, done / max(total, 1))
+
+
+def reconstruct_sweep(sweep: Sweep, request: ReconstructionRequest, progress: ProgressCallback | None = None,
+                      should_cancel: Callable[[], bool] | None = None) -> ReconstructionResult:
+    """Compound the B-mode frames and every requested channel with the sweep's poses."""
+    t0 = time.perf_counter()
+    if sweep.image_to_world is None:
+        sweep.pixel_to_world()  # raises the explanatory "no poses" error
+    opts = request.options
+    if request.roi is not None:
+        grid = grid_from_roi(request.roi.center, request.roi.size, request.spacing_mm, request.roi.orientation)
+    else:
+        grid = fit_grid(sweep, request.spacing_mm, clip_rectangle=opts.clip_rectangle, fan=opts.fan,
+                        oriented=request.oriented_grid)
+    names = list(sweep.channels) if request.channels is None else list(request.channels)
+    for name in names:
+        if name not in sweep.channels:
+            raise InputError(f"The sweep has no channel '{name}' (it has: {sorted(sweep.channels) or 'none'}).",
+                             "Ask for one of the channels the input provides.")
+    memory = estimate_memory_bytes(grid, opts, sweep.frame_shape, sweep.num_frames) * (1 + len(names))
+    bmode = compound(sweep, grid, opts, progress=_stage(progress, "B-mode"), should_cancel=should_cancel)
+    channels = {name: compound(sweep, grid, opts, channel=name, progress=_stage(progress, name),
+                               should_cancel=should_cancel) for name in names}
+    return ReconstructionResult(bmode, channels, grid, time.perf_counter() - t0, memory, sweep.frames.dtype)
+
+
+class ReconstructionLogic:
+    """Reconstruction on a given MRML scene: the object the module, console and CLI share."""
+
+    def __init__(self, scene: Any = None) -> None:
+        from . import mrml  # slicer-core is imported only when MRML work is asked for
+
+        self.mrml = mrml
+        self.scene = scene if scene is not None else mrml.new_scene()
+
+    def add_result_nodes(self, sweep: Sweep, result: ReconstructionResult, name: str = "Reconstruction",
+                         replace_volume: Any = None, coverage: bool = True,
+                         transform_sequence: bool = False) -> dict[str, Any]:
+        """Create the output nodes (volume, coverage, channels, optional pose sequence) in the scene."""
+        ijk_to_ras = result.grid.ijk_to_world()
+        nodes: dict[str, Any] = {"volume": self.mrml.add_volume_node(self.scene, result.volume_array(), ijk_to_ras,
+                                                                    name, replace=replace_volume)}
+        if coverage:
+            nodes["coverage"] = self.mrml.add_volume_node(self.scene, result.bmode.coverage, ijk_to_ras,
+                                                          f"{name}_Coverage")
+        for ch in result.channels:
+            nodes[f"channel:{ch}"] = self.mrml.add_volume_node(self.scene, result.volume_array(ch), ijk_to_ras,
+                                                               f"{name}_{ch}")
+        if transform_sequence:
+            nodes["transforms"] = self.mrml.add_transform_sequence(self.scene, sweep.image_to_world,
+                                                                   f"{name}_ImageToReference")
+        return nodes
+
+    def reconstruct(self, sweep: Sweep, request: ReconstructionRequest, name: str = "Reconstruction",
+                    replace_volume: Any = None, progress: ProgressCallback | None = None,
+                    should_cancel: Callable[[], bool] | None = None) -> tuple[dict[str, Any], ReconstructionResult]:
+        """Compound ``sweep`` and add the result nodes; on failure or cancel the scene is unchanged."""
+        result = reconstruct_sweep(sweep, request, progress, should_cancel)
+        return self.add_result_nodes(sweep, result, name, replace_volume), result
+
+
+# --- the headless job behind `freehandrecon reconstruct` -----------------------------------------
+
+OUTPUT_FILES = ("volume.nrrd", "coverage.nrrd", "scene.mrb", "render.png", "report.json")
+
+
+def _jsonable(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: _jsonable(v) for k, v in asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist() if value.size <= 64 else f"array{list(value.shape)}"
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def check_outputs_free(out_dir: Path, names: tuple[str, ...], force: bool) -> None:
+    """Refuse, before any work, to overwrite existing outputs unless ``force``."""
+    existing = [n for n in names if (out_dir / n).exists()]
+    if existing and not force:
+        raise OutputExistsError(f"{out_dir} already holds {', '.join(existing)}.",
+                                "Choose another --out directory, or pass --force to overwrite these files.")
+
+
+def run_reconstruct_job(sweep: Sweep, request: ReconstructionRequest, out_dir: Path, *, force: bool = False,
+                        render: bool = True, mrb: bool = True, progress: ProgressCallback | None = None,
+                        should_cancel: Callable[[], bool] | None = None,
+                        extra_report: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Reconstruct and write volume.nrrd, coverage.nrrd, scene.mrb, render.png and report.json.
+
+    Files are first written to a temporary folder beside ``out_dir`` and moved into place
+    only when all succeeded, so a failed or cancelled run leaves no partial output.
+    """
+    out_dir = Path(out_dir)
+    names = tuple(n for n in OUTPUT_FILES if (render or n != "render.png") and (mrb or n != "scene.mrb"))
+    check_outputs_free(out_dir, names, force)
+    result = reconstruct_sweep(sweep, request, progress, should_cancel)
+    logic = ReconstructionLogic()
+    mrml = logic.mrml
+    browser = mrml.sweep_to_browser(logic.scene, sweep, name="Sweep")
+    nodes = logic.add_result_nodes(sweep, result, name="Reconstruction")
+    if should_cancel is not None and should_cancel():
+        raise Cancelled()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".freehandrecon-", dir=out_dir.parent))
+    try:
+        t_write = time.perf_counter()
+        mrml.save_node(nodes["volume"], tmp / "volume.nrrd")
+        mrml.save_node(nodes["coverage"], tmp / "coverage.nrrd")
+        for key, node in nodes.items():
+            if key.startswith("channel:"):
+                mrml.save_node(node, tmp / f"volume_{key.split(':', 1)[1]}.nrrd")
+        render_stats = None
+        if render:
+            from . import render as render_mod
+
+            if progress:
+                progress("render", 0.0)
+            render_stats = render_mod.render_volume_png(logic.scene, nodes["volume"], tmp / "render.png")
+            if progress:
+                progress("render", 1.0)
+        if mrb:
+            if progress:
+                progress("scene", 0.0)
+            mrml.save_mrb(logic.scene, tmp / "scene.mrb")
+            if progress:
+                progress("scene", 1.0)
+        vol = result.bmode.volume
+        covered = result.bmode.coverage > 0
+        report = {
+            "freehandrecon_version": __version__,
+            "input": _jsonable(sweep.metadata),
+            "frames": sweep.num_frames,
+            "frame_size": [sweep.frame_shape[1], sweep.frame_shape[0]],
+            "pixel_spacing_mm": list(sweep.pixel_spacing),
+            "poses": sweep.metadata.get("poses", "tracked"),
+            "grid": {"origin_mm": result.grid.origin.tolist(), "spacing_mm": result.grid.spacing.tolist(),
+                     "dims_ijk": list(result.grid.dims), "direction": np.asarray(result.grid.direction).tolist()},
+            "options": _jsonable(request.options),
+            "memory_estimate_mb": round(result.memory_estimate_bytes / 2**20, 1),
+            "coverage_fraction": round(result.coverage_fraction, 4),
+            "intensity_in_covered_voxels": {"min": float(vol[covered].min()) if covered.any() else None,
+                                            "max": float(vol[covered].max()) if covered.any() else None,
+                                            "mean": float(vol[covered].mean()) if covered.any() else None},
+            "compound_seconds": round(result.seconds, 3),
+            "frames_per_second": round(sweep.num_frames / max(result.seconds, 1e-9), 1),
+            "channels": sorted(result.channels),
+            "render": render_stats,
+            "outputs": list(names) + [f"volume_{c}.nrrd" for c in sorted(result.channels)],
+            "browser_node": browser.GetName(),
+        }
+        report.update(extra_report or {})
+        report["write_seconds"] = round(time.perf_counter() - t_write, 3)
+        (tmp / "report.json").write_text(json.dumps(_jsonable(report), indent=2))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for f in tmp.iterdir():
+            os.replace(f, out_dir / f.name)
+        return report
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,188 @@
+"""Compounder on synthetic sweeps with known answers: grids, kernels, modes, masks, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from freehandrecon.compound import (CompoundOptions, FanMask, HoleFilling, OutputGrid, compound,
+                                    estimate_memory_bytes, fit_grid, grid_from_roi)
+from freehandrecon.errors import Cancelled, InputError, ResourceError
+from freehandrecon.geometry import params_to_matrix
+from freehandrecon.sweep import Sweep
+
+
+def stack_sweep(n: int = 4, h: int = 6, w: int = 8, dz: float = 1.0, values: np.ndarray | None = None) -> Sweep:
+    """Frames lying in planes z = k*dz, pixels 1 mm apart: the grid can reproduce them exactly."""
+    frames = values if values is not None else np.arange(n * h * w, dtype=np.float32).reshape(n, h, w) % 200
+    poses = np.repeat(np.eye(4)[None], n, axis=0)
+    poses[:, 2, 3] = np.arange(n) * dz
+    return Sweep(frames=np.asarray(frames), pixel_spacing=(1.0, 1.0), image_to_world=poses)
+
+
+def test_fit_grid_matches_frame_corners_and_spacing() -> None:
+    sw = stack_sweep()
+    g = fit_grid(sw, 1.0)
+    assert g.dims == (8, 6, 4)
+    np.testing.assert_allclose(g.origin, [0, 0, 0])
+    np.testing.assert_allclose(g.ijk_to_world() @ [7, 5, 3, 1], [7, 5, 3, 1])
+    g2 = fit_grid(sw, (0.5, 0.5, 1.0), clip_rectangle=(2, 1, 4, 3), margin_mm=1.0)
+    np.testing.assert_allclose(g2.origin, [1, 0, -1])
+    assert g2.dims == (round(5 / 0.5) + 1, round(4 / 0.5) + 1, 6)
+
+
+def test_oriented_grid_is_smaller_for_an_oblique_sweep() -> None:
+    sw = stack_sweep(n=10, h=20, w=30)
+    rot = params_to_matrix(np.array([0, 0, 0, 30.0, 40.0, 20.0]))
+    sw = sw.with_poses(rot[None] @ sw.image_to_world)
+    axis = fit_grid(sw, 1.0)
+    oriented = fit_grid(sw, 1.0, oriented=True)
+    assert oriented.num_voxels < 0.5 * axis.num_voxels
+    np.testing.assert_allclose(oriented.direction.T @ oriented.direction, np.eye(3), atol=1e-9)
+    res = compound(sw, oriented, CompoundOptions())
+    assert res.stats["voxels_hit"] > 0.6 * res.volume.size  # the box hugs the sweep
+
+
+def test_grid_from_roi_is_centred() -> None:
+    g = grid_from_roi((10, 20, 30), (10, 4, 6), 2.0)
+    assert g.dims == (5, 2, 3)
+    centre = g.ijk_to_world() @ np.r_[(np.array(g.dims) - 1) / 2.0, 1]
+    np.testing.assert_allclose(centre[:3], [10, 20, 30])
+
+
+@pytest.mark.parametrize("spacing", [0.0, -1.0, (1.0, 0.0, 1.0), float("nan")])
+def test_bad_spacing_is_refused(spacing) -> None:
+    with pytest.raises(InputError, match="spacing"):
+        fit_grid(stack_sweep(), spacing)
+    with pytest.raises(InputError, match="spacing"):
+        grid_from_roi((0, 0, 0), (1, 1, 1), spacing)
+
+
+def test_nearest_mean_reproduces_frames_on_their_own_grid() -> None:
+    sw = stack_sweep()
+    res = compound(sw, fit_grid(sw, 1.0), CompoundOptions())
+    np.testing.assert_allclose(res.volume, sw.frames)
+    np.testing.assert_allclose(res.coverage, 1.0)
+    assert res.stats["pixels_pasted"] == sw.frames.size
+
+
+def test_linear_splat_spreads_trilinear_weights() -> None:
+    sw = stack_sweep(n=2, h=2, w=2, values=np.full((2, 2, 2), 100, np.float32))
+    shift = np.eye(4)
+    shift[:3, 3] = [0.25, 0.5, 0.0]
+    sw = sw.with_poses(shift[None] @ sw.image_to_world)
+    grid = OutputGrid(np.zeros(3), np.ones(3), (3, 3, 2))
+    res = compound(sw, grid, CompoundOptions(interpolation="linear"))
+    # every pixel puts 0.75/0.25 along x and 0.5/0.5 along y; weights sum to the pixel count
+    assert res.coverage.sum() == pytest.approx(8.0)
+    np.testing.assert_allclose(res.coverage[0, 0], [0.375, 0.5, 0.125])
+    np.testing.assert_allclose(res.volume[res.coverage > 0], 100.0, rtol=1e-6)
+
+
+def _two_frames(a: float, b: float) -> Sweep:
+    frames = np.stack([np.full((4, 4), a, np.float32), np.full((4, 4), b, np.float32)])
+    return Sweep(frames=frames, pixel_spacing=(1.0, 1.0), image_to_world=np.repeat(np.eye(4)[None], 2, axis=0))
+
+
+@pytest.mark.parametrize("interp", ["nearest", "linear"])
+@pytest.mark.parametrize("mode,expected", [("mean", 50.0), ("max", 80.0), ("latest", 20.0)])
+def test_compounding_modes_on_overlapping_frames(interp: str, mode: str, expected: float) -> None:
+    sw = _two_frames(80.0, 20.0)
+    grid = OutputGrid(np.zeros(3), np.ones(3), (4, 4, 1))
+    res = compound(sw, grid, CompoundOptions(interpolation=interp, compounding=mode))
+    np.testing.assert_allclose(res.volume, expected)
+    np.testing.assert_allclose(res.coverage, 2.0)
+
+
+def test_importance_weights_the_mean() -> None:
+    frames = np.stack([np.full((4, 4), 100, np.uint8), np.full((4, 4), 0, np.uint8)])
+    sw = Sweep(frames=frames, pixel_spacing=(1.0, 1.0), image_to_world=np.repeat(np.eye(4)[None], 2, axis=0))
+    mask = np.full((4, 4), 255, np.uint8)
+    mask[:, 2:] = 85  # weight 1/3 on the right half
+    grid = OutputGrid(np.zeros(3), np.ones(3), (4, 4, 1))
+    res = compound(sw, grid, CompoundOptions(compounding="importance", importance_mask=mask))
+    np.testing.assert_allclose(res.volume[0, :, :2], 50.0, rtol=1e-6)  # equal weights in both frames
+    np.testing.assert_allclose(res.coverage[0, :, 2:], 2 / 3, rtol=1e-6)
+    with pytest.raises(InputError, match="importance mask"):
+        compound(sw, grid, CompoundOptions(compounding="importance"))
+
+
+def test_clip_fan_and_threshold_drop_pixels() -> None:
+    sw = stack_sweep(n=2, h=40, w=41)
+    grid = fit_grid(sw, 1.0)
+    clipped = compound(sw, grid, CompoundOptions(clip_rectangle=(5, 10, 20, 8)))
+    hit = clipped.coverage[0] > 0
+    assert hit[10:18, 5:25].all() and hit.sum() == 20 * 8
+    fan = FanMask((20.0, 0.0), (-30.0, 30.0), 10.0, 35.0)
+    fanned = compound(sw, grid, CompoundOptions(fan=fan)).coverage[0] > 0
+    assert not fanned[:8].any() and not fanned[38:].any()  # inside the start radius, beyond the stop radius
+    assert fanned[25, 20] and not fanned[25, 2]  # on the axis, outside the -30 degree edge
+    values = sw.frames.copy()
+    values[:, :, :10] = 3
+    dark = Sweep(frames=values, pixel_spacing=(1, 1), image_to_world=sw.image_to_world)
+    thr = compound(dark, grid, CompoundOptions(pixel_threshold=5)).coverage[0] > 0
+    assert not thr[:, :10].any() and thr[:, 10:][values[0, :, 10:] >= 5].all()
+
+
+def test_roi_missing_every_frame_is_refused() -> None:
+    sw = stack_sweep()
+    roi = grid_from_roi((500, 500, 500), (10, 10, 10), 1.0)
+    with pytest.raises(InputError, match="No frame intersects the ROI") as err:
+        compound(sw, roi, CompoundOptions())
+    assert "Fix:" in str(err.value)
+
+
+def test_too_large_output_is_refused_with_a_spacing_that_fits() -> None:
+    sw = stack_sweep()
+    grid = grid_from_roi((0, 0, 0), (400, 400, 400), 0.1)
+    opts = CompoundOptions(max_memory_bytes=64 << 20)
+    with pytest.raises(ResourceError, match=r"coarser spacing of about") as err:
+        compound(sw, grid, opts)
+    suggested = float(str(err.value).split("about ")[-1].split(",")[0])
+    coarse = grid_from_roi((0, 0, 0), (400, 400, 400), suggested)
+    assert estimate_memory_bytes(coarse, opts, sw.frame_shape, sw.num_frames) <= 64 << 20
+
+
+def test_estimate_grows_with_voxels_and_modes() -> None:
+    g1 = grid_from_roi((0, 0, 0), (10, 10, 10), 1.0)
+    g2 = grid_from_roi((0, 0, 0), (10, 10, 10), 0.5)
+    o = CompoundOptions()
+    e1, e2 = (estimate_memory_bytes(g, o, (100, 100), 10) for g in (g1, g2))
+    assert e2 - e1 >= (g2.num_voxels - g1.num_voxels) * 16  # at least the float32 volume + coverage
+    stick = CompoundOptions(hole_filling=HoleFilling("stick", 9))
+    assert estimate_memory_bytes(g2, stick, (100, 100), 10) > estimate_memory_bytes(g2, o, (100, 100), 10)
+
+
+def test_progress_cancel_channels_and_no_mutation() -> None:
+    sw = stack_sweep(n=6)
+    sw.channels["pa"] = (255 - sw.frames).astype(np.float32)
+    before = sw.frames.copy(), sw.image_to_world.copy()
+    seen: list[tuple[int, int]] = []
+    grid = fit_grid(sw, 1.0)
+    res = compound(sw, grid, CompoundOptions(chunk_frames=2), channel="pa", progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(2, 6), (4, 6), (6, 6)]
+    np.testing.assert_allclose(res.volume, sw.channels["pa"])
+    np.testing.assert_array_equal(sw.frames, before[0])
+    np.testing.assert_array_equal(sw.image_to_world, before[1])
+    with pytest.raises(Cancelled):
+        compound(sw, grid, CompoundOptions(chunk_frames=2), should_cancel=lambda: True)
+    with pytest.raises(InputError, match="no channel 'doppler'"):
+        compound(sw, grid, CompoundOptions(), channel="doppler")
+
+
+def test_volume_as_rounds_and_clips() -> None:
+    sw = stack_sweep(values=np.full((4, 6, 8), 254.6, np.float32))
+    res = compound(sw, fit_grid(sw, 1.0), CompoundOptions())
+    assert res.volume_as(np.uint8).dtype == np.uint8 and res.volume_as(np.uint8).max() == 255
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_matches_cpu() -> None:
+    sw = stack_sweep(n=8, h=30, w=40)
+    rot = params_to_matrix(np.array([0, 0, 0, 10.0, 20.0, 5.0]))
+    sw = sw.with_poses(rot[None] @ sw.image_to_world)
+    grid = fit_grid(sw, 0.7)
+    for interp in ("nearest", "linear"):
+        cpu = compound(sw, grid, CompoundOptions(interpolation=interp))
+        gpu = compound(sw, grid, CompoundOptions(interpolation=interp, device="cuda"))
+        np.testing.assert_allclose(gpu.volume, cpu.volume, rtol=1e-5, atol=1e-3)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set-up command of the README: creates .venv (pinned torch 2.13.0 CPU and slicer-core), installs
+# FreehandRecon, and reconstructs the bundled PLUS/IGSIO spine sweep into demo/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q -e ".[test]"
+export VTK_DEFAULT_OPENGL_WINDOW=${VTK_DEFAULT_OPENGL_WINDOW:-vtkEGLRenderWindow}
+.venv/bin/freehandrecon reconstruct Testing/Data/igsio/SpinePhantomFreehand.igs.mha \
+    --plus-config Testing/Data/igsio/Config_VolumeReconstruction_SpinePhantom_NN_MEAN.xml \
+    --out demo --force
+echo "Demo outputs in $(pwd)/demo: volume.nrrd coverage.nrrd scene.mrb render.png report.json"
