@@ -31,6 +31,7 @@ from . import mrml  # noqa: E402
 from .errors import InputError, ResourceError  # noqa: E402
 
 _DISPLAYABLE_MANAGERS = ("vtkMRMLCameraDisplayableManager", "vtkMRMLVolumeRenderingDisplayableManager")
+ZOOM_AFTER_RESET = 1.2  # ResetCamera fits the bounding sphere; a box fills only part of it
 FOREGROUND_THRESHOLD = 3  # grey levels (0..255) a pixel must differ from the background by
 
 
@@ -190,6 +191,7 @@ def render_volume_png(scene: Any, volume_node: Any, path: str | os.PathLike, wid
         camera.Elevation(elevation)
         camera.OrthogonalizeViewUp()
         renderer.ResetCamera(box)
+        camera.Zoom(ZOOM_AFTER_RESET)
         renderer.ResetCameraClippingRange(box)
         window.Render()
         grab = vtk.vtkWindowToImageFilter()

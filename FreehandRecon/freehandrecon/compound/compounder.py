@@ -10,10 +10,10 @@ import torch
 
 from ..errors import Cancelled, InputError, ResourceError
 from ..sweep import Sweep
-from . import holes, splat
+from . import holes, paste, splat
 from .grid import OutputGrid
 from .masks import select_pixels
-from .memory import check_memory, chunk_frames_for
+from .memory import check_memory, chunk_frames_for, uses_fast_paste
 from .options import CompoundOptions, CompoundResult
 
 
@@ -47,6 +47,43 @@ def _check_reach(sweep: Sweep, p2v: np.ndarray, grid: OutputGrid, rect: tuple[in
                          "frames (no ROI); check that the ROI and the sweep are in the same coordinate frame.")
 
 
+def _paste_fast(frames: np.ndarray, fixed: np.ndarray, sel, opts: CompoundOptions, dims: tuple[int, int, int],
+                length: int, trash: int, nearest: bool, step: int, workers: int, dev: torch.device,
+                static_valid: torch.Tensor | None, importance: torch.Tensor | None,
+                progress: Callable[[int, int], None] | None, should_cancel: Callable[[], bool] | None
+                ) -> tuple[torch.Tensor, int]:
+    """Mean/importance compounding with :mod:`.paste`; returns the complex accumulator and pixels pasted."""
+    n = frames.shape[0]
+    hc, wc = sel.shape
+    tile = paste.tile_pixels(dev, nearest)
+    thr = opts.pixel_threshold
+    pasters = [paste.MeanPaster(length, trash, dims, nearest, tile, wc, torch.int32, dev, static_valid, importance,
+                                None if thr is None else float(thr)) for _ in range(max(1, workers))]
+    rows = pasters[0].rows_per_tile
+    per_frame = hc * wc if static_valid is None else int(static_valid.sum())
+    pool = paste.WorkerPool(pasters)
+    pasted = 0
+    try:
+        for s in range(0, n, step):
+            if should_cancel is not None and should_cancel():
+                raise Cancelled("Compounding cancelled by the user.", "Run it again when ready; nothing was changed.")
+            e = min(n, s + step)
+            chunk = paste.make_chunk(frames, fixed, s, e, sel.rect, dims, nearest, rows, dev)
+            if thr is None:
+                pasted += (e - s) * per_frame
+            else:
+                bright = chunk.values.to(torch.float32) >= float(thr)
+                if static_valid is not None:
+                    bright &= static_valid
+                pasted += int(bright.sum())
+            pool.paste(chunk)
+            if progress is not None:
+                progress(e, n)
+    finally:
+        pool.close()
+    return pool.result(), pasted
+
+
 def compound(sweep: Sweep, grid: OutputGrid, options: CompoundOptions | None = None, channel: str | None = None,
              progress: Callable[[int, int], None] | None = None,
              should_cancel: Callable[[], bool] | None = None) -> CompoundResult:
@@ -61,7 +98,7 @@ def compound(sweep: Sweep, grid: OutputGrid, options: CompoundOptions | None = N
     frames = _frames_of(sweep, channel)
     n, h, w = frames.shape
     dev = _device(opts.device)
-    estimate = check_memory(grid, opts, (h, w), n)
+    estimate, workers = check_memory(grid, opts, (h, w), n)
     sel = select_pixels((h, w), opts.clip_rectangle, opts.fan,
                         opts.importance_mask if opts.compounding == "importance" else None)
     p2v = grid.world_to_ijk()[None] @ sweep.pixel_to_world()
@@ -84,7 +121,13 @@ def compound(sweep: Sweep, grid: OutputGrid, options: CompoundOptions | None = N
     importance = None if sel.weights is None else torch.from_numpy(sel.weights).to(dev)
 
     acc = wsum = vmax = key = seq = None
-    if plus_mean:
+    pasted = 0
+    step = chunk_frames_for(opts, hc * wc)
+    fast = uses_fast_paste(opts) and paste.fits_int32(fixed, sel.rect, length)
+    if fast:
+        acc, pasted = _paste_fast(frames, fixed, sel, opts, dims, length, trash, nearest, step, workers, dev,
+                                  static_valid, importance, progress, should_cancel)
+    elif plus_mean:
         seq = splat.SequentialMean(length, dev, linear=not nearest, integer_output=integer_in)
     elif mode in ("mean", "importance"):
         acc = torch.zeros(length, dtype=torch.complex64, device=dev)
@@ -95,9 +138,7 @@ def compound(sweep: Sweep, grid: OutputGrid, options: CompoundOptions | None = N
         else:
             key = torch.full((length,), -1, dtype=torch.int64, device=dev)
 
-    step = chunk_frames_for(opts, hc * wc)
-    pasted = 0
-    for s in range(0, n, step):
+    for s in range(0, n if not fast else 0, step):
         if should_cancel is not None and should_cancel():
             raise Cancelled("Compounding cancelled by the user.", "Run it again when ready; nothing was changed.")
         e = min(n, s + step)
@@ -185,5 +226,5 @@ def compound(sweep: Sweep, grid: OutputGrid, options: CompoundOptions | None = N
     hit = int((coverage > 0).sum())
     stats = {"frames": n, "pixels_pasted": pasted, "voxels": nvox, "voxels_hit": hit, "filled_voxels": filled,
              "seconds": t_end - t0, "hole_filling_seconds": t_end - t_holes, "memory_estimate_bytes": estimate,
-             "chunk_frames": step, "device": str(dev)}
+             "chunk_frames": step, "device": str(dev), "workers": workers if fast else 1}
     return CompoundResult(volume.cpu().numpy(), coverage.cpu().numpy(), grid, stats)

@@ -12,6 +12,22 @@ from .options import CompoundOptions
 
 # Pixels per chunk: small enough to stay in cache, large enough to amortise per-call overhead.
 CHUNK_PIXELS = {"nearest": 1 << 20, "linear": 1 << 18}
+# The tiled mean path (paste.py) keeps only the chunk's frame pixels, so its chunks can be larger.
+FAST_CHUNK_PIXELS = 1 << 21
+
+
+def uses_fast_paste(options: CompoundOptions) -> bool:
+    """Whether :func:`compound` takes the tiled multi-worker path (mean/importance without PLUS arithmetic)."""
+    return options.compounding in ("mean", "importance") and not options.plus_arithmetic
+
+
+def default_workers(options: CompoundOptions) -> int:
+    """Paste worker threads before any memory limit: one per torch thread (CPU, fast path), at most 4."""
+    if not uses_fast_paste(options) or str(options.device).startswith("cuda"):
+        return 1
+    import torch
+
+    return max(1, min(torch.get_num_threads(), 4))
 
 
 def voxel_bytes(options: CompoundOptions) -> int:
@@ -28,23 +44,40 @@ def chunk_frames_for(options: CompoundOptions, frame_pixels: int) -> int:
     """Frames per chunk (``options.chunk_frames`` or automatic)."""
     if options.chunk_frames is not None:
         return int(options.chunk_frames)
-    return max(1, CHUNK_PIXELS[options.interpolation] // max(frame_pixels, 1))
+    per_chunk = FAST_CHUNK_PIXELS if uses_fast_paste(options) else CHUNK_PIXELS[options.interpolation]
+    return max(1, per_chunk // max(frame_pixels, 1))
 
 
 def chunk_bytes(options: CompoundOptions, frame_pixels: int) -> int:
+    if uses_fast_paste(options):  # frame values (float32 at most) + threshold test; tile buffers are per worker
+        return 12 * frame_pixels * chunk_frames_for(options, frame_pixels)
     per_pixel = 48 if options.interpolation == "nearest" else 8 * 24 + 32
     if options.plus_arithmetic:
         per_pixel += 64 if options.interpolation == "nearest" else 8 * 64
     return per_pixel * frame_pixels * chunk_frames_for(options, frame_pixels)
 
 
+def worker_bytes(grid: OutputGrid, options: CompoundOptions) -> int:
+    """Bytes each extra paste worker adds (its own accumulator and tile buffers)."""
+    from .paste import TILE_PIXELS, tile_buffer_bytes
+
+    pad = grid.dims[0] * grid.dims[1] + grid.dims[0] + 2
+    nearest = options.interpolation == "nearest"
+    return 8 * (grid.num_voxels + pad) + tile_buffer_bytes(nearest, TILE_PIXELS["nearest" if nearest else "linear"])
+
+
 def estimate_memory_bytes(grid: OutputGrid, options: CompoundOptions, frame_shape: tuple[int, int],
-                          num_frames: int) -> int:
-    """Peak bytes a :func:`compound` call needs (volume accumulators + one chunk of frames)."""
+                          num_frames: int, workers: int | None = None) -> int:
+    """Peak bytes a :func:`compound` call needs (volume accumulators + one chunk of frames).
+
+    ``workers``: paste worker threads. By default the minimum (one) is counted: :func:`compound` adds
+    workers, each with its own accumulator, only while they fit the memory limit."""
     frame_pixels = int(frame_shape[0]) * int(frame_shape[1])
     fixed = chunk_bytes(options, frame_pixels) + 4 * 3 * 3 * 8 * int(num_frames)
     pad = grid.dims[0] * grid.dims[1] + grid.dims[0] + 2
-    return int((grid.num_voxels + pad) * voxel_bytes(options) + fixed)
+    nw = 1 if workers is None else int(workers)
+    extra = (nw - 1) * worker_bytes(grid, options) if uses_fast_paste(options) else 0
+    return int((grid.num_voxels + pad) * voxel_bytes(options) + fixed + extra)
 
 
 def available_bytes(device: str) -> int:
@@ -62,12 +95,17 @@ def available_bytes(device: str) -> int:
         return 8 << 30
 
 
-def check_memory(grid: OutputGrid, options: CompoundOptions, frame_shape: tuple[int, int], num_frames: int) -> int:
-    """Return the estimate, or raise :class:`ResourceError` suggesting a spacing that would fit."""
-    need = estimate_memory_bytes(grid, options, frame_shape, num_frames)
+def check_memory(grid: OutputGrid, options: CompoundOptions, frame_shape: tuple[int, int],
+                 num_frames: int) -> tuple[int, int]:
+    """Return the estimate and the number of paste workers that fit (more workers need more accumulators),
+    or raise :class:`ResourceError` suggesting a spacing that would fit even one worker."""
+    need = estimate_memory_bytes(grid, options, frame_shape, num_frames, workers=1)
     budget = int(options.max_memory_bytes) if options.max_memory_bytes is not None else available_bytes(options.device)
     if need <= budget:
-        return need
+        workers = default_workers(options)
+        while workers > 1 and estimate_memory_bytes(grid, options, frame_shape, num_frames, workers) > budget:
+            workers -= 1
+        return estimate_memory_bytes(grid, options, frame_shape, num_frames, workers), workers
     per_voxel = voxel_bytes(options)
     voxels = grid.num_voxels + grid.dims[0] * grid.dims[1] + grid.dims[0] + 2
     fixed = need - voxels * per_voxel
