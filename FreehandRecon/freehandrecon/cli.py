@@ -143,7 +143,9 @@ def build_request(args: argparse.Namespace, sweep):
     if args.compounding:
         changes["compounding"] = args.compounding
     if args.importance_mask:
-        changes["importance_mask"] = _load_mask(args.importance_mask)
+        from .io.mask_image import read_mask_image
+
+        changes["importance_mask"] = read_mask_image(args.importance_mask)
     if args.clip:
         changes["clip_rectangle"] = tuple(args.clip)
     if args.pixel_threshold is not None:
@@ -179,33 +181,6 @@ def build_request(args: argparse.Namespace, sweep):
         raise InputError("--compounding importance needs per-pixel weights.", "Pass --importance-mask FILE.")
     roi = Roi(tuple(args.roi[:3]), tuple(args.roi[3:])) if args.roi else None
     return ReconstructionRequest(spacing_mm=spacing, options=opts, roi=roi, oriented_grid=args.oriented)
-
-
-def _load_mask(path: Path):
-    import numpy as np
-
-    from .errors import InputError
-
-    if not path.exists():
-        raise InputError(f"Importance mask {path} does not exist.", "Check the path.")
-    if path.suffix == ".npy":
-        return np.load(path)
-    if path.suffix in (".mha", ".mhd"):
-        from .io.metaimage import read_metaimage
-
-        return read_metaimage(path).array.squeeze()
-    if path.suffix == ".png":
-        import vtk
-        from vtk.util.numpy_support import vtk_to_numpy
-
-        reader = vtk.vtkPNGReader()
-        reader.SetFileName(str(path))
-        reader.Update()
-        img = reader.GetOutput()
-        w, h, _ = img.GetDimensions()
-        arr = vtk_to_numpy(img.GetPointData().GetScalars()).reshape(h, w, -1)[..., 0]
-        return arr[::-1].copy()  # VTK's PNG rows start at the bottom
-    raise InputError(f"Unsupported importance mask format {path.suffix}.", "Use .npy, .png or .mha.")
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:

@@ -111,14 +111,6 @@ def _read_mask(mask_path: Path | None, cfg: Path) -> np.ndarray:
         raise InputError(f"{cfg.name}: CompoundingMode IMPORTANCE_MASK needs ImportanceMaskFilename pointing to an "
                          f"image next to the config (looked for {mask_path}).",
                          "Put the mask PNG beside the config or pass importance_mask yourself.")
-    import vtk
+    from ..io.mask_image import read_mask_image
 
-    reader = vtk.vtkPNGReader()
-    reader.SetFileName(str(mask_path))
-    reader.Update()
-    from vtk.util.numpy_support import vtk_to_numpy
-
-    img = reader.GetOutput()
-    w, h, _ = img.GetDimensions()
-    arr = vtk_to_numpy(img.GetPointData().GetScalars()).reshape(h, w, -1)[..., 0]
-    return np.ascontiguousarray(arr[::-1])  # VTK rows go bottom-up
+    return read_mask_image(mask_path)
