@@ -14,9 +14,8 @@ from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSequenceBrowserNode
 from slicer.util import VTKObservationMixin
-from MRMLCorePython import vtkMRMLScalarVolumeNode
-from vtkSlicerSequencesModuleMRMLPython import vtkMRMLSequenceBrowserNode
 
 README_URL = "https://github.com/freehandrecon/FreehandRecon#readme"
 
@@ -124,6 +123,16 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.setSliceViewerLayers(background=volume, fit=True)
 
 
+def ensureDependencies() -> None:
+    """Raise a clear error when PyTorch is missing (it is not bundled with Slicer)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as err:
+        raise RuntimeError(
+            "FreehandRecon needs PyTorch. Install the 'PyTorch' extension from the Extensions Manager, restart "
+            "Slicer, and install torch from its module (or run slicer.util.pip_install('torch')).") from err
+
+
 class FreehandReconLogic(ScriptedLoadableModuleLogic):
     """Console and panel API; delegates to freehandrecon.logic on slicer.mrmlScene."""
 
@@ -139,6 +148,7 @@ class FreehandReconLogic(ScriptedLoadableModuleLogic):
 
         ``outputVolumeNode`` is replaced in place when given; otherwise a new node is created.
         """
+        ensureDependencies()
         from freehandrecon import mrml
         from freehandrecon.compound import CompoundOptions, HoleFilling
         from freehandrecon.logic import ReconstructionLogic, ReconstructionRequest
