@@ -1,11 +1,9 @@
 """The reconstruction logic on a real slicer-core MRML scene: nodes, cancel, channels."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from freehandrecon.compound import CompoundOptions
 from freehandrecon.errors import Cancelled, InputError
 from freehandrecon.logic import ReconstructionLogic, ReconstructionRequest, reconstruct_sweep
 from freehandrecon.sweep import Sweep

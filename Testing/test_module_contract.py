@@ -52,7 +52,7 @@ FITTING_CLASSES = {
 def test_parameter_names_in_ui_are_fields_with_fitting_widgets():
     fields = parameter_fields()
     bound = {}
-    for name, w in ui_widgets().items():
+    for w in ui_widgets().values():
         for prop in w.findall("property"):
             if prop.get("name") == "SlicerParameterName":
                 bound[prop.find("string").text] = w.get("class")

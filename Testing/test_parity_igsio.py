@@ -3,7 +3,6 @@ reference volumes, compared voxel by voxel on the reference grid (upstream toler
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from pathlib import Path
 

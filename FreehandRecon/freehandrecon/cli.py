@@ -122,7 +122,7 @@ def _read(args: argparse.Namespace):
 
 def build_request(args: argparse.Namespace, sweep):
     """Merge PLUS config defaults with explicit command-line options into a ReconstructionRequest."""
-    from .compound import CompoundOptions, FanMask, HoleFilling, detect_fan, options_from_plus_config
+    from .compound import CompoundOptions, FanMask, detect_fan, options_from_plus_config
     from .errors import InputError
     from .logic import ReconstructionRequest, Roi
 

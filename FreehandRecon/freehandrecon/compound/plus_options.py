@@ -68,7 +68,8 @@ def options_from_plus_config(xml_path: str | Path, plus_arithmetic: bool = False
     try:
         root = ET.parse(path).getroot()
     except (OSError, ET.ParseError) as exc:
-        raise InputError(f"Cannot read PLUS config {path}: {exc}.", "Give a readable PLUS XML configuration file.")
+        raise InputError(f"Cannot read PLUS config {path}: {exc}.",
+                         "Give a readable PLUS XML configuration file.") from exc
     recon = root if root.tag == "VolumeReconstruction" else root.find(".//VolumeReconstruction")
     if recon is None:
         raise InputError(f"{path.name} has no VolumeReconstruction element.",
