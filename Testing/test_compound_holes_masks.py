@@ -69,6 +69,23 @@ def test_stick_filling_matches_igsio_rule(length: int, nsticks: int) -> None:
     assert count >= int(((ref != 0) & ~filled).sum())  # a filled value can be exactly 0 only by chance
 
 
+@pytest.mark.parametrize("shape,length,nsticks", [((4, 5, 6), 9, 1), ((1, 6, 9), 4, 1), ((5, 1, 7), 16, 1),
+                                                   ((6, 7, 1), 9, 1), ((5, 6, 7), 17, 1), ((4, 5, 6), 6, 2),
+                                                   ((3, 4, 5), 130, 1)])
+def test_stick_filling_matches_igsio_rule_on_lattices_thin_volumes_and_long_sticks(
+        shape: tuple[int, int, int], length: int, nsticks: int) -> None:
+    # a lattice of filled voxels makes many equally short sticks (ties); thin volumes put every hole at a
+    # border; 16 is the longest stick of the one-stick fast path, 17 and 130 (int16 distances) the longest others
+    rng = np.random.default_rng(sum(shape) + length)
+    z, y, x = np.indices(shape)
+    filled = (z % 3 == 0) & (y % 2 == 0) & (x % 3 == 1) | (rng.random(shape) < 0.05)
+    vol = np.where(filled, rng.uniform(0, 255, shape), 0).astype(np.float32)
+    ours, count = fill_sticks(torch.from_numpy(vol), torch.from_numpy(filled), length, nsticks)
+    ref = _stick_reference(vol.astype(np.float64), filled, length, nsticks)
+    np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-6, atol=1e-4)
+    assert count >= int(((ref != 0) & ~filled).sum())
+
+
 def test_stick_fills_gap_between_slices_and_truncates_like_igsio() -> None:
     vol = np.zeros((5, 4, 4), np.float32)
     vol[0], vol[4] = 10.0, 21.0
