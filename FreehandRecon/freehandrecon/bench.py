@@ -127,8 +127,9 @@ def format_table(rows: list[dict]) -> str:
         if "error" in r:
             out.append(f"{r['case'][:52]:52s} ERROR {r['error']}")
             continue
-        out.append(f"{r['case'][:52]:52s} {r['seconds']:7.3f} {r.get('frames_per_s', float('nan')):9.1f} "
-                   f"{r.get('megapixels_per_s', float('nan')):7.1f} {r['peak_mb']:8.0f}")
+        fps = f"{r['frames_per_s']:9.1f}" if "frames_per_s" in r else f"{'-':>9s}"
+        mps = f"{r['megapixels_per_s']:7.1f}" if "megapixels_per_s" in r else f"{'-':>7s}"
+        out.append(f"{r['case'][:52]:52s} {r['seconds']:7.3f} {fps} {mps} {r['peak_mb']:8.0f}")
     return "\n".join(out)
 
 
