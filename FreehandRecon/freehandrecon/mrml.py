@@ -18,7 +18,6 @@ This module (with :mod:`freehandrecon.render`) is the only one that imports ``sl
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -33,7 +32,7 @@ from slicer import util
 
 from . import geometry
 from .errors import CalibrationError, InputError, OutputExistsError
-from .io.common import existing_file
+from .io.common import atomic_outputs, existing_file
 from .sweep import Sweep, to_grey
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Presets"
@@ -538,27 +537,6 @@ def _kind(node: Any) -> str:
     return node.GetClassName()
 
 
-@contextmanager
-def atomic_targets(paths: Sequence[Path]) -> Iterator[list[Path]]:
-    """Yield temporary paths (same names, in a hidden folder beside each target); move them into
-    place only when the block succeeded, so the targets are all complete or untouched."""
-    temps: list[tuple[Path, Path, Path]] = []
-    try:
-        for p in paths:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            d = Path(tempfile.mkdtemp(prefix=".freehandrecon-write-", dir=p.parent.absolute()))
-            temps.append((d, d / p.name, p))
-        yield [t for _, t, _ in temps]
-        for _, tmp, target in temps:
-            if not tmp.is_file():
-                raise InputError(f"Slicer wrote no file '{target.name}'.", "Check the folder is writable.")
-        for _, tmp, target in temps:
-            os.replace(tmp, target)
-    finally:
-        for d, _, _ in temps:
-            shutil.rmtree(d, ignore_errors=True)
-
-
 def _write(node: Any, path: Path, compress: bool = True) -> None:
     """Write ``node`` to exactly ``path`` with Slicer's storage node for that file type."""
     kind = _kind(node)
@@ -593,7 +571,7 @@ def save_node(node: Any, path: str | os.PathLike) -> Path:
     then points at ``path``, as after saving in Slicer.
     """
     target = Path(path)
-    with atomic_targets([target]) as (tmp,):
+    with atomic_outputs(target) as (tmp,):
         _write(node, tmp)
     node.GetStorageNode().SetFileName(str(target.absolute()))
     return target
@@ -614,7 +592,7 @@ def save_mrb(scene: Any, path: str | os.PathLike) -> Path:
     target = Path(path)
     if target.suffix.lower() != ".mrb":
         raise InputError(f"A scene bundle must end in .mrb, not '{target.name}'.", "Use a name like scene.mrb.")
-    with atomic_targets([target]) as (tmp,), _keep_cwd():
+    with atomic_outputs(target) as (tmp,), _keep_cwd():
         if not scene.WriteToMRB(str(tmp)):
             raise InputError(f"Slicer could not write the scene bundle '{target}'.",
                              "Check the folder is writable and has free space.")
@@ -742,7 +720,7 @@ def write_seq_nrrd(sweep: Sweep, path: str | os.PathLike, force: bool = False) -
         tseq.SetName("ImageToReference")  # the PLUS transform name written into the file
         nodes.append(tseq)
     nodes += [by_role[f"channel:{ch}"] for ch in sweep.channels]
-    with atomic_targets(paths) as temps:
+    with atomic_outputs(*paths) as temps:
         for node, tmp in zip(nodes, temps):
             _write(node, tmp)
     return paths

@@ -29,6 +29,7 @@ from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
 
 from . import mrml  # noqa: E402
 from .errors import InputError, ResourceError  # noqa: E402
+from .io.common import atomic_outputs  # noqa: E402
 
 _DISPLAYABLE_MANAGERS = ("vtkMRMLCameraDisplayableManager", "vtkMRMLVolumeRenderingDisplayableManager")
 ZOOM_AFTER_RESET = 1.2  # ResetCamera fits the bounding sphere; a box fills only part of it
@@ -201,7 +202,7 @@ def render_volume_png(scene: Any, volume_node: Any, path: str | os.PathLike, wid
         image = grab.GetOutput()
         nx, ny, _ = image.GetDimensions()
         rgb = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(ny, nx, -1)[..., :3]
-        with mrml.atomic_targets([target]) as (tmp,):
+        with atomic_outputs(target) as (tmp,):
             writer = vtk.vtkPNGWriter()
             writer.SetInputData(image)
             writer.SetFileName(str(tmp))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-import secrets
+import shutil
+import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -41,25 +42,28 @@ def check_output(path: str | os.PathLike, force: bool) -> Path:
 
 @contextmanager
 def atomic_outputs(*paths: Path) -> Iterator[list[Path]]:
-    """Yield temporary paths beside ``paths``; on success move them all into place.
+    """Yield temporary paths for ``paths``; move them all into place only when the block succeeded.
 
-    Either every output appears complete or none changes: on any error the
-    temporary files are removed and the targets are left as they were.
+    Each temporary path has the target's own file name, inside a hidden folder beside the target,
+    so writers that choose the format from the name (Slicer's storage nodes) and headers that
+    name a companion file (.mhd -> .raw) work unchanged. Either every output appears complete or
+    none changes: on any error the temporary folders are removed and the targets are left as they were.
     """
-    temps: list[Path] = []
+    temps: list[tuple[Path, Path, Path]] = []
     try:
-        for path in paths:
-            tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-            # os.open with 0o666 honours the umask, unlike mkstemp's 0o600
-            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-            temps.append(tmp)
-        yield temps
-        for tmp, path in zip(temps, paths):
-            os.replace(tmp, path)
+        for path in map(Path, paths):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(tempfile.mkdtemp(prefix=".freehandrecon-write-", dir=path.parent.absolute()))
+            temps.append((folder, folder / path.name, path))
+        yield [tmp for _, tmp, _ in temps]
+        for _, tmp, target in temps:
+            if not tmp.is_file():
+                raise InputError(f"No file '{target.name}' was written.", "Check that the folder is writable.")
+        for _, tmp, target in temps:
+            os.replace(tmp, target)
     finally:
-        for tmp in temps:
-            if tmp.exists():
-                tmp.unlink()
+        for folder, _, _ in temps:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def atomic_write(paths_and_chunks: Iterable[tuple[Path, Iterable[bytes | memoryview]]]) -> None:
