@@ -22,7 +22,7 @@ import numpy as np
 from . import __version__
 from .compound import (CompoundOptions, CompoundResult, OutputGrid, compound, estimate_memory_bytes, fit_grid,
                        grid_from_roi)
-from .errors import Cancelled, InputError, OutputExistsError
+from .errors import Cancelled, OutputExistsError
 from .sweep import Sweep
 
 ProgressCallback = Callable[[str, float], None]
@@ -80,8 +80,6 @@ def reconstruct_sweep(sweep: Sweep, request: ReconstructionRequest, progress: Pr
                       should_cancel: Callable[[], bool] | None = None) -> ReconstructionResult:
     """Compound the B-mode frames and every requested channel with the sweep's poses."""
     t0 = time.perf_counter()
-    if sweep.image_to_world is None:
-        sweep.pixel_to_world()  # raises the explanatory "no poses" error
     opts = request.options
     if request.roi is not None:
         grid = grid_from_roi(request.roi.center, request.roi.size, request.spacing_mm, request.roi.orientation)
@@ -90,9 +88,7 @@ def reconstruct_sweep(sweep: Sweep, request: ReconstructionRequest, progress: Pr
                         oriented=request.oriented_grid)
     names = list(sweep.channels) if request.channels is None else list(request.channels)
     for name in names:
-        if name not in sweep.channels:
-            raise InputError(f"The sweep has no channel '{name}' (it has: {sorted(sweep.channels) or 'none'}).",
-                             "Ask for one of the channels the input provides.")
+        sweep.channel_frames(name)  # refuse an unknown channel before any slow work
     memory = estimate_memory_bytes(grid, opts, sweep.frame_shape, sweep.num_frames) * (1 + len(names))
     bmode = compound(sweep, grid, opts, progress=_stage(progress, "B-mode"), should_cancel=should_cancel)
     channels = {name: compound(sweep, grid, opts, channel=name, progress=_stage(progress, name),

@@ -64,6 +64,15 @@ class Sweep:
                              "(--poses learned|speckle).")
         return self.image_to_world @ geometry.pixel_scale_matrix(self.pixel_spacing)
 
+    def channel_frames(self, name: str | None) -> np.ndarray:
+        """The B-mode frames (``name`` None) or the frames of the named extra channel."""
+        if name is None:
+            return self.frames
+        if name not in self.channels:
+            raise InputError(f"The sweep has no channel '{name}' (it has: {sorted(self.channels) or 'none'}).",
+                             "Ask for one of the channels the input provides.")
+        return self.channels[name]
+
     def with_poses(self, image_to_world: np.ndarray, **metadata: Any) -> "Sweep":
         """Return a copy that shares the frames but has new poses."""
         meta = dict(self.metadata)

@@ -8,6 +8,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .. import geometry
 from ..errors import Cancelled, InputError, ResourceError
 from ..sweep import Sweep
 from . import holes, paste, splat
@@ -24,20 +25,10 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _frames_of(sweep: Sweep, channel: str | None) -> np.ndarray:
-    if channel is None:
-        return sweep.frames
-    if channel not in sweep.channels:
-        raise InputError(f"The sweep has no channel '{channel}' (it has: {sorted(sweep.channels) or 'none'}).",
-                         "Ask for one of the channels the input provides.")
-    return sweep.channels[channel]
-
-
 def _check_reach(sweep: Sweep, p2v: np.ndarray, grid: OutputGrid, rect: tuple[int, int, int, int]) -> None:
     """InputError when no frame rectangle intersects the grid box at all."""
     x0, y0, x1, y1 = rect
-    c = np.array([[x0, y0, 0, 1], [x1, y0, 0, 1], [x0, y1, 0, 1], [x1, y1, 0, 1]], dtype=np.float64)
-    pts = np.einsum("nab,pb->npa", p2v, c)[..., :3]
+    pts = geometry.transform_points(p2v, geometry.frame_corners_pixels(0, 0, (x0, y0, x1 - x0 + 1, y1 - y0 + 1)))
     lo, hi = pts.min(axis=1), pts.max(axis=1)
     size = np.asarray(grid.dims, dtype=np.float64) - 1
     boxes = (hi >= -0.5).all(axis=1) & (lo <= size + 0.5).all(axis=1)
@@ -95,7 +86,7 @@ def compound(sweep: Sweep, grid: OutputGrid, options: CompoundOptions | None = N
     t0 = time.perf_counter()
     opts = options or CompoundOptions()
     opts.validate()
-    frames = _frames_of(sweep, channel)
+    frames = sweep.channel_frames(channel)
     n, h, w = frames.shape
     dev = _device(opts.device)
     estimate, workers = check_memory(grid, opts, (h, w), n)

@@ -7,6 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .. import geometry
 from ..errors import InputError
 from ..sweep import Sweep
 
@@ -99,8 +100,8 @@ def _pixel_rect(width: int, height: int, clip: tuple[int, int, int, int] | None,
 
 def _world_corners(sweep: Sweep, rect: tuple[int, int, int, int]) -> np.ndarray:
     x0, y0, x1, y1 = rect
-    c = np.array([[x0, y0, 0, 1], [x0, y1, 0, 1], [x1, y0, 0, 1], [x1, y1, 0, 1]], dtype=np.float64)
-    pts = np.einsum("nab,pb->npa", sweep.pixel_to_world(), c)[..., :3]
+    corners = geometry.frame_corners_pixels(0, 0, (x0, y0, x1 - x0 + 1, y1 - y0 + 1))
+    pts = geometry.transform_points(sweep.pixel_to_world(), corners)
     return pts.reshape(-1, 3)
 
 
