@@ -67,7 +67,8 @@ def read_sweep(path: str | os.PathLike, *, plus_config: str | os.PathLike | Plus
 
         sweep = mrml.read_seq_nrrd(path, pixel_spacing=spacing)
     if spacing is not None:
-        meta = dict(sweep.metadata, pixel_spacing_source="override", file_pixel_spacing=sweep.pixel_spacing)
+        meta = dict(sweep.metadata, pixel_spacing_source="override", file_pixel_spacing=sweep.pixel_spacing,
+                    pixel_spacing_known=True)
         sweep = dataclasses.replace(sweep, pixel_spacing=spacing, metadata=meta)
     return sweep
 

@@ -261,6 +261,8 @@ def sweep_from_plus(path: str | os.PathLike, plus_config: str | os.PathLike | Pl
     stamps = None if seq.timestamps is None else seq.timestamps[idx]
     if chain is None:
         meta["pixel_spacing_source"] = "ElementSpacing"
+        # PLUS writes ElementSpacing 1 1 1 when it does not know the spacing; no probe images at 1 mm/pixel
+        meta["pixel_spacing_known"] = not np.allclose(seq.element_spacing[:2], 1.0)
         return Sweep(frames=frames, pixel_spacing=seq.element_spacing, timestamps=stamps, metadata=meta)
     image_to_world, spacing, source = _split_pixel_spacing(chain, chain.matrices[idx], seq.element_spacing)
     meta["pixel_spacing_source"] = source

@@ -1,0 +1,92 @@
+"""Per-frame poses for a sweep: from the tracker, a learned estimator, or speckle decorrelation.
+
+:func:`estimate_poses` is the one entry point the logic, the module and the command line use.
+Estimators return forward-canonical relative motions in the centre frame (see
+:mod:`freehandrecon.poses.common`); this module applies the sweep direction and chains them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import InputError
+from ..sweep import Sweep
+from . import common
+
+METHODS = ("tracked", "learned", "speckle")
+
+
+@dataclass
+class PoseEstimate:
+    """Poses of every frame and how they were obtained."""
+
+    image_to_world: np.ndarray  # [N, 4, 4] image mm -> world mm
+    relative_centre: np.ndarray  # [N-1, 4, 4] motions of frame k+1 in frame k, centre frame
+    method: str
+    seconds: float = 0.0
+    direction: int = 1
+    warnings: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def frames_per_second(self) -> float:
+        return float((self.relative_centre.shape[0] + 1) / max(self.seconds, 1e-9))
+
+
+def estimate_poses(sweep: Sweep, method: str = "learned", *, model: str | Path | None = None,
+                   sweep_direction: str = "auto", device: str = "cpu",
+                   progress: Callable[[str, float], None] | None = None,
+                   should_cancel: Callable[[], bool] | None = None,
+                   first: np.ndarray | None = None) -> PoseEstimate:
+    """Estimate (or take) the image-to-world pose of every frame of ``sweep``.
+
+    Args:
+        method: ``"tracked"`` (the sweep's own poses), ``"learned"`` or ``"speckle"``.
+        model: learned-model file (``.safetensors`` with its ``.json``); default the shipped one.
+        sweep_direction: ``"auto"``, ``"forward"`` or ``"backward"`` (see :func:`common.resolve_direction`).
+        first: pose of the first frame; default the sweep's first tracked pose, else
+            :func:`common.default_first_pose`.
+    """
+    if method not in METHODS:
+        raise InputError(f"Unknown pose method '{method}'.", f"Use one of: {', '.join(METHODS)}.")
+    if method == "tracked":
+        if sweep.image_to_world is None:
+            raise InputError("The sweep has no tracked poses.",
+                             "Give the tracker transforms and calibration, or use --poses learned|speckle.")
+        rel = common.relative_centre(sweep.image_to_world, sweep.frame_shape, sweep.pixel_spacing)
+        return PoseEstimate(sweep.image_to_world.copy(), rel, "tracked", direction=common.net_elevation_sign(rel))
+    common.check_pixel_spacing_known(sweep)
+    warnings = common.check_speckle(sweep.frames)
+    direction = common.resolve_direction(sweep, sweep_direction)
+    t0 = time.perf_counter()
+    if method == "speckle":
+        from . import speckle
+
+        rel, info = speckle.estimate_relative(sweep, progress=progress, should_cancel=should_cancel)
+    else:
+        from . import learned
+
+        rel, info = learned.estimate_relative(sweep, model=model, device=device, progress=progress,
+                                              should_cancel=should_cancel)
+    seconds = time.perf_counter() - t0
+    if direction < 0:
+        rel = common.mirror_elevation(rel)
+    if first is None and sweep.image_to_world is not None:
+        first = sweep.image_to_world[0]
+    poses = common.absolute_from_centre(rel, sweep.frame_shape, sweep.pixel_spacing, first)
+    info = dict(info, sweep_direction="forward" if direction > 0 else "backward",
+                direction_source=sweep_direction)
+    return PoseEstimate(poses, rel, method, seconds, direction, warnings, info)
+
+
+def sweep_with_poses(sweep: Sweep, estimate: PoseEstimate) -> Sweep:
+    """A copy of ``sweep`` carrying the estimated poses (frames shared), with provenance in metadata."""
+    return sweep.with_poses(estimate.image_to_world, poses=estimate.method,
+                            pose_estimation={"method": estimate.method, "seconds": round(estimate.seconds, 3),
+                                             "frames_per_second": round(estimate.frames_per_second, 1),
+                                             "warnings": estimate.warnings, **estimate.info})
