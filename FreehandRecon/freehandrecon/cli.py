@@ -103,13 +103,37 @@ def _reconstruct_parser(sub: argparse._SubParsersAction) -> None:
                    help="reproduce PLUS/IGSIO's integer arithmetic (running mean rounded at every insertion, "
                    "truncating stick filling) to match its volumes voxel for voxel; the default computes the "
                    "exact weighted mean")
-    p.add_argument("--device", choices=["cpu", "cuda"], help="where to compound (default: cpu)")
+    _add_pose_args(p, with_tracked=True)
+    p.add_argument("--device", choices=["cpu", "cuda"],
+                   help="where to compound and run the learned pose model (default: cpu)")
     p.add_argument("--max-memory-gb", type=float, metavar="GB",
                    help="refuse outputs whose estimated memory exceeds this (default: 80%% of the available RAM or GPU memory)")
     p.add_argument("--no-render", action="store_true", help="skip the 3D view PNG")
     p.add_argument("--no-mrb", action="store_true", help="skip the Slicer scene bundle")
     p.add_argument("--force", action="store_true", help="overwrite outputs already in --out")
     p.set_defaults(func=cmd_reconstruct)
+
+
+def _add_pose_args(p: argparse.ArgumentParser, with_tracked: bool) -> None:
+    methods = ["tracked", "learned", "speckle"] if with_tracked else ["learned", "speckle"]
+    if with_tracked:
+        p.add_argument("--poses", choices=methods, default="tracked",
+                       help="where frame poses come from: tracked (the tracker transforms in the input and its "
+                       "calibration), learned (the sensorless network, no tracker needed) or speckle (classical "
+                       "speckle decorrelation, no tracker needed) (default: %(default)s)")
+        p.add_argument("--poses-file", type=Path, metavar="FILE",
+                       help="take the poses from a file written by 'freehandrecon estimate-poses' (a .seq.mha "
+                       "transform sequence, or a sweep file with poses) instead of --poses")
+    else:
+        p.add_argument("--method", choices=methods, default="learned",
+                       help="learned: the sensorless network shipped in Resources/Models (or --model); speckle: "
+                       "classical speckle decorrelation (default: %(default)s)")
+    p.add_argument("--model", type=Path, metavar="FILE",
+                   help="learned pose model (.safetensors with its .json beside it; default: the shipped model)")
+    p.add_argument("--sweep-direction", choices=["auto", "forward", "backward"], default="auto",
+                   help="direction of the elevational sweep, which speckle cannot see: forward (+z, towards the "
+                   "probe marker side), backward, or auto (from the file's metadata or tracked poses, else "
+                   "forward) (default: %(default)s)")
 
 
 def _read(args: argparse.Namespace):
@@ -180,7 +204,12 @@ def build_request(args: argparse.Namespace, sweep):
     if opts.compounding == "importance" and opts.importance_mask is None:
         raise InputError("--compounding importance needs per-pixel weights.", "Pass --importance-mask FILE.")
     roi = Roi(tuple(args.roi[:3]), tuple(args.roi[3:])) if args.roi else None
-    return ReconstructionRequest(spacing_mm=spacing, options=opts, roi=roi, oriented_grid=args.oriented)
+    from .logic import PoseRequest
+
+    poses = PoseRequest(method=args.poses, model=str(args.model) if args.model else None,
+                        sweep_direction=args.sweep_direction, device=args.device or "cpu")
+    return ReconstructionRequest(spacing_mm=spacing, options=opts, roi=roi, oriented_grid=args.oriented,
+                                 poses=poses)
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
@@ -188,6 +217,15 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
     check_outputs_free(args.out, ("volume.nrrd", "report.json"), args.force)  # before any slow work
     sweep = _read(args)
+    if args.poses_file is not None:
+        from .io.pose_file import read_pose_file
+
+        if args.poses != "tracked":
+            from .errors import InputError
+
+            raise InputError("--poses-file and --poses learned|speckle both say where poses come from.",
+                             "Give one of them.")
+        sweep = sweep.with_poses(read_pose_file(args.poses_file, sweep.num_frames), poses=f"file {args.poses_file}")
     request = build_request(args, sweep)
     progress = _Progress(args.quiet)
     try:
@@ -195,11 +233,59 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
                                      mrb=not args.no_mrb, progress=progress)
     finally:
         progress.close()
-    summary = {k: report[k] for k in ("frames", "coverage_fraction", "compound_seconds", "frames_per_second",
-                                      "memory_estimate_mb", "outputs")}
+    summary = {k: report[k] for k in ("frames", "poses", "coverage_fraction", "compound_seconds",
+                                      "frames_per_second", "memory_estimate_mb", "outputs")}
     summary["grid_dims"] = report["grid"]["dims_ijk"]
     print(json.dumps(summary, indent=2))
     return 0
+
+
+# --- estimate-poses -------------------------------------------------------------------------------
+
+def cmd_estimate_poses(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .io.common import check_output
+    from .io.pose_file import write_pose_output
+    from .metrics import evaluate_poses
+    from .poses import estimate_poses, sweep_with_poses
+
+    check_output(args.out, args.force)
+    sweep = _read(args)
+    progress = _Progress(args.quiet)
+    try:
+        est = estimate_poses(sweep, args.method, model=args.model, sweep_direction=args.sweep_direction,
+                             device=args.device, progress=progress)
+    finally:
+        progress.close()
+    written = write_pose_output(sweep_with_poses(sweep, est), args.out, force=args.force)
+    summary = {"frames": sweep.num_frames, "method": est.method, "sweep_direction": est.info["sweep_direction"],
+               "seconds": round(est.seconds, 3), "frames_per_second": round(est.frames_per_second, 1),
+               "path_length_mm": round(float(np.linalg.norm(np.diff(est.image_to_world[:, :3, 3], axis=0),
+                                                            axis=1).sum()), 2),
+               "warnings": est.warnings, "outputs": [str(p) for p in written]}
+    if sweep.image_to_world is not None:  # the input was tracked: say how far the estimate is from it
+        m = evaluate_poses(sweep.image_to_world, est.image_to_world, sweep.frame_shape, sweep.pixel_spacing)
+        summary["against_tracked"] = {k: round(float(v), 3) for k, v in m.items() if np.isscalar(v)}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _estimate_poses_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("estimate-poses", help="estimate per-frame poses of an untracked sweep (learned or speckle)",
+                       description="Estimate the image-to-world transform of every frame from the images alone. "
+                       "--out FILE.seq.mha writes a Slicer transform sequence (poses only; pair it with the image "
+                       "sequence in Slicer, or pass it to 'reconstruct --poses-file'); a sweep file name (.igs.mha, "
+                       ".seq.nrrd, .h5, .npz) writes the frames with the estimated poses. When the input is tracked, "
+                       "the errors against the tracker are printed too.")
+    _add_input_args(p)
+    _add_pose_args(p, with_tracked=False)
+    p.add_argument("--out", type=Path, required=True, metavar="FILE",
+                   help="output: .seq.mha (transform sequence) or a sweep file (.igs.mha, .seq.nrrd, .h5, .npz)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the learned model runs "
+                   "(default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.set_defaults(func=cmd_estimate_poses)
 
 
 # --- info / convert ------------------------------------------------------------------------------
@@ -246,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true", help="log details (and tracebacks of errors)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _reconstruct_parser(sub)
+    _estimate_poses_parser(sub)
     p = sub.add_parser("info", help="summarise a sweep file (frames, spacing, poses, channels)")
     _add_input_args(p)
     p.set_defaults(func=cmd_info)

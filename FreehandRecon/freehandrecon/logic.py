@@ -23,6 +23,7 @@ from . import __version__
 from .compound import (CompoundOptions, CompoundResult, OutputGrid, compound, estimate_memory_bytes, fit_grid,
                        grid_from_roi)
 from .errors import Cancelled, OutputExistsError
+from .poses import PoseEstimate, estimate_poses, sweep_with_poses
 from .sweep import Sweep
 
 ProgressCallback = Callable[[str, float], None]
@@ -39,10 +40,21 @@ class Roi:
 
 
 @dataclass
+class PoseRequest:
+    """Where the poses come from: the tracker, the learned estimator or speckle decorrelation."""
+
+    method: str = "tracked"  # tracked | learned | speckle
+    model: str | None = None  # learned-model file; None: the shipped model
+    sweep_direction: str = "auto"  # auto | forward | backward
+    device: str = "cpu"
+
+
+@dataclass
 class ReconstructionRequest:
     """Everything a reconstruction needs besides the sweep."""
 
     spacing_mm: float | tuple[float, float, float] = 1.0
+    poses: PoseRequest = field(default_factory=PoseRequest)
     options: CompoundOptions = field(default_factory=CompoundOptions)
     roi: Roi | None = None
     oriented_grid: bool = False
@@ -59,6 +71,8 @@ class ReconstructionResult:
     seconds: float
     memory_estimate_bytes: int
     input_dtype: np.dtype
+    sweep: Sweep | None = None  # the sweep with the poses used (estimated ones for learned/speckle)
+    pose_estimate: PoseEstimate | None = None
 
     def volume_array(self, name: str | None = None) -> np.ndarray:
         """Intensity volume ``[k, j, i]`` in the input pixel type (rounded and clipped)."""
@@ -78,8 +92,9 @@ def _stage(progress: ProgressCallback | None, stage: str) -> Callable[[int, int]
 
 def reconstruct_sweep(sweep: Sweep, request: ReconstructionRequest, progress: ProgressCallback | None = None,
                       should_cancel: Callable[[], bool] | None = None) -> ReconstructionResult:
-    """Compound the B-mode frames and every requested channel with the sweep's poses."""
+    """Estimate poses when asked, then compound the B-mode frames and every requested channel."""
     t0 = time.perf_counter()
+    sweep, estimate = posed_sweep(sweep, request.poses, progress, should_cancel)
     opts = request.options
     if request.roi is not None:
         grid = grid_from_roi(request.roi.center, request.roi.size, request.spacing_mm, request.roi.orientation)
@@ -93,7 +108,20 @@ def reconstruct_sweep(sweep: Sweep, request: ReconstructionRequest, progress: Pr
     bmode = compound(sweep, grid, opts, progress=_stage(progress, "B-mode"), should_cancel=should_cancel)
     channels = {name: compound(sweep, grid, opts, channel=name, progress=_stage(progress, name),
                                should_cancel=should_cancel) for name in names}
-    return ReconstructionResult(bmode, channels, grid, time.perf_counter() - t0, memory, sweep.frames.dtype)
+    return ReconstructionResult(bmode, channels, grid, time.perf_counter() - t0, memory, sweep.frames.dtype,
+                                sweep, estimate)
+
+
+def posed_sweep(sweep: Sweep, poses: PoseRequest, progress: ProgressCallback | None = None,
+                should_cancel: Callable[[], bool] | None = None) -> tuple[Sweep, PoseEstimate | None]:
+    """The sweep with the poses ``poses`` asks for (unchanged for tracked) and the estimate, if any."""
+    if poses.method == "tracked":
+        if sweep.image_to_world is None:
+            sweep.pixel_to_world()  # raises the no-poses error with its fix
+        return sweep, None
+    estimate = estimate_poses(sweep, poses.method, model=poses.model, sweep_direction=poses.sweep_direction,
+                              device=poses.device, progress=progress, should_cancel=should_cancel)
+    return sweep_with_poses(sweep, estimate), estimate
 
 
 class ReconstructionLogic:
@@ -128,7 +156,8 @@ class ReconstructionLogic:
                     should_cancel: Callable[[], bool] | None = None) -> tuple[dict[str, Any], ReconstructionResult]:
         """Compound ``sweep`` and add the result nodes; on failure or cancel the scene is unchanged."""
         result = reconstruct_sweep(sweep, request, progress, should_cancel)
-        return self.add_result_nodes(sweep, result, name, replace_volume), result
+        return self.add_result_nodes(result.sweep or sweep, result, name, replace_volume,
+                                     transform_sequence=result.pose_estimate is not None), result
 
 
 # --- the headless job behind `freehandrecon reconstruct` -----------------------------------------
@@ -173,6 +202,7 @@ def run_reconstruct_job(sweep: Sweep, request: ReconstructionRequest, out_dir: P
     names = tuple(n for n in OUTPUT_FILES if (render or n != "render.png") and (mrb or n != "scene.mrb"))
     check_outputs_free(out_dir, names, force)
     result = reconstruct_sweep(sweep, request, progress, should_cancel)
+    sweep = result.sweep if result.sweep is not None else sweep
     logic = ReconstructionLogic()
     mrml = logic.mrml
     browser = mrml.sweep_to_browser(logic.scene, sweep, name="Sweep")
@@ -212,6 +242,7 @@ def run_reconstruct_job(sweep: Sweep, request: ReconstructionRequest, out_dir: P
             "frame_size": [sweep.frame_shape[1], sweep.frame_shape[0]],
             "pixel_spacing_mm": list(sweep.pixel_spacing),
             "poses": sweep.metadata.get("poses", "tracked"),
+            "pose_estimation": sweep.metadata.get("pose_estimation"),
             "grid": {"origin_mm": result.grid.origin.tolist(), "spacing_mm": result.grid.spacing.tolist(),
                      "dims_ijk": list(result.grid.dims), "direction": np.asarray(result.grid.direction).tolist()},
             "options": _jsonable(request.options),

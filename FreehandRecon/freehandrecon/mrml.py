@@ -661,14 +661,13 @@ def read_seq_nrrd(path: str | os.PathLike, transforms_path: str | os.PathLike | 
     logic = get_logic(scene, "sequences")
     logic.UpdateProxyNodesFromSequences(browser)
     if tpath is not None:
-        raw = _read_sequence(scene, tpath, "vtkMRMLLinearTransformSequenceStorageNode", "read transforms")
-        count = raw.GetNumberOfDataNodes()
+        mats = _transform_matrices(_read_sequence(scene, tpath, "vtkMRMLLinearTransformSequenceStorageNode",
+                                                  "read transforms"))
+        count = len(mats)
         if count != image.GetNumberOfDataNodes():
             raise InputError(f"'{tpath.name}' has {count} transforms but '{p.name}' has "
                              f"{image.GetNumberOfDataNodes()} frames.",
                              "Pair the image file with the transform file saved with it, or pass transforms_path.")
-        # Re-index by item order: the .seq.mha reader rounds timestamps to milliseconds.
-        mats = np.array([_array(_transform_to_parent(raw.GetNthDataNode(n))) for n in range(count)])
         tseq = add_transform_sequence(scene, mats, f"{stem}{TRANSFORM_SUFFIX}", browser)
         proxy = browser.GetProxyNode(tseq)
         for seq in [image, *channel_seqs]:
@@ -676,6 +675,22 @@ def read_seq_nrrd(path: str | os.PathLike, transforms_path: str | os.PathLike | 
     sweep = sweep_from_browser(browser, image_sequence=image, pixel_spacing=pixel_spacing)
     sweep.metadata.update(source=str(p), transforms_file=None if tpath is None else str(tpath))
     return sweep
+
+
+def _transform_matrices(seq: Any) -> np.ndarray:
+    """``[N, 4, 4]`` transform-to-parent matrices of a transform sequence, in item order
+    (not by index value: the .seq.mha reader rounds timestamps to milliseconds)."""
+    count = seq.GetNumberOfDataNodes()
+    return np.array([_array(_transform_to_parent(seq.GetNthDataNode(n))) for n in range(count)]).reshape(-1, 4, 4)
+
+
+def read_transform_sequence(path: str | os.PathLike) -> np.ndarray:
+    """Read a Slicer/PLUS transform sequence file (.seq.mha) -> ``[N, 4, 4]`` matrices."""
+    p = existing_file(path, "transform sequence file")
+    seq = _read_sequence(new_scene(), p, "vtkMRMLLinearTransformSequenceStorageNode", "transforms")
+    if seq.GetNumberOfDataNodes() == 0:
+        raise InputError(f"'{p}' holds no transforms.", "Check the file is a transform sequence saved completely.")
+    return _transform_matrices(seq)
 
 
 def _transform_to_parent(node: Any) -> vtk.vtkMatrix4x4:
