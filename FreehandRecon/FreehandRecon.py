@@ -1,27 +1,37 @@
 """FreehandRecon: the 3D Slicer scripted module (module, parameter node, widget, logic, self-test).
 
 The module is thin: every computation lives in the Qt-free ``freehandrecon`` package beside
-this file, the same code the ``freehandrecon`` command line runs. The widget only edits the
-parameter node and calls the logic.
+this file (``freehandrecon.slicer_logic.FreehandReconLogic`` is the logic; it also runs
+headless on slicer-core). The widget only edits the parameter node, shows progress and
+calls the logic. Nothing heavy (torch, the compounder) is imported when Slicer loads the module.
 """
 
 import logging
+import pathlib
 from typing import Annotated, Optional
 
 import slicer
 import vtk
+from slicer import (vtkMRMLLinearTransformNode, vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode,
+                    vtkMRMLSequenceBrowserNode, vtkMRMLSequenceNode)
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSequenceBrowserNode
 from slicer.util import VTKObservationMixin
 
+from freehandrecon import slicer_logic
+from freehandrecon.errors import Cancelled, FreehandReconError, ResourceError
+
 README_URL = "https://github.com/freehandrecon/FreehandRecon#readme"
+SAMPLE_CATEGORY = "Ultrasound"
+
+# Parameter node fields with no widget in the panel (set them from the console); the contract test checks this list.
+CONSOLE_ONLY_PARAMETERS: tuple = ()
 
 
 class FreehandRecon(ScriptedLoadableModule):
-    """Module metadata shown in Slicer's module list and help panel."""
+    """Module metadata shown in Slicer's module list and help panel; registers the sample data."""
 
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
@@ -30,35 +40,79 @@ class FreehandRecon(ScriptedLoadableModule):
         self.parent.dependencies = ["Sequences"]
         self.parent.contributors = ["FreehandRecon contributors"]
         self.parent.helpText = _(
-            "Turns a freehand 2D ultrasound sweep (with photoacoustic or Doppler frames acquired with it) into a "
-            "3D volume, with poses from a tracker. Select the sequence browser of the sweep, set the output spacing "
-            "and press Apply. The coverage volume shows which voxels the sweep reached. "
-            f'See the <a href="{README_URL}">README</a> for the console API and the command line.')
+            "Turns a freehand 2D ultrasound sweep (with photoacoustic or Doppler frames acquired with it) into a 3D "
+            "volume, with poses from a tracker or estimated from the images (learned or speckle). Select the "
+            "sequence browser of the sweep, set the output spacing and press Apply; Cancel stops a long run and "
+            "leaves the scene as it was. Try it on the sample in Sample Data > Ultrasound. "
+            f'See the <a href="{README_URL}">README</a> for the Python console API and the command line.')
         self.parent.acknowledgementText = _(
-            "Regression data from the PLUS toolkit and IGSIO (BSD-3). Built on 3D Slicer, VTK and PyTorch.")
+            "Sample and regression data from the PLUS toolkit and IGSIO (BSD-3). Built on 3D Slicer, VTK and PyTorch.")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """Offer the bundled sweeps in the Sample Data module (local files, checked by SHA-256)."""
+    import SampleData
+
+    iconsPath = pathlib.Path(__file__).parent / "Resources" / "Icons"
+    for sample in slicer_logic.SAMPLES:
+        thumbnail = iconsPath / f"{sample.sampleName}.png"
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category=SAMPLE_CATEGORY,
+            sampleName=sample.sampleName,
+            thumbnailFileName=str(thumbnail) if thumbnail.exists() else None,
+            uris=sample.path.as_uri(),
+            fileNames=sample.fileName,
+            checksums=sample.checksum,
+            loadFiles=True,  # a .mrb is only downloaded unless asked to load
+        )
 
 
 @parameterNodeWrapper
 class FreehandReconParameterNode:
-    """Panel state, saved with the scene."""
+    """Panel state, saved with the scene. Every field is bound to a widget in Resources/UI/FreehandRecon.ui."""
 
+    # Input
     inputBrowser: vtkMRMLSequenceBrowserNode
+    imageSequence: vtkMRMLSequenceNode
+    channelSequence: vtkMRMLSequenceNode
+    overridePixelSpacing: bool = False
+    pixelSpacingXMm: Annotated[float, WithinRange(0.001, 10.0)] = 0.1
+    pixelSpacingYMm: Annotated[float, WithinRange(0.001, 10.0)] = 0.1
+    calibrationTransform: vtkMRMLLinearTransformNode
+    # Poses
+    poses: Annotated[str, Choice(list(slicer_logic.POSE_METHODS))] = "tracked"
+    modelPath: pathlib.Path = pathlib.Path()
+    sweepDirection: Annotated[str, Choice(list(slicer_logic.SWEEP_DIRECTIONS))] = "auto"
+    device: Annotated[str, Choice(list(slicer_logic.DEVICES))] = "cpu"
+    # Reconstruction
+    roiNode: vtkMRMLMarkupsROINode
     spacingMm: Annotated[float, WithinRange(0.05, 20.0)] = 1.0
-    interpolation: Annotated[str, Choice(["nearest", "linear"])] = "nearest"
-    compounding: Annotated[str, Choice(["mean", "max", "latest"])] = "mean"
-    fillHoles: Annotated[str, Choice(["none", "normalized", "stick"])] = "none"
+    interpolation: Annotated[str, Choice(list(slicer_logic.INTERPOLATIONS))] = "nearest"
+    compounding: Annotated[str, Choice(list(slicer_logic.COMPOUNDINGS))] = "mean"
+    fillHoles: Annotated[str, Choice(list(slicer_logic.HOLE_FILLINGS))] = "none"
+    fanMask: Annotated[str, Choice(list(slicer_logic.FAN_MASKS))] = "none"
+    # Output
     outputVolume: vtkMRMLScalarVolumeNode
+    createCoverage: bool = True
+    createTransformSequence: bool = True
+    showIn3D: bool = True
+    renderingPreset: Annotated[str, Choice(["US-BMode", "PA-Hot", "Doppler-Red"])] = "US-BMode"
+    centerView: bool = True
 
 
 class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: loads Resources/UI/FreehandRecon.ui and binds it to the parameter node."""
+    """The panel: loads Resources/UI/FreehandRecon.ui, binds it to the parameter node, runs the logic."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic = None
+        self.logic = None  # slicer.util.getModuleLogic("FreehandRecon") returns this
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._running = False
+        self._cancelRequested = False
+        self._dependenciesChecked = False
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -67,9 +121,11 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = FreehandReconLogic()
+        self.ui.progressBar.setVisible(False)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -82,7 +138,7 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
@@ -101,96 +157,266 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode: Optional[FreehandReconParameterNode]) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._onParameterNodeModified()
 
-    def _checkCanApply(self, caller=None, event=None) -> None:
-        ok = bool(self._parameterNode and self._parameterNode.inputBrowser)
-        self.ui.applyButton.enabled = ok
-        self.ui.applyButton.toolTip = _("Reconstruct the selected sweep") if ok else _("Select an input sequence browser")
+    # --- live state -----------------------------------------------------------------------------
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        if p is None:
+            return
+        sensorless = p.poses != "tracked"
+        for widget in (self.ui.modelPathLineEdit, self.ui.sweepDirectionComboBox, self.ui.transformSequenceCheckBox):
+            widget.enabled = sensorless
+        self.ui.pixelSpacingXSpinBox.enabled = p.overridePixelSpacing
+        self.ui.pixelSpacingYSpinBox.enabled = p.overridePixelSpacing
+        self.ui.presetComboBox.enabled = p.showIn3D
+        missing = self.logic.checkInputs(p)
+        self.ui.applyButton.enabled = missing is None and not self._running
+        self.ui.applyButton.toolTip = _("Reconstruct the selected sweep.") if missing is None else missing
+        self._updateMemoryEstimate(missing)
+
+    def _updateMemoryEstimate(self, missing: Optional[str]) -> None:
+        p = self._parameterNode
+        if missing is not None:
+            self.ui.memoryEstimateLabel.text = "-"
+            return
+        try:
+            mb = self.logic.memoryEstimateMb(p.inputBrowser or p.imageSequence, p.spacingMm, roiNode=p.roiNode,
+                                             interpolation=p.interpolation, compounding=p.compounding,
+                                             fillHoles=p.fillHoles)
+            self.ui.memoryEstimateLabel.text = f"{mb:,.0f} MB" if mb < 10240 else f"{mb / 1024:,.1f} GB"
+            self.ui.memoryEstimateLabel.toolTip = _("Peak memory the reconstruction needs at this spacing.")
+        except FreehandReconError as err:
+            self.ui.memoryEstimateLabel.text = "-"
+            self.ui.memoryEstimateLabel.toolTip = f"{err.problem} {err.fix}"
+        except Exception as err:  # noqa: BLE001 - a live label must never break the panel
+            logging.debug(f"FreehandRecon: no memory estimate: {err}")
+            self.ui.memoryEstimateLabel.text = "-"
+
+    # --- run ------------------------------------------------------------------------------------
+
+    def _progress(self, stage: str, fraction: float) -> None:
+        self.ui.progressBar.value = int(round(100 * max(0.0, min(1.0, fraction))))
+        self.ui.progressBar.format = f"{stage}: %p%"
+        slicer.app.processEvents()  # keeps the panel responsive and lets Cancel be clicked
+
+    def _shouldCancel(self) -> bool:
+        return self._cancelRequested
+
+    def onCancelButton(self) -> None:
+        self._cancelRequested = True
+        self.ui.statusLabel.text = _("Cancelling...")
+
+    def _setRunning(self, running: bool) -> None:
+        self._running = running
+        self._cancelRequested = False
+        self.ui.cancelButton.enabled = running
+        for section in (self.ui.inputsCollapsibleButton, self.ui.posesCollapsibleButton,
+                        self.ui.reconstructionCollapsibleButton, self.ui.outputsCollapsibleButton):
+            section.enabled = not running  # the settings of a running job stay as they were
+        self.ui.progressBar.setVisible(running)
+        self.ui.progressBar.value = 0
+        self._onParameterNodeModified()
 
     def onApplyButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Reconstruction failed."), waitCursor=True):
-            p = self._parameterNode
-            volume = self.logic.reconstruct(p.inputBrowser, spacingMm=p.spacingMm, interpolation=p.interpolation,
-                                            compounding=p.compounding, fillHoles=p.fillHoles,
-                                            outputVolumeNode=p.outputVolume)
+        p = self._parameterNode
+        self._setRunning(True)
+        self.ui.statusLabel.text = _("Running...")
+        try:
+            if not self._dependenciesChecked:
+                ensureDependencies(self.resourcePath("requirements.txt"))
+                self._dependenciesChecked = True
+            spacing = (p.pixelSpacingXMm, p.pixelSpacingYMm) if p.overridePixelSpacing else None
+            volume = self.logic.reconstruct(
+                p.inputBrowser or p.imageSequence, poses=p.poses, spacingMm=p.spacingMm,
+                interpolation=p.interpolation, compounding=p.compounding, fillHoles=p.fillHoles, fanMask=p.fanMask,
+                roiNode=p.roiNode, outputVolumeNode=p.outputVolume, coverage=p.createCoverage, showIn3D=p.showIn3D,
+                preset=p.renderingPreset, model=p.modelPath, sweepDirection=p.sweepDirection, device=p.device,
+                progress=self._progress, shouldCancel=self._shouldCancel,
+                imageSequence=p.imageSequence if p.inputBrowser else None,
+                channels=[p.channelSequence] if p.channelSequence else [], pixelSpacingMm=spacing,
+                calibrationNode=p.calibrationTransform, transformSequence=p.createTransformSequence)
             p.outputVolume = volume
-            slicer.util.setSliceViewerLayers(background=volume, fit=True)
+            if p.centerView:
+                centerViewsOn(volume)
+            r = self.logic.lastReport
+            self.ui.statusLabel.text = _(
+                "Done: {frames} frames in {seconds:.1f} s, {dims} voxels of {spacing:g} mm, coverage {coverage:.0f} %."
+            ).format(frames=r["frames"], seconds=r["seconds"], dims=" x ".join(map(str, r["dims_ijk"])),
+                     spacing=r["spacing_mm"][0], coverage=100 * r["coverage_fraction"])
+        except Cancelled:
+            self.ui.statusLabel.text = _("Cancelled; the scene was left as it was.")
+        except FreehandReconError as err:
+            logging.exception("FreehandRecon: reconstruction failed")
+            self.ui.statusLabel.text = err.problem
+            slicer.util.errorDisplay(f"{err.problem}\n\n{err.fix}" if err.fix else err.problem,
+                                     windowTitle=_("Freehand Reconstruction"))
+        except Exception as err:  # noqa: BLE001 - show every failure to the user, with the traceback in the log
+            logging.exception("FreehandRecon: reconstruction failed")
+            self.ui.statusLabel.text = _("Failed (see the Python console / log for details).")
+            slicer.util.errorDisplay(_("Reconstruction failed: {error}").format(error=err),
+                                     windowTitle=_("Freehand Reconstruction"), detailedText=str(err))
+        finally:
+            self._setRunning(False)
 
 
-def ensureDependencies() -> None:
-    """Raise a clear error when PyTorch is missing (it is not bundled with Slicer)."""
+def centerViewsOn(volume) -> None:
+    """Show ``volume`` in the slice views and centre the 3D view on it."""
+    slicer.util.setSliceViewerLayers(background=volume, fit=True)
+    layoutManager = slicer.app.layoutManager()
+    if layoutManager is not None and layoutManager.threeDViewCount > 0:
+        layoutManager.threeDWidget(0).threeDView().resetFocalPoint()
+
+
+def ensureDependencies(requirementsPath: str) -> None:
+    """Install the Python packages in Resources/requirements.txt, and torch, on first use.
+
+    Uses ``slicer.pydeps``/``slicer.packaging`` ``pip_ensure`` where Slicer has it (it asks the user),
+    ``slicer.util.pip_install`` on older Slicer; torch comes from the PyTorch extension.
+    """
+    _ensureRequirements(requirementsPath)
+    _ensureTorch()
+
+
+def _ensureRequirements(requirementsPath: str) -> None:
+    for moduleName in ("slicer.pydeps", "slicer.packaging"):
+        try:
+            deps = __import__(moduleName, fromlist=["pip_ensure"])
+        except ImportError:
+            continue
+        if hasattr(deps, "pip_ensure") and hasattr(deps, "load_requirements"):
+            deps.pip_ensure(deps.load_requirements(requirementsPath), requester="FreehandRecon")
+            return
+    from importlib import metadata
+
+    missing = []
+    for line in pathlib.Path(requirementsPath).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name = line.split(";")[0].split("[")[0]
+        for op in ("==", ">=", "<=", "~=", "!=", ">", "<"):
+            name = name.split(op)[0]
+        try:
+            metadata.version(name.strip())
+        except metadata.PackageNotFoundError:
+            missing.append(line)
+    if missing:
+        if not slicer.util.confirmOkCancelDisplay(
+                _("FreehandRecon needs these Python packages: {packages}. Install them now?").format(
+                    packages=", ".join(missing))):
+            raise ResourceError(f"Python packages {', '.join(missing)} are missing.",
+                                "Press Apply again and accept the installation, or run "
+                                f"slicer.util.pip_install({missing!r}) in the Python console.")
+        slicer.util.pip_install(missing)
+
+
+def _ensureTorch() -> None:
     try:
         import torch  # noqa: F401
-    except ImportError as err:
-        raise RuntimeError(
-            "FreehandRecon needs PyTorch. Install the 'PyTorch' extension from the Extensions Manager, restart "
-            "Slicer, and install torch from its module (or run slicer.util.pip_install('torch')).") from err
+        return
+    except ImportError:
+        pass
+    try:
+        import PyTorchUtils
+    except ImportError:
+        raise ResourceError("FreehandRecon needs PyTorch, which is not installed in this Slicer.",
+                            "Install the 'PyTorch' extension from the Extensions Manager, restart Slicer and press "
+                            "Apply again (it installs torch for your GPU or CPU).") from None
+    if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
+        raise ResourceError("PyTorch was not installed.",
+                            "Press Apply again and accept the installation, or use the PyTorch Utils module.")
 
 
-class FreehandReconLogic(ScriptedLoadableModuleLogic):
-    """Console and panel API; delegates to freehandrecon.logic on slicer.mrmlScene."""
+class FreehandReconLogic(ScriptedLoadableModuleLogic, slicer_logic.FreehandReconLogic):
+    """The console API (``freehandrecon.slicer_logic.FreehandReconLogic``) on slicer.mrmlScene, plus the parameter node.
+
+    ``logic = slicer.util.getModuleLogic("FreehandRecon")``, then ``logic.reconstruct(browserNode, ...)``,
+    ``logic.estimatePoses(browserNode, ...)``, ``logic.memoryEstimateMb(...)``, ``logic.loadSample()``.
+    """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        slicer_logic.FreehandReconLogic.__init__(self)
 
     def getParameterNode(self):
         return FreehandReconParameterNode(super().getParameterNode())
 
-    def reconstruct(self, browserNode, poses: str = "tracked", spacingMm: float = 1.0, interpolation: str = "nearest",
-                    compounding: str = "mean", fillHoles: str = "none", outputVolumeNode=None):
-        """Reconstruct the sweep in ``browserNode`` and return the output volume node.
-
-        ``outputVolumeNode`` is replaced in place when given; otherwise a new node is created.
-        """
-        ensureDependencies()
-        from freehandrecon import mrml
-        from freehandrecon.compound import CompoundOptions, HoleFilling
-        from freehandrecon.logic import ReconstructionLogic, ReconstructionRequest
-
-        if poses != "tracked":
-            raise ValueError(f"poses='{poses}' is not available yet; use poses='tracked'.")
-        sweep = mrml.sweep_from_browser(browserNode)
-        request = ReconstructionRequest(spacing_mm=spacingMm, options=CompoundOptions(
-            interpolation=interpolation, compounding=compounding, hole_filling=HoleFilling(method=fillHoles)))
-        core = ReconstructionLogic(slicer.mrmlScene)
-        nodes, result = core.reconstruct(sweep, request, name=f"{browserNode.GetName()}_Volume",
-                                         replace_volume=outputVolumeNode)
-        logging.info(f"FreehandRecon: {sweep.num_frames} frames compounded in {result.seconds:.2f} s, "
-                     f"coverage {100 * result.coverage_fraction:.1f} %")
-        return nodes["volume"]
-
 
 class FreehandReconTest(ScriptedLoadableModuleTest):
-    """Self-test: a synthetic tracked sweep -> browser -> logic -> volume with the right geometry."""
+    """Self-test: the bundled sample (through Sample Data) -> sequence browser -> logic -> checked volume."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
+        self.test_SampleDataRegistered()
+        self.setUp()
         self.test_TrackedReconstruction()
+        self.setUp()
+        self.test_LearnedPoses()
+
+    def _loadSampleBrowser(self):
+        import SampleData
+
+        registerSampleData()
+        sample = slicer_logic.SAMPLES[0]
+        SampleData.SampleDataLogic().downloadSample(sample.sampleName)
+        browser = slicer.mrmlScene.GetFirstNodeByName(sample.browserName)
+        self.assertIsNotNone(browser, "the sample scene did not load its sequence browser")
+        return browser
+
+    def test_SampleDataRegistered(self):
+        import SampleData
+
+        registerSampleData()
+        sample = slicer_logic.SAMPLES[0]
+        source = SampleData.SampleDataLogic().sourceForSampleName(sample.sampleName)
+        self.assertIsNotNone(source)
+        self.assertEqual(slicer_logic.file_sha256(sample.path), sample.sha256)
 
     def test_TrackedReconstruction(self):
         import numpy as np
-        from freehandrecon import mrml
-        from freehandrecon.sweep import Sweep
 
-        self.delayDisplay("Building a synthetic tracked sweep")
-        n, h, w = 40, 60, 80
-        frames = np.zeros((n, h, w), np.uint8)
-        frames[:, 20:40, 30:50] = 200
-        poses = np.repeat(np.eye(4)[None], n, axis=0)
-        poses[:, 2, 3] = np.arange(n) * 0.5  # 0.5 mm elevational steps
-        sweep = Sweep(frames, (0.5, 0.5), poses)
-        browser = mrml.sweep_to_browser(slicer.mrmlScene, sweep, name="SelfTestSweep")
-        volume = FreehandReconLogic().reconstruct(browser, spacingMm=0.5)
+        self.delayDisplay("Loading the sample sweep")
+        browser = self._loadSampleBrowser()
+        self.assertEqual(browser.GetNumberOfItems(), 21)
+        logic = FreehandReconLogic()
+        self.delayDisplay("Reconstructing with tracked poses")
+        stages = []
+        volume = logic.reconstruct(browser, poses="tracked", spacingMm=0.5,
+                                   progress=lambda stage, fraction: stages.append(stage))
+        self.assertIn("B-mode", stages)
         array = slicer.util.arrayFromVolume(volume)
-        self.assertEqual(array.shape, (n, h, w))
-        self.assertGreater(float(array.max()), 150)
+        self.assertEqual(array.shape, (105, 106, 147))
+        self.assertEqual(volume.GetSpacing(), (0.5, 0.5, 0.5))
+        ras = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(ras)
+        np.testing.assert_allclose([ras.GetElement(i, 3) for i in range(3)], [-74.52, 165.57, 29.07], atol=0.02)
+        self.assertGreater(float(array.max()), 200)
+        self.assertAlmostEqual(logic.lastReport["coverage_fraction"], 0.2213, delta=0.01)
+        coverage = slicer.util.arrayFromVolume(logic.lastNodes["coverage"])
+        self.assertGreater(float(array[coverage > 0].mean()), float(array[coverage == 0].mean()))
+        transforms = slicer.mrmlScene.GetFirstNodeByName("SpinePhantom_ImageToReference")
+        self.assertIsNotNone(transforms)
+        self.delayDisplay("Test passed")
+
+    def test_LearnedPoses(self):
+        if not slicer_logic.learnedModelAvailable():
+            self.delayDisplay("Learned poses (or the bundled model) are not in this build; skipped")
+            return
+        browser = self._loadSampleBrowser()
+        logic = FreehandReconLogic()
+        sequence = logic.estimatePoses(browser, method="learned")
+        self.assertEqual(sequence.GetNumberOfDataNodes(), browser.GetNumberOfItems())
+        self.assertTrue(browser.IsSynchronizedSequenceNode(sequence.GetID()))
+        volume = logic.reconstruct(browser, poses="learned", spacingMm=1.0)
+        self.assertGreater(float(slicer.util.arrayFromVolume(volume).max()), 0)
         self.delayDisplay("Test passed")

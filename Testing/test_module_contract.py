@@ -2,7 +2,9 @@
 
 - FreehandRecon.py compiles;
 - every ``self.ui.<name>`` it uses exists in the .ui, with a widget class that fits;
-- every SlicerParameterName in the .ui is a field of the parameter node;
+- every SlicerParameterName in the .ui is a field of the parameter node, bound to a widget class that
+  slicer.parameterNodeWrapper can connect, and every field is bound or listed as console-only;
+- requirements.txt matches pyproject.toml; nothing heavy is imported when Slicer loads the module;
 - FreehandRecon/CMakeLists.txt lists every script and resource that exists, and nothing else.
 """
 
@@ -40,34 +42,136 @@ def test_every_ui_name_used_exists_in_the_ui_file():
     assert widgets["applyButton"].get("class") == "QPushButton"
 
 
+# Widget classes slicer.parameterNodeWrapper's GUI connectors accept for each field type (they match the
+# widget's exact class: a ctkDoubleSpinBox or ctkComboBox would fail at connectGui in Slicer).
 FITTING_CLASSES = {
-    "vtkMRMLSequenceBrowserNode": {"qMRMLNodeComboBox"},
-    "vtkMRMLScalarVolumeNode": {"qMRMLNodeComboBox"},
-    "float": {"ctkDoubleSpinBox", "QDoubleSpinBox", "ctkSliderWidget", "qMRMLSpinBox"},
-    "bool": {"QCheckBox", "ctkCheckBox", "QRadioButton"},
-    "str": {"QComboBox", "QLineEdit", "ctkComboBox"},
+    "node": {"qMRMLNodeComboBox"},
+    "float": {"QDoubleSpinBox", "ctkSliderWidget"},
+    "bool": {"QCheckBox", "QPushButton"},
+    "choice": {"QComboBox"},
+    "str": {"QLineEdit", "QTextEdit"},
+    "path": {"ctkPathLineEdit", "ctkDirectoryButton"},
 }
 
 
-def test_parameter_names_in_ui_are_fields_with_fitting_widgets():
-    fields = parameter_fields()
+def annotation_kind(annotation: str) -> str:
+    if re.search(r"\bvtkMRML\w+Node\b", annotation):
+        return "node"
+    if "Choice(" in annotation:
+        return "choice"
+    for kind, pattern in (("float", r"\bfloat\b"), ("bool", r"\bbool\b"), ("str", r"\bstr\b"),
+                          ("path", r"\bPath\b")):
+        if re.search(pattern, annotation):
+            return kind
+    raise AssertionError(f"unexpected annotation {annotation}")
+
+
+def bound_parameters() -> dict[str, tuple[str, str]]:
+    """SlicerParameterName -> (widget class, widget name) in the .ui."""
     bound = {}
     for w in ui_widgets().values():
         for prop in w.findall("property"):
             if prop.get("name") == "SlicerParameterName":
-                bound[prop.find("string").text] = w.get("class")
+                name = prop.find("string").text
+                assert name not in bound, f"parameter '{name}' is bound to two widgets"
+                bound[name] = (w.get("class"), w.get("name"))
+    return bound
+
+
+def console_only_parameters() -> set[str]:
+    tree = ast.parse(MODULE.read_text())
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            target = node.targets[0] if isinstance(node, ast.Assign) else node.target
+            if isinstance(target, ast.Name) and target.id == "CONSOLE_ONLY_PARAMETERS":
+                return set(ast.literal_eval(node.value))
+    raise AssertionError("FreehandRecon.py must define CONSOLE_ONLY_PARAMETERS (parameters with no widget)")
+
+
+def test_parameter_names_in_ui_are_fields_with_fitting_widgets():
+    fields = parameter_fields()
+    bound = bound_parameters()
     assert bound, "no widget is bound to the parameter node"
-    for param, cls in bound.items():
-        assert param in fields, f"SlicerParameterName '{param}' is not a parameter node field"
-        annotation = fields[param]
-        kind = next((k for k in FITTING_CLASSES if k in annotation), None)
-        assert kind is not None, f"unexpected annotation {annotation} for {param}"
-        assert cls in FITTING_CLASSES[kind], f"{param} ({annotation}) is bound to a {cls}"
+    for param, (cls, widget) in bound.items():
+        assert param in fields, f"SlicerParameterName '{param}' ({widget}) is not a parameter node field"
+        kind = annotation_kind(fields[param])
+        assert cls in FITTING_CLASSES[kind], f"{param} ({fields[param]}) is bound to a {cls}; use one of " \
+                                             f"{sorted(FITTING_CLASSES[kind])}"
+
+
+def test_every_parameter_field_is_bound_or_documented_console_only():
+    fields = set(parameter_fields())
+    bound = set(bound_parameters())
+    console_only = console_only_parameters()
+    assert console_only <= fields, f"CONSOLE_ONLY_PARAMETERS names unknown fields: {console_only - fields}"
+    assert not console_only & bound, f"fields both bound and console-only: {console_only & bound}"
+    unbound = fields - bound - console_only
+    assert not unbound, f"parameter node fields with no widget and not listed as console-only: {sorted(unbound)}"
+
+
+def test_widget_classes_used_from_python_fit():
+    """Attributes the module sets or reads on ui widgets exist on their class kind."""
+    widgets = ui_widgets()
+    text = MODULE.read_text()
+    expectations = {"applyButton": "QPushButton", "cancelButton": "QPushButton", "progressBar": "QProgressBar",
+                    "statusLabel": "QLabel", "memoryEstimateLabel": "QLabel"}
+    for name, cls in expectations.items():
+        assert f"self.ui.{name}" in text, f"the widget does not use {name}"
+        assert widgets[name].get("class") == cls, f"{name} should be a {cls}"
+    for name in set(re.findall(r"self\.ui\.(\w+)\.enabled", text)):
+        assert widgets[name].get("class") != "QLabel" or name == "memoryEstimateLabel"
+
+
+def test_ui_sections_and_custom_widgets_are_declared():
+    root = ET.parse(UI).getroot()
+    sections = [w.findtext("property/string") for w in root.iter("widget") if w.get("class") == "ctkCollapsibleButton"]
+    assert sections == ["Input", "Poses", "Reconstruction", "Output"]
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    qt_classes = {"QWidget", "QLabel", "QComboBox", "QCheckBox", "QDoubleSpinBox", "QPushButton", "QProgressBar",
+                  "QLineEdit", "QTextEdit", "QSpinBox"}
+    used = {w.get("class") for w in root.iter("widget")}
+    assert used - qt_classes <= declared, f"custom widgets not declared: {used - qt_classes - declared}"
+    # every MRML selector gets the scene from the module widget
+    receivers = {c.findtext("receiver") for c in root.iter("connection")}
+    selectors = {w.get("name") for w in root.iter("widget") if w.get("class") == "qMRMLNodeComboBox"}
+    assert selectors <= receivers, f"selectors without mrmlSceneChanged connection: {selectors - receivers}"
+
+
+def test_requirements_match_pyproject():
+    """Resources/requirements.txt lists the runtime deps of pyproject.toml that Slicer does not ship."""
+    import tomllib
+
+    reqs = (MODULE_DIR / "Resources" / "requirements.txt").read_text().split("\n")
+    reqs = {r.strip() for r in reqs if r.strip() and not r.startswith("#")}
+    deps = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    shipped_by_slicer = {"numpy", "vtk", "slicer-core", "torch"}  # torch: through the PyTorch extension
+    command_line_only = {"matplotlib"}  # evaluation plots of `freehandrecon evaluate`; the module never plots
+    expected = {d for d in deps if re.split(r"[<>=~! \[;]", d)[0] not in shipped_by_slicer | command_line_only}
+    assert reqs == expected
+
+
+def test_module_imports_nothing_heavy_at_load_time():
+    tree = ast.parse(MODULE.read_text())
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = {a.name for n in top for a in n.names} | {n.module for n in top if isinstance(n, ast.ImportFrom)}
+    assert not names & {"torch", "numpy", "freehandrecon.compound", "freehandrecon.logic", "freehandrecon.poses"}
+    core = (MODULE_DIR / "freehandrecon" / "slicer_logic.py").read_text()
+    core_top = [n for n in ast.parse(core).body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    core_names = {a.name for n in core_top for a in n.names} | {n.module for n in core_top
+                                                                if isinstance(n, ast.ImportFrom)}
+    assert not core_names & {"torch", "qt", "ctk", "slicer", "compound", "logic", "poses", "mrml"}
+
+
+def test_sample_data_is_registered_from_the_samples_list():
+    text = MODULE.read_text()
+    assert "registerCustomSampleDataSource" in text and "slicer_logic.SAMPLES" in text
+    assert 'connect("startupCompleted()", registerSampleData)' in text
+    assert "checksums=sample.checksum" in text
 
 
 def test_cmake_lists_every_script_and_resource():
     cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
-    listed = set(re.findall(r"^\s+([\w./-]+\.(?:py|ui|png|xml|json|md|safetensors|mrml|txt))\s*$", cmake, re.M))
+    listed = set(re.findall(r"^\s+([\w./-]+\.(?:py|ui|png|xml|json|md|safetensors|mrml|mrb|nrrd|mha|txt))\s*$", cmake, re.M))
     scripts = {str(p.relative_to(MODULE_DIR)) for p in MODULE_DIR.rglob("*.py") if "__pycache__" not in p.parts}
     resources = {str(p.relative_to(MODULE_DIR)) for p in (MODULE_DIR / "Resources").rglob("*") if p.is_file()}
     assert scripts - listed == set(), f"scripts missing from CMakeLists.txt: {sorted(scripts - listed)}"

@@ -1,0 +1,613 @@
+"""The Slicer module's logic: the console and panel API on an MRML scene, with no Qt/GUI code.
+
+``FreehandReconLogic`` is what ``slicer.util.getModuleLogic("FreehandRecon")`` returns in
+Slicer (the module subclasses it to add the parameter node). It is importable without
+qt, ctk or ScriptedLoadableModule, so it runs on slicer-core's real MRML too. Nothing heavy
+(torch, the compounder, the pose estimators) is imported until a method needs it.
+
+Nodes are added only after a computation succeeded; a failed or cancelled run leaves the
+scene as it was (an output volume the user chose is replaced only on success).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import CalibrationError, Cancelled, FreehandReconError, InputError, ResourceError
+
+ProgressCallback = Callable[[str, float], None]
+
+POSE_METHODS = ("tracked", "learned", "speckle")
+INTERPOLATIONS = ("nearest", "linear")
+COMPOUNDINGS = ("mean", "max", "latest")
+HOLE_FILLINGS = ("none", "normalized", "stick")
+FAN_MASKS = ("none", "auto")
+SWEEP_DIRECTIONS = ("auto", "forward", "backward")
+DEVICES = ("cpu", "cuda")
+
+SAMPLE_DATA_DIR = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
+
+
+@dataclass(frozen=True)
+class SampleSweep:
+    """A sweep shipped in Resources/SampleData and registered with Slicer's SampleData module."""
+
+    sampleName: str
+    fileName: str
+    sha256: str
+    browserName: str
+    frames: int
+    tracked: bool
+    description: str
+
+    @property
+    def path(self) -> Path:
+        return SAMPLE_DATA_DIR / self.fileName
+
+    @property
+    def checksum(self) -> str:
+        """SampleData's ``<algo>:<digest>`` form."""
+        return f"SHA256:{self.sha256}"
+
+
+# Hook for more samples (e.g. a simulated untracked sweep): add an entry here and its file in
+# Resources/SampleData; the module registers every entry with SampleData.
+SAMPLES: tuple[SampleSweep, ...] = (
+    SampleSweep(
+        sampleName="FreehandReconSpinePhantom",
+        fileName="FreehandReconSpinePhantom.mrb",
+        sha256="a7fabe1a820bc1f1d52ce4acb70b41e1b19cb80604f6975c07f00c39b101478d",
+        browserName="SpinePhantom browser",
+        frames=21,
+        tracked=True,
+        description="Tracked freehand sweep of a spine phantom (PLUS/IGSIO, 21 frames of 820x616)",
+    ),
+)
+
+
+def sample(sampleName: str) -> SampleSweep:
+    """The :class:`SampleSweep` called ``sampleName``."""
+    for s in SAMPLES:
+        if s.sampleName == sampleName:
+            return s
+    raise InputError(f"No FreehandRecon sample called '{sampleName}'.",
+                     f"Use one of {', '.join(s.sampleName for s in SAMPLES)}.")
+
+
+def learnedModelAvailable() -> bool:
+    """Whether learned poses can run with the bundled model (the pose package and its weights are installed)."""
+    try:
+        from .poses import learned
+    except ImportError:
+        return False
+    stem = Path(getattr(learned, "MODEL_DIR", "")) / str(getattr(learned, "DEFAULT_MODEL_NAME", ""))
+    return stem.with_suffix(".json").is_file() and stem.with_suffix(".safetensors").is_file()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _choice(value: Any, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise InputError(f"Unknown {what} '{value}'.", f"Use one of {', '.join(allowed)}.")
+    return value
+
+
+def _node_ids(scene: Any) -> set[str]:
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def _matrix_array(getter: Callable[[Any], Any]) -> np.ndarray:
+    import vtk
+    from slicer import util
+
+    m = vtk.vtkMatrix4x4()
+    getter(m)
+    return util.arrayFromVTKMatrix(m)
+
+
+class FreehandReconLogic:
+    """Reconstruct sweeps held in sequence browsers; the API of the panel and the Python console."""
+
+    def __init__(self, scene: Any = None) -> None:
+        self._scene = scene
+        self._geometryCache: dict[str, tuple[tuple, Any]] = {}
+        self.lastReport: dict[str, Any] = {}
+        self.lastNodes: dict[str, Any] = {}
+
+    # --- scene and inputs -------------------------------------------------------------------------
+
+    @property
+    def scene(self) -> Any:
+        """The scene given at construction, else ``slicer.mrmlScene``."""
+        if self._scene is not None:
+            return self._scene
+        import slicer
+
+        scene = getattr(slicer, "mrmlScene", None)
+        if scene is None:
+            raise InputError("There is no MRML scene to work in.",
+                             "Pass scene=freehandrecon.mrml.new_scene() to FreehandReconLogic, or set slicer.mrmlScene.")
+        return scene
+
+    def _node(self, ref: Any, what: str) -> Any:
+        """A node given as a node, an ID or a name."""
+        if ref is None or not isinstance(ref, str):
+            return ref
+        node = self.scene.GetNodeByID(ref) or self.scene.GetFirstNodeByName(ref)
+        if node is None:
+            raise InputError(f"No {what} called '{ref}' in the scene.", f"Pass the {what} node or its exact name.")
+        return node
+
+    def _browserAndSequence(self, inputNode: Any, imageSequence: Any = None) -> tuple[Any, Any]:
+        """(browser or None, image sequence or None) for a browser or an image sequence input."""
+        node = self._node(inputNode, "sequence browser")
+        seq = self._node(imageSequence, "image sequence")
+        if node is None and seq is None:
+            raise InputError("No sweep was given.", "Select a sequence browser (or an image sequence) holding the sweep.")
+        if node is None:
+            node = seq
+        if node.IsA("vtkMRMLSequenceBrowserNode"):
+            return node, seq
+        if node.IsA("vtkMRMLSequenceNode"):
+            scene = node.GetScene()
+            for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode")):
+                browser = scene.GetNthNodeByClass(i, "vtkMRMLSequenceBrowserNode")
+                if browser.IsSynchronizedSequenceNode(node.GetID(), True):
+                    return browser, node
+            return None, node
+        raise InputError(f"'{node.GetName()}' is a {node.GetClassName()}, not a sequence browser or sequence.",
+                         "Select the sequence browser of the sweep.")
+
+    def readSweep(self, inputNode: Any, imageSequence: Any = None, pixelSpacingMm: tuple[float, float] | None = None,
+                  calibrationNode: Any = None) -> Any:
+        """The sweep in a sequence browser (or a lone image sequence) as a :class:`freehandrecon.sweep.Sweep`.
+
+        ``pixelSpacingMm`` overrides the frames' spacing; ``calibrationNode`` (image-to-probe) is
+        inserted between the images and the transforms above them, unless it is already there.
+        """
+        from . import mrml
+
+        browser, seq = self._browserAndSequence(inputNode, imageSequence)
+        if browser is None:
+            sweep = self._sweepFromLoneSequence(seq, pixelSpacingMm)
+        else:
+            if browser.GetScene() is None:
+                raise InputError("The sequence browser is not in an MRML scene.", "Pass a browser node from a scene.")
+            sweep = mrml.sweep_from_browser(browser, image_sequence=seq, pixel_spacing=pixelSpacingMm)
+        calibration = self._node(calibrationNode, "calibration transform")
+        if calibration is not None:
+            sweep = self._applyCalibration(sweep, browser, seq, calibration)
+        return sweep
+
+    @staticmethod
+    def _sweepFromLoneSequence(seq: Any, pixelSpacingMm: tuple[float, float] | None) -> Any:
+        from slicer import util
+
+        from .sweep import Sweep
+
+        if seq.GetDataNodeClassName() not in ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"):
+            raise InputError(f"The sequence '{seq.GetName()}' holds {seq.GetDataNodeClassName() or 'nothing'}, "
+                             "not images.", "Select the sequence of ultrasound frames.")
+        n = seq.GetNumberOfDataNodes()
+        if n == 0:
+            raise InputError(f"The sequence '{seq.GetName()}' is empty.", "Record or import frames first.")
+        first = seq.GetNthDataNode(0)
+        frames = np.stack([util.arrayFromVolume(seq.GetNthDataNode(i))[0] for i in range(n)])
+        if pixelSpacingMm is None:
+            ijk = _matrix_array(first.GetIJKToRASMatrix)
+            pixelSpacingMm = tuple(float(v) for v in np.linalg.norm(ijk[:3, :2], axis=0))
+        return Sweep(frames=frames, pixel_spacing=pixelSpacingMm,
+                     metadata={"source": "mrml", "image_sequence": seq.GetName(), "transform_chain": []})
+
+    def _applyCalibration(self, sweep: Any, browser: Any, seq: Any, calibration: Any) -> Any:
+        """Put an image-to-probe calibration between the image and its parent transforms."""
+        if not (calibration.IsA("vtkMRMLTransformNode") and calibration.IsLinear()):
+            raise CalibrationError(f"The calibration '{calibration.GetName()}' is not a linear transform.",
+                                   "Select a linear transform (image to probe) as the calibration.")
+        if sweep.image_to_world is None:
+            raise CalibrationError("A calibration was given but the images have no tracking transform above them.",
+                                   "Place the image sequence under the probe (tracker) transform, or use "
+                                   "learned/speckle poses without a calibration.")
+        if calibration.GetName() in sweep.metadata.get("transform_chain", []):
+            logging.info("FreehandRecon: calibration '%s' is already above the images; not applied twice.",
+                         calibration.GetName())
+            return sweep
+        image_seq = seq if seq is not None else browser.GetMasterSequenceNode()
+        ijk = _matrix_array(image_seq.GetNthDataNode(0).GetIJKToRASMatrix)
+        cal = _matrix_array(calibration.GetMatrixTransformToParent)
+        pixel_to_world = sweep.pixel_to_world() @ np.linalg.inv(ijk) @ cal @ ijk
+        lengths = np.linalg.norm(pixel_to_world[:, :3, :2], axis=1).mean(axis=0)
+        sx, sy = float(lengths[0]), float(lengths[1])
+        image_to_world = pixel_to_world @ np.diag([1.0 / sx, 1.0 / sy, 1.0, 1.0])
+        z = np.linalg.norm(image_to_world[:, :3, 2], axis=1)
+        image_to_world[:, :3, 2] /= np.where(z > 0, z, 1.0)[:, None]
+        meta = dict(sweep.metadata)
+        meta["transform_chain"] = [calibration.GetName(), *meta.get("transform_chain", [])]
+        return replace(sweep, pixel_spacing=(sx, sy), image_to_world=image_to_world, metadata=meta)
+
+    @staticmethod
+    def _roi(roiNode: Any) -> Any:
+        """A markups ROI node as a :class:`freehandrecon.logic.Roi` (world centre, size, axes)."""
+        if roiNode is None:
+            return None
+        from .logic import Roi
+
+        if not roiNode.IsA("vtkMRMLMarkupsROINode"):
+            raise InputError(f"'{roiNode.GetName()}' is a {roiNode.GetClassName()}, not a markups ROI.",
+                             "Select a markups ROI (Markups > ROI), or leave the ROI empty for an automatic box.")
+        center, size = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+        roiNode.GetCenterWorld(center)
+        roiNode.GetSizeWorld(size)
+        axes = []
+        for getter in (roiNode.GetXAxisWorld, roiNode.GetYAxisWorld, roiNode.GetZAxisWorld):
+            v = [0.0, 0.0, 0.0]
+            getter(v)
+            axes.append(np.asarray(v, dtype=float) / max(np.linalg.norm(v), 1e-12))
+        if min(size) <= 0:
+            raise InputError(f"The ROI '{roiNode.GetName()}' has zero size {size} mm.",
+                             "Give the ROI a size, or leave the ROI empty for an automatic box.")
+        return Roi(tuple(center), tuple(size), np.stack(axes, axis=1))
+
+    # --- poses ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _requireTorch() -> None:
+        try:
+            import torch  # noqa: F401
+        except ImportError as err:
+            raise ResourceError("FreehandRecon needs PyTorch, which is not installed in this Slicer.",
+                                "Install the 'PyTorch' extension (Extensions Manager), restart Slicer and press "
+                                "Apply again; or run slicer.util.pip_install('torch') in the Python console.") from err
+
+    @staticmethod
+    def _estimate(sweep: Any, method: str, model: Any, sweepDirection: str, device: str,
+                  progress: ProgressCallback | None, shouldCancel: Callable[[], bool] | None) -> np.ndarray:
+        try:
+            from .poses import estimate_poses
+        except ImportError as err:
+            raise InputError(f"Sensorless poses ('{method}') are not available in this FreehandRecon build.",
+                             "Use poses='tracked' with a tracked sweep, or update FreehandRecon.") from err
+        model_path = None
+        if model is not None and str(model) not in ("", "."):
+            model_path = Path(model)
+            if not model_path.is_file():
+                raise InputError(f"The model file '{model_path}' does not exist.",
+                                 "Choose a .safetensors model file, or leave it empty for the bundled model.")
+        estimate = estimate_poses(sweep, method, model=model_path, sweep_direction=sweepDirection, device=device,
+                                  progress=progress, should_cancel=shouldCancel)
+        mats = getattr(estimate, "image_to_world", estimate)
+        return np.asarray(mats, dtype=np.float64)
+
+    def _sweepWithPoses(self, sweep: Any, poses: str, model: Any, sweepDirection: str, device: str,
+                        progress: ProgressCallback | None, shouldCancel: Callable[[], bool] | None) -> Any:
+        if poses == "tracked":
+            if sweep.image_to_world is None:
+                raise CalibrationError(
+                    f"The sweep '{sweep.metadata.get('image_sequence', '')}' has no tracking transforms above its images.",
+                    "Put the image sequence under its (probe/image-to-reference) transform, select a calibration, "
+                    "or choose learned or speckle poses.")
+            return sweep
+        mats = self._estimate(sweep, poses, model, sweepDirection, device, progress, shouldCancel)
+        return sweep.with_poses(mats, poses=poses)
+
+    # --- console API ------------------------------------------------------------------------------
+
+    def reconstruct(self, browserNode: Any, poses: str = "tracked", spacingMm: float = 1.0,
+                    interpolation: str = "nearest", compounding: str = "mean", fillHoles: str = "none",
+                    fanMask: str = "none", roiNode: Any = None, outputVolumeNode: Any = None, coverage: bool = True,
+                    showIn3D: bool = True, preset: str = "US-BMode", model: Any = None, sweepDirection: str = "auto",
+                    device: str = "cpu", progress: ProgressCallback | None = None,
+                    shouldCancel: Callable[[], bool] | None = None, *, imageSequence: Any = None,
+                    channels: Any = None, pixelSpacingMm: tuple[float, float] | None = None,
+                    calibrationNode: Any = None, transformSequence: bool = False) -> Any:
+        """Reconstruct the sweep in ``browserNode`` (a sequence browser, or an image sequence) into a volume.
+
+        ``poses``: "tracked" (the transforms above the images), "learned" or "speckle" (estimated).
+        ``outputVolumeNode`` is replaced on success; otherwise a new volume node is created.
+        ``channels``: None for every extra image sequence of the browser (photoacoustic, Doppler),
+        or a list of sequence nodes / channel names (``[]`` for B-mode only). ``transformSequence``
+        adds estimated poses to the browser as a transform sequence. ``progress(stage, fraction)``
+        and ``shouldCancel()`` serve a progress bar and a Cancel button (Cancelled is raised).
+        Returns the volume node; ``lastNodes`` and ``lastReport`` hold the other nodes and figures.
+        """
+        _choice(poses, POSE_METHODS, "pose source")
+        _choice(interpolation, INTERPOLATIONS, "interpolation")
+        _choice(compounding, COMPOUNDINGS, "compounding mode")
+        _choice(fillHoles, HOLE_FILLINGS, "hole filling method")
+        _choice(fanMask, FAN_MASKS, "fan mask setting")
+        _choice(sweepDirection, SWEEP_DIRECTIONS, "sweep direction")
+        _choice(device, DEVICES, "device")
+        scene = self.scene
+        outputVolumeNode = self._node(outputVolumeNode, "output volume")
+        self._checkOutputVolume(scene, outputVolumeNode)
+        if showIn3D:
+            from . import mrml
+
+            _choice(preset, mrml.PRESET_NAMES, "volume rendering preset")
+        self._requireTorch()
+        from .compound import CompoundOptions, HoleFilling, detect_fan
+        from .logic import ReconstructionLogic, ReconstructionRequest, reconstruct_sweep
+
+        browser, _ = self._browserAndSequence(browserNode, imageSequence)
+        sweep = self.readSweep(browserNode, imageSequence, pixelSpacingMm, calibrationNode)
+        sweep = self._sweepWithPoses(sweep, poses, model, sweepDirection, device, progress, shouldCancel)
+        fan = None
+        if fanMask == "auto":
+            fan = detect_fan(sweep.frames)
+            if fan is None:
+                logging.info("FreehandRecon: no curvilinear fan found in the frames; every pixel is used.")
+        options = CompoundOptions(interpolation=interpolation, compounding=compounding, fan=fan, device=device,
+                                  hole_filling=HoleFilling(method=fillHoles))
+        request = ReconstructionRequest(spacing_mm=spacingMm, options=options, roi=self._roi(self._node(roiNode, "ROI")),
+                                        channels=self._channelKeys(sweep, channels))
+        result = reconstruct_sweep(sweep, request, progress, shouldCancel)
+        if shouldCancel is not None and shouldCancel():
+            raise Cancelled("Reconstruction cancelled by the user.", "Run it again when ready; nothing was changed.")
+
+        base = sweep.metadata.get("image_sequence") or (browser.GetName() if browser is not None else "Sweep")
+        before = _node_ids(scene)
+        try:
+            nodes = ReconstructionLogic(scene).add_result_nodes(sweep, result, name=f"{base}_Volume",
+                                                                replace_volume=outputVolumeNode, coverage=coverage)
+            if transformSequence and poses != "tracked":
+                nodes["transforms"] = self._addPoseSequence(scene, sweep.image_to_world, f"{base}_ImageToReference_{poses}",
+                                                            browser)
+            if showIn3D:
+                nodes["display"] = self._showVolume(scene, nodes["volume"], preset)
+        except BaseException:
+            self._removeNewNodes(scene, before)
+            raise
+        self.lastNodes = nodes
+        grid = result.grid
+        self.lastReport = {
+            "frames": sweep.num_frames, "poses": poses, "seconds": round(result.seconds, 3),
+            "dims_ijk": list(grid.dims), "spacing_mm": grid.spacing.tolist(), "origin_mm": grid.origin.tolist(),
+            "coverage_fraction": round(result.coverage_fraction, 4),
+            "memory_estimate_mb": round(result.memory_estimate_bytes / 2**20, 1),
+            "channels": sorted(result.channels), "fan_detected": fan is not None,
+        }
+        logging.info("FreehandRecon: %d frames compounded in %.2f s, grid %s, coverage %.1f %%", sweep.num_frames,
+                     result.seconds, "x".join(map(str, grid.dims)), 100 * result.coverage_fraction)
+        return nodes["volume"]
+
+    def estimatePoses(self, browserNode: Any, method: str = "learned", model: Any = None, sweepDirection: str = "auto",
+                      device: str = "cpu", progress: ProgressCallback | None = None,
+                      shouldCancel: Callable[[], bool] | None = None, *, imageSequence: Any = None,
+                      pixelSpacingMm: tuple[float, float] | None = None) -> Any:
+        """Estimate per-frame image-to-world transforms without a tracker.
+
+        Returns a linear transform sequence node ``<images>_ImageToReference_<method>``, synchronised
+        in the sweep's browser (images without a parent transform are placed under its proxy).
+        """
+        _choice(method, POSE_METHODS[1:], "pose estimation method")
+        _choice(sweepDirection, SWEEP_DIRECTIONS, "sweep direction")
+        _choice(device, DEVICES, "device")
+        self._requireTorch()
+        browser, _ = self._browserAndSequence(browserNode, imageSequence)
+        sweep = self.readSweep(browserNode, imageSequence, pixelSpacingMm)
+        mats = self._estimate(sweep, method, model, sweepDirection, device, progress, shouldCancel)
+        if shouldCancel is not None and shouldCancel():
+            raise Cancelled("Pose estimation cancelled by the user.", "Run it again when ready; nothing was changed.")
+        scene = self.scene
+        before = _node_ids(scene)
+        try:
+            return self._addPoseSequence(scene, mats, f"{sweep.metadata.get('image_sequence', 'Sweep')}_ImageToReference_"
+                                         f"{method}", browser)
+        except BaseException:
+            self._removeNewNodes(scene, before)
+            raise
+
+    def memoryEstimateMb(self, browserNode: Any, spacingMm: float, roiNode: Any = None, interpolation: str = "nearest",
+                         compounding: str = "mean", fillHoles: str = "none") -> float:
+        """Peak memory (MiB) a reconstruction at ``spacingMm`` would need; for the panel's live estimate.
+
+        The sweep geometry is cached per browser until its sequences change. Without tracking
+        transforms or an ROI the output box is unknown and :class:`InputError` is raised.
+        """
+        from .compound import CompoundOptions, HoleFilling, estimate_memory_bytes, fit_grid, grid_from_roi
+
+        options = CompoundOptions(interpolation=_choice(interpolation, INTERPOLATIONS, "interpolation"),
+                                  compounding=_choice(compounding, COMPOUNDINGS, "compounding mode"),
+                                  hole_filling=HoleFilling(method=_choice(fillHoles, HOLE_FILLINGS, "hole filling")))
+        light, nchannels = self._sweepGeometry(browserNode)
+        roi = self._roi(self._node(roiNode, "ROI"))
+        if roi is not None:
+            grid = grid_from_roi(roi.center, roi.size, spacingMm, roi.orientation)
+        else:
+            if light.image_to_world is None:
+                raise InputError("The output box is not known before the poses are estimated.",
+                                 "Select an ROI to see the memory estimate, or use a tracked sweep.")
+            grid = fit_grid(light, spacingMm)
+        need = estimate_memory_bytes(grid, options, light.frame_shape, light.num_frames) * (1 + nchannels)
+        return need / 2**20
+
+    def _sweepGeometry(self, browserNode: Any) -> tuple[Any, int]:
+        """A frame-free copy of the sweep (zero-stride frames) and its channel count, cached."""
+        from .sweep import Sweep
+
+        browser, seq = self._browserAndSequence(browserNode)
+        key_node = browser if browser is not None else seq
+        stamp = self._geometryStamp(browser, seq)
+        cached = self._geometryCache.get(key_node.GetID())
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        sweep = self.readSweep(browserNode)
+        frames = np.broadcast_to(np.zeros((1, 1, 1), dtype=sweep.frames.dtype), sweep.frames.shape)
+        light = Sweep(frames=frames, pixel_spacing=sweep.pixel_spacing, image_to_world=sweep.image_to_world)
+        value = (light, len(sweep.channels))
+        self._geometryCache = {key_node.GetID(): (stamp, value)}  # one sweep at a time: the panel's
+        return value
+
+    @staticmethod
+    def _geometryStamp(browser: Any, seq: Any) -> tuple:
+        import vtk
+
+        if browser is None:
+            return (seq.GetMTime(), seq.GetNumberOfDataNodes())
+        collection = vtk.vtkCollection()
+        browser.GetSynchronizedSequenceNodes(collection, True)
+        seqs = [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
+        return (browser.GetNumberOfItems(), tuple(s.GetID() for s in seqs), tuple(s.GetMTime() for s in seqs))
+
+    def checkInputs(self, parameters: Any) -> str | None:
+        """What is missing or inconsistent in the panel's ``parameters`` (None when Apply can run).
+
+        ``parameters`` is the module's parameter node (or any object with the same attributes).
+        """
+        get = lambda name, default=None: getattr(parameters, name, default)  # noqa: E731
+        browser, seq = get("inputBrowser"), get("imageSequence")
+        if browser is None and seq is None:
+            return "Select the sweep: a sequence browser (or an image sequence)."
+        try:
+            browser, seq = self._browserAndSequence(browser, seq)
+            image_seq = seq if seq is not None else self._imageSequenceOf(browser)
+        except FreehandReconError as err:
+            return err.problem
+        if image_seq is None:
+            return f"The browser '{browser.GetName()}' has no image sequence."
+        if image_seq.GetNumberOfDataNodes() < 2:
+            return f"The image sequence '{image_seq.GetName()}' has fewer than 2 frames."
+        poses = get("poses", "tracked")
+        if poses == "tracked" and get("calibrationTransform") is None and not self._imagesHaveParent(browser, image_seq):
+            return ("The images have no tracking transform above them: choose learned or speckle poses, "
+                    "or place the image sequence under its probe transform.")
+        if poses != "tracked":
+            model = get("modelPath")
+            if model is not None and str(model) not in ("", ".") and not Path(model).is_file():
+                return f"The model file '{model}' does not exist."
+        if get("overridePixelSpacing", False) and min(get("pixelSpacingXMm", 0.0), get("pixelSpacingYMm", 0.0)) <= 0:
+            return "The pixel spacing override must be positive."
+        if not get("spacingMm", 1.0) > 0:
+            return "The output spacing must be positive."
+        out = get("outputVolume")
+        if out is not None and out.IsA("vtkMRMLLabelMapVolumeNode"):
+            return f"The output '{out.GetName()}' is a labelmap; choose a scalar volume or 'create new'."
+        return None
+
+    # --- samples ----------------------------------------------------------------------------------
+
+    def loadSample(self, sampleName: str = "FreehandReconSpinePhantom") -> Any:
+        """Load a bundled sample sweep (checksum verified) into the scene; return its sequence browser."""
+        import slicer
+
+        entry = sample(sampleName)
+        if not entry.path.is_file():
+            raise InputError(f"The sample file '{entry.path}' is missing.", "Reinstall the FreehandRecon extension.")
+        if file_sha256(entry.path) != entry.sha256:
+            raise InputError(f"The sample file '{entry.path.name}' does not match its checksum.",
+                             "Reinstall the FreehandRecon extension (the file is damaged).")
+        scene = self.scene
+        browsers_before = {b.GetID() for b in self._browsers(scene)}
+        if hasattr(slicer, "app") and scene is getattr(slicer, "mrmlScene", None):
+            slicer.util.loadScene(str(entry.path))
+        else:
+            cwd = os.getcwd()
+            try:  # a failed ReadFromMRB can leave the working directory in a deleted folder
+                ok = scene.ReadFromMRB(str(entry.path), False)
+            finally:
+                os.chdir(cwd)
+            if not ok:
+                raise InputError(f"Could not read the sample scene '{entry.path.name}'.", "Reinstall FreehandRecon.")
+        new = [b for b in self._browsers(scene) if b.GetID() not in browsers_before]
+        named = [b for b in new if b.GetName() == entry.browserName]
+        if not (named or new):
+            raise InputError(f"The sample '{sampleName}' holds no sequence browser.", "Reinstall FreehandRecon.")
+        return (named or new)[0]
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _browsers(scene: Any) -> list[Any]:
+        return [scene.GetNthNodeByClass(i, "vtkMRMLSequenceBrowserNode")
+                for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode"))]
+
+    @staticmethod
+    def _imageSequenceOf(browser: Any) -> Any:
+        import vtk
+
+        from . import mrml
+
+        collection = vtk.vtkCollection()
+        browser.GetSynchronizedSequenceNodes(collection, True)
+        images = [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
+        images = [s for s in images if s.GetDataNodeClassName() in ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode")]
+        tagged = [s for s in images if s.GetAttribute(mrml.ROLE_ATTRIBUTE) == "image"]
+        master = browser.GetMasterSequenceNode()
+        if tagged:
+            return tagged[0]
+        return master if master in images else (images[0] if images else None)
+
+    @staticmethod
+    def _imagesHaveParent(browser: Any, image_seq: Any) -> bool:
+        if browser is None:
+            return False
+        proxy = browser.GetProxyNode(image_seq)
+        return proxy is not None and proxy.GetParentTransformNode() is not None
+
+    @staticmethod
+    def _channelKeys(sweep: Any, channels: Any) -> tuple[str, ...] | None:
+        from . import mrml
+
+        if channels is None:
+            return None
+        keys = []
+        for ch in channels:
+            key = ch if isinstance(ch, str) else (ch.GetAttribute(mrml.CHANNEL_ATTRIBUTE) or ch.GetName())
+            if key not in sweep.channels:
+                raise InputError(f"The sequence '{key}' is not an image channel of the sweep's browser.",
+                                 "Add the photoacoustic/Doppler sequence to the sweep's sequence browser "
+                                 "(Sequences module), with one frame per B-mode frame.")
+            keys.append(key)
+        return tuple(keys)
+
+    @staticmethod
+    def _checkOutputVolume(scene: Any, node: Any) -> None:
+        if node is None:
+            return
+        if not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise InputError(f"Cannot replace '{node.GetName()}': it is not a scalar volume.",
+                             "Choose a scalar volume as the output, or let FreehandRecon create a new one.")
+        if node.GetScene() is not scene:
+            raise InputError(f"The output volume '{node.GetName()}' is not in this scene.",
+                             "Pick an output volume from the same scene.")
+
+    @staticmethod
+    def _addPoseSequence(scene: Any, mats: np.ndarray, name: str, browser: Any) -> Any:
+        from . import mrml
+
+        seq = mrml.add_transform_sequence(scene, mats, name, browser)
+        if browser is not None:
+            image_seq = FreehandReconLogic._imageSequenceOf(browser)
+            proxy = browser.GetProxyNode(image_seq) if image_seq is not None else None
+            if proxy is not None and proxy.GetParentTransformNode() is None:
+                proxy.SetAndObserveTransformNodeID(browser.GetProxyNode(seq).GetID())
+        return seq
+
+    @staticmethod
+    def _showVolume(scene: Any, volume: Any, preset: str) -> Any:
+        from . import mrml
+
+        vr = mrml.get_logic(scene, "volumerendering")
+        if vr.GetPresetByName(preset) is None:
+            mrml.register_presets(vr)
+        return mrml.show_volume_rendering(scene, volume, preset=preset)
+
+    @staticmethod
+    def _removeNewNodes(scene: Any, before: set[str]) -> None:
+        for node_id in _node_ids(scene) - before:
+            node = scene.GetNodeByID(node_id)
+            if node is not None:
+                scene.RemoveNode(node)
