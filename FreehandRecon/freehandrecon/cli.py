@@ -8,6 +8,7 @@ report it with the traceback); 130 cancelled (Ctrl-C).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -67,7 +68,7 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
 
 
 def _reconstruct_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("reconstruct", help="compound a tracked sweep into a 3D volume (nrrd, mrb, png, json)",
+    p = sub.add_parser("reconstruct", help="reconstruct a sweep into a 3D volume with tracked, learned or speckle poses (nrrd, mrb, png, json)",
                        description="Compound a freehand sweep into a volume. Writes volume.nrrd, coverage.nrrd "
                        "(accumulated weight), scene.mrb (opens in 3D Slicer), render.png (3D view) and "
                        "report.json into --out. Nothing existing is overwritten without --force.")
@@ -129,7 +130,9 @@ def _add_pose_args(p: argparse.ArgumentParser, with_tracked: bool) -> None:
                        help="learned: the sensorless network shipped in Resources/Models (or --model); speckle: "
                        "classical speckle decorrelation (default: %(default)s)")
     p.add_argument("--model", type=Path, metavar="FILE",
-                   help="learned pose model (.safetensors with its .json beside it; default: the shipped model)")
+                   help="learned: the pose model (.json with its .safetensors beside it; default: the shipped "
+                   "model); speckle: a decorrelation curve from 'freehandrecon calibrate-speckle' (default: a "
+                   "typical probe's curve, or the simulator's for simulated sweeps)")
     p.add_argument("--sweep-direction", choices=["auto", "forward", "backward"], default="auto",
                    help="direction of the elevational sweep, which speckle cannot see: forward (+z, towards the "
                    "probe marker side), backward, or auto (from the file's metadata or tracked poses, else "
@@ -288,6 +291,34 @@ def _estimate_poses_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_estimate_poses)
 
 
+# --- calibrate-speckle ----------------------------------------------------------------------------
+
+def cmd_calibrate_speckle(args: argparse.Namespace) -> int:
+    from .io.common import check_output
+    from .poses.speckle import DecorrelationCurve
+
+    check_output(args.out, args.force)
+    sweep = _read(args)
+    sweep.pixel_to_world()  # a calibration sweep must be tracked: raises the no-poses error with its fix
+    curve = DecorrelationCurve.calibrate(sweep)
+    curve.save(args.out, force=args.force)
+    print(json.dumps({"frames": sweep.num_frames, "depth_bands_mm": [round(float(d), 2) for d in curve.depths_mm],
+                      "max_distance_mm": round(float(curve.distances_mm[-1]), 3), "out": str(args.out)}, indent=2))
+    return 0
+
+
+def _calibrate_speckle_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate-speckle", help="fit the speckle decorrelation curve of a probe from a tracked sweep",
+                       description="Fit the depth-dependent speckle decorrelation curve (correlation against "
+                       "elevational distance) of your probe and settings from a tracked sweep of a speckle phantom "
+                       "or tissue, mostly elevational motion. Use the JSON with 'estimate-poses --method speckle "
+                       "--model FILE' or 'reconstruct --poses speckle --model FILE'.")
+    _add_input_args(p)
+    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="curve JSON to write")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.set_defaults(func=cmd_calibrate_speckle)
+
+
 # --- info / convert ------------------------------------------------------------------------------
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -325,6 +356,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+_COMMAND_MODULES = (".simulate.command", ".evaluate", ".train.command")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="freehandrecon", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -333,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _reconstruct_parser(sub)
     _estimate_poses_parser(sub)
+    _calibrate_speckle_parser(sub)
+    for module in _COMMAND_MODULES:  # sub-commands that live beside the code they drive
+        importlib.import_module(module, __package__).add_parser(sub)
     p = sub.add_parser("info", help="summarise a sweep file (frames, spacing, poses, channels)")
     _add_input_args(p)
     p.set_defaults(func=cmd_info)

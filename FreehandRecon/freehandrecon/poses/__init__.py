@@ -47,7 +47,9 @@ def estimate_poses(sweep: Sweep, method: str = "learned", *, model: str | Path |
 
     Args:
         method: ``"tracked"`` (the sweep's own poses), ``"learned"`` or ``"speckle"``.
-        model: learned-model file (``.safetensors`` with its ``.json``); default the shipped one.
+        model: for learned, the model file (``.safetensors`` with its ``.json``; default the shipped one);
+            for speckle, a decorrelation-curve JSON from ``freehandrecon calibrate-speckle`` (default: the
+            simulator's curve for simulated sweeps, else a typical probe's curve).
         sweep_direction: ``"auto"``, ``"forward"`` or ``"backward"`` (see :func:`common.resolve_direction`).
         first: pose of the first frame; default the sweep's first tracked pose, else
             :func:`common.default_first_pose`.
@@ -67,7 +69,7 @@ def estimate_poses(sweep: Sweep, method: str = "learned", *, model: str | Path |
     if method == "speckle":
         from . import speckle
 
-        rel, info = speckle.estimate_relative(sweep, progress=progress, should_cancel=should_cancel)
+        rel, info = speckle.estimate_relative(sweep, curve=model, progress=progress, should_cancel=should_cancel)
     else:
         from . import learned
 

@@ -1,0 +1,339 @@
+"""Evaluation of sensorless pose estimators against known poses (``freehandrecon evaluate``).
+
+Sweeps come from the simulator (held-out site and unseen seeds by default) or from tracked files
+(their tracker poses are the truth). Each method runs through
+:func:`freehandrecon.poses.estimate_poses` with ``sweep_direction="auto"`` (simulated sweeps carry
+their direction in metadata; tracked ones give it by their net motion), and
+:func:`freehandrecon.metrics.evaluate_poses` scores it. Writes ``report.json`` and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from . import metrics
+from .errors import Cancelled, InputError, OutputExistsError
+from .sweep import Sweep
+
+ESTIMATORS = ("learned", "speckle")
+DEFAULT_SEED = 10000  # training draws small seeds; evaluation defaults to unseen ones
+TABLE_COLUMNS = (("gpe_mm", "GPE (mm)"), ("lpe_mm", "LPE (mm)"), ("final_drift_mm", "final drift (mm)"),
+                 ("final_drift_rate_length_pct", "FDR (% length)"),
+                 ("final_drift_rate_distance_pct", "FDR (% start-end)"), ("average_drift_mm", "avg drift (mm)"),
+                 ("max_drift_mm", "max drift (mm)"), ("frames_per_second", "frames/s"))
+TARGET_FDR_PCT, TARGET_RATIO, TARGET_LPE_MM, TARGET_FPS = 5.0, 2.0, 0.1, 200.0
+
+Progress = Callable[[str, float], None]
+
+
+# --- sweeps ----------------------------------------------------------------------------------
+
+def simulated_sweeps(sites: Iterable[str], count: int, seed: int = DEFAULT_SEED, frames: int = 100,
+                     kind: str | None = None) -> Iterator[tuple[str, Sweep]]:
+    """``count`` simulated sweeps per site with seeds ``seed, seed+1, ...`` (generated lazily)."""
+    from .simulate import random_sweep
+
+    for site in sites:
+        for i in range(count):
+            s = seed + i
+            yield f"{site}-seed{s}", random_sweep(site, s, num_frames=frames, kind=kind)
+
+
+def file_sweeps(paths: Iterable[Path], **read_options: Any) -> Iterator[tuple[str, Sweep]]:
+    """Tracked sweep files (any format :func:`freehandrecon.io.read_sweep` reads); poses are required."""
+    from .io import read_sweep
+
+    for p in paths:
+        sweep = read_sweep(p, **read_options)
+        if sweep.image_to_world is None:
+            raise InputError(f"'{p}' has no tracked poses to evaluate against.",
+                             "Give the tracker transforms and calibration (--plus-config or --calibration).")
+        yield Path(p).name, sweep
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+def _round(v: Any, digits: int = 5) -> Any:
+    if isinstance(v, float):
+        return v if not math.isfinite(v) else round(v, digits)
+    if isinstance(v, dict):
+        return {k: _round(x, digits) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_round(x, digits) for x in v]
+    return v
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if v is None or isinstance(v, (str, int, float, bool)):
+        return v
+    return str(v)
+
+
+def evaluate_sweep(sweep: Sweep, methods: Iterable[str], *, model: str | Path | None = None,
+                   device: str = "cpu", progress: Progress | None = None,
+                   should_cancel: Callable[[], bool] | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Run each method on ``sweep`` and score it against the sweep's poses.
+
+    Returns ``(results, poses)``: per method the metrics (with per-frame lists), ``seconds``,
+    ``frames_per_second``, ``warnings`` and the estimator's ``info``; and the estimated poses.
+    """
+    from .poses import estimate_poses
+
+    if sweep.image_to_world is None:
+        raise InputError("The sweep has no true poses to evaluate against.", "Use a tracked or simulated sweep.")
+    results: dict[str, Any] = {}
+    poses: dict[str, np.ndarray] = {}
+    for method in methods:
+        if method == "speckle":  # probe calibration is a one-off per probe: keep it out of the timing
+            from .poses.speckle import curve_for
+
+            curve_for(sweep, None)
+        est = estimate_poses(sweep, method, model=model, device=device, sweep_direction="auto",
+                             progress=progress, should_cancel=should_cancel)
+        r = metrics.evaluate_poses(sweep.image_to_world, est.image_to_world, sweep.frame_shape, sweep.pixel_spacing,
+                                   per_frame=True)
+        r.update(seconds=est.seconds, frames_per_second=est.frames_per_second, warnings=list(est.warnings),
+                 direction=est.direction, info=_jsonable(est.info))
+        results[method] = r
+        poses[method] = est.image_to_world
+    return results, poses
+
+
+def aggregate(sweeps: list[dict[str, Any]], methods: Iterable[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean and median over sweeps of every scalar metric, per method (NaN rates are skipped)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for m in methods:
+        rows = [s["results"][m] for s in sweeps if m in s["results"]]
+        keys = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)] if rows else []
+        agg = {}
+        for k in keys:
+            vals = np.array([r[k] for r in rows], dtype=np.float64)
+            vals = vals[np.isfinite(vals)]
+            agg[k] = {"mean": float(vals.mean()) if vals.size else float("nan"),
+                      "median": float(np.median(vals)) if vals.size else float("nan")}
+        if rows:
+            for dof in metrics.DOF_NAMES:
+                vals = np.array([r["per_dof_mae"][dof] for r in rows])
+                agg[f"mae_{dof}"] = {"mean": float(vals.mean()), "median": float(np.median(vals))}
+        out[m] = agg
+    return out
+
+
+def check_targets(agg: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
+    """The issue's targets from the mean metrics: learned FDR <= 5 % of length and >= 2x lower than
+    speckle's, learned LPE <= 0.1 mm, learned >= 200 frames/s. ``None`` where a method was not run."""
+    def mean(method: str, key: str) -> float | None:
+        v = agg.get(method, {}).get(key, {}).get("mean")
+        return None if v is None or not math.isfinite(v) else float(v)
+
+    fdr_l, fdr_s = mean("learned", "final_drift_rate_length_pct"), mean("speckle", "final_drift_rate_length_pct")
+    lpe_l, fps_l = mean("learned", "lpe_mm"), mean("learned", "frames_per_second")
+    t = {
+        "learned_fdr_length_le_5pct": None if fdr_l is None else fdr_l <= TARGET_FDR_PCT,
+        "learned_fdr_2x_lower_than_speckle": None if fdr_l is None or fdr_s is None else fdr_l * TARGET_RATIO <= fdr_s,
+        "learned_lpe_le_0.1mm": None if lpe_l is None else lpe_l <= TARGET_LPE_MM,
+        "learned_ge_200_frames_per_s": None if fps_l is None else fps_l >= TARGET_FPS,
+    }
+    t["all_met"] = all(v is True for v in t.values())
+    return t
+
+
+def markdown_table(agg: dict[str, dict[str, dict[str, float]]], stat: str = "mean") -> str:
+    """The summary table (one row per method) in Markdown."""
+    lines = ["| method | " + " | ".join(h for _, h in TABLE_COLUMNS) + " |",
+             "|---" * (len(TABLE_COLUMNS) + 1) + "|"]
+    for m, a in agg.items():
+        cells = []
+        for k, _ in TABLE_COLUMNS:
+            v = a.get(k, {}).get(stat, float("nan"))
+            cells.append("-" if not math.isfinite(v) else (f"{v:.0f}" if k == "frames_per_second" else f"{v:.3g}"))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets_text(targets: dict[str, Any], agg: dict[str, Any]) -> str:
+    """One line per target, stating whether the measured numbers meet it."""
+    def fmt(v: Any) -> str:
+        return "not evaluated" if v is None else ("met" if v else "NOT met")
+
+    def mean(method: str, key: str) -> str:
+        v = agg.get(method, {}).get(key, {}).get("mean")
+        return "-" if v is None or not math.isfinite(v) else f"{v:.3g}"
+
+    return "\n".join([
+        f"- learned FDR <= 5 % of length: {fmt(targets['learned_fdr_length_le_5pct'])} "
+        f"(learned {mean('learned', 'final_drift_rate_length_pct')} %)",
+        f"- learned FDR >= 2x lower than speckle: {fmt(targets['learned_fdr_2x_lower_than_speckle'])} "
+        f"(speckle {mean('speckle', 'final_drift_rate_length_pct')} %)",
+        f"- learned LPE <= 0.1 mm: {fmt(targets['learned_lpe_le_0.1mm'])} (learned {mean('learned', 'lpe_mm')} mm)",
+        f"- learned >= 200 frames/s: {fmt(targets['learned_ge_200_frames_per_s'])} "
+        f"(learned {mean('learned', 'frames_per_second')} frames/s)",
+    ])
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def run_evaluation(sweeps: Iterable[tuple[str, Sweep]], methods: Iterable[str], out_dir: str | Path, *,
+                   force: bool = False, plots: int = 3, model: str | Path | None = None, device: str = "cpu",
+                   total: int | None = None, progress: Progress | None = None,
+                   should_cancel: Callable[[], bool] | None = None,
+                   settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate every sweep with every method; write ``report.json`` and PNG plots (trajectories and
+    per-frame errors of the first ``plots`` sweeps) into ``out_dir``. Returns the report.
+
+    Refuses to overwrite an existing report without ``force``; outputs appear only when all succeeded.
+    """
+    from . import plots as plotting
+    from .io.common import atomic_outputs
+
+    methods = list(dict.fromkeys(methods))
+    if not methods:
+        raise InputError("No methods to evaluate.", f"Give some of: {', '.join(ESTIMATORS)}.")
+    bad = [m for m in methods if m not in ESTIMATORS]
+    if bad:
+        raise InputError(f"Unknown method(s): {', '.join(bad)}.", f"Use some of: {', '.join(ESTIMATORS)}.")
+    out_dir = Path(out_dir)
+    if (out_dir / "report.json").exists() and not force:
+        raise OutputExistsError(f"{out_dir} already holds an evaluation report.",
+                                "Choose another --out folder, or pass --force to overwrite it.")
+    entries: list[dict[str, Any]] = []
+    figures: list[tuple[str, Callable[[Path], Any]]] = []
+    t0 = time.perf_counter()
+    for i, (name, sweep) in enumerate(sweeps):
+        if should_cancel is not None and should_cancel():
+            raise Cancelled()
+        inner = None
+        if progress is not None and total:
+            inner = lambda stage, f, i=i: progress("evaluate", min(1.0, (i + f) / total))  # noqa: E731
+        results, poses = evaluate_sweep(sweep, methods, model=model, device=device, progress=inner,
+                                        should_cancel=should_cancel)
+        meta = sweep.metadata or {}
+        entries.append({"name": name, "frames": sweep.num_frames, "frame_shape": list(sweep.frame_shape),
+                        "pixel_spacing_mm": list(sweep.pixel_spacing),
+                        **{k: _jsonable(meta[k]) for k in ("site", "seed", "trajectory", "sweep_direction", "source")
+                           if k in meta},
+                        "results": _round(results)})
+        if i < plots:
+            safe = _safe_name(name)
+            true, shape, spacing = sweep.image_to_world, sweep.frame_shape, sweep.pixel_spacing
+            figures.append((f"trajectory_{safe}.png",
+                            lambda p, t=true, e=poses, s=shape, sp=spacing, n=name:
+                            plotting.plot_trajectories(p, t, e, s, sp, f"{n}: frame-centre trajectories (mm)")))
+            figures.append((f"errors_{safe}.png",
+                            lambda p, r=results, n=name: plotting.plot_errors(p, r, f"{n}: per-frame errors")))
+        if progress is not None and total:
+            progress("evaluate", min(1.0, (i + 1) / total))
+    if not entries:
+        raise InputError("There was no sweep to evaluate.", "Give input files, or --sweeps K >= 1.")
+    agg = aggregate([{"results": e["results"]} for e in entries], methods)
+    targets = check_targets(agg)
+    report = {"format": "freehandrecon-evaluation", "version": 1, "methods": methods,
+              "settings": _jsonable(settings or {}), "seconds": round(time.perf_counter() - t0, 3),
+              "metric_definitions": "see freehandrecon.metrics (TUS-REC GPE/LPE; drift at the frame centre, "
+                                    "chains anchored on the true first pose)",
+              "sweeps": entries, "aggregate": _round(agg), "targets": targets,
+              "table_markdown": markdown_table(agg), "plots": [n for n, _ in figures]}
+    paths = [out_dir / "report.json"] + [out_dir / n for n, _ in figures]
+    with atomic_outputs(*paths) as temps:
+        temps[0].write_text(json.dumps(report, indent=2, allow_nan=True))
+        for tmp, (_, draw) in zip(temps[1:], figures):
+            draw(tmp)
+    return report
+
+
+# --- command line ------------------------------------------------------------------------------
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``freehandrecon evaluate`` to the command line."""
+    from .simulate import HELDOUT_SITE
+
+    p = sub.add_parser(
+        "evaluate", help="score sensorless pose estimators on simulated or tracked sweeps (JSON report, plots)",
+        description="Run pose estimators on sweeps with known poses and score them (GPE, LPE, final drift and "
+        "drift rates, per-DoF errors, frames/s). Without INPUT files, sweeps are simulated (default: the held-out "
+        "site, unseen seeds). Writes report.json and PNG plots into --out and prints a Markdown table and whether "
+        "the targets are met.")
+    p.add_argument("inputs", nargs="*", type=Path, metavar="INPUT",
+                   help="tracked sweep files to evaluate against their tracker poses (.igs.mha/.mha/.mhd with "
+                   "--plus-config or --calibration, TUS-REC .h5, .seq.nrrd, .npz); none: simulate")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--methods", nargs="+", choices=ESTIMATORS, default=list(ESTIMATORS),
+                   help="estimators to evaluate (default: %(default)s)")
+    p.add_argument("--site", default=HELDOUT_SITE,
+                   help="simulation site (default: the held-out site %(default)s)")
+    p.add_argument("--sites", nargs="+", metavar="SITE", help="several simulation sites (overrides --site)")
+    p.add_argument("--sweeps", type=int, default=5, metavar="K", help="simulated sweeps per site (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, metavar="S",
+                   help="first simulation seed; sweeps use S, S+1, ... (default: %(default)s, unseen in training)")
+    p.add_argument("--frames", type=int, default=100, metavar="N", help="frames per simulated sweep (default: %(default)s)")
+    p.add_argument("--trajectory", metavar="KIND",
+                   help="simulated trajectory kind (linear, fan, tilt, s-curve, mixed; default: random per seed)")
+    p.add_argument("--plots", type=int, default=3, metavar="K", help="sweeps to plot (default: %(default)s)")
+    p.add_argument("--model", type=Path, metavar="FILE", help="learned model (.safetensors); default: the shipped one")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the learned model runs (default: cpu)")
+    p.add_argument("--plus-config", type=Path, metavar="XML", help="PLUS configuration with the image calibration")
+    p.add_argument("--image-to-reference", default="ImageToReference", metavar="NAME",
+                   help="pixel-to-world transform to build for PLUS files (default: %(default)s)")
+    p.add_argument("--calibration", type=Path, metavar="FILE",
+                   help="image calibration instead of --plus-config (4x4 matrix file or TUS-REC calib_matrix.csv)")
+    p.add_argument("--pixel-spacing", type=float, nargs=2, metavar=("SX", "SY"),
+                   help="override the pixel spacing in mm (columns, rows)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing report and plots in --out")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Run the evaluation from parsed arguments; print the table and the targets."""
+    from .cli import _Progress
+
+    if (Path(args.out) / "report.json").exists() and not args.force:  # before any slow work
+        raise OutputExistsError(f"{args.out} already holds an evaluation report.",
+                                "Choose another --out folder, or pass --force to overwrite it.")
+    for name in ("sweeps", "frames"):
+        if getattr(args, name) < (1 if name == "sweeps" else 2):
+            raise InputError(f"--{name} must be at least {1 if name == 'sweeps' else 2}.", f"Give a larger --{name}.")
+    if args.inputs:
+        sweeps = file_sweeps(args.inputs, plus_config=args.plus_config, image_to_reference=args.image_to_reference,
+                             calibration=args.calibration,
+                             pixel_spacing=tuple(args.pixel_spacing) if args.pixel_spacing else None)
+        total = len(args.inputs)
+        settings = {"mode": "files", "inputs": [str(p) for p in args.inputs]}
+    else:
+        from .simulate.sites import check_site
+
+        sites = args.sites or [args.site]
+        for s in sites:
+            check_site(s)
+        sweeps = simulated_sweeps(sites, args.sweeps, args.seed, args.frames, args.trajectory)
+        total = len(sites) * args.sweeps
+        settings = {"mode": "simulated", "sites": sites, "sweeps_per_site": args.sweeps, "seed": args.seed,
+                    "frames": args.frames, "trajectory": args.trajectory or "random"}
+    progress = _Progress(getattr(args, "quiet", False))
+    try:
+        report = run_evaluation(sweeps, args.methods, args.out, force=args.force, plots=args.plots, model=args.model,
+                                device=args.device, total=total, progress=progress, settings=settings)
+    finally:
+        progress.close()
+    print(report["table_markdown"])
+    print()
+    print("Targets (issue 3, from the mean over sweeps):")
+    print(targets_text(report["targets"], report["aggregate"]))
+    print(f"\nwrote {Path(args.out) / 'report.json'} and {len(report['plots'])} plots")
+    return 0

@@ -1,0 +1,295 @@
+"""Learned sensorless pose estimation: model files, loading with checks, and inference.
+
+A model is two files side by side: ``<name>.safetensors`` (the weights) and ``<name>.json``
+(architecture config, per-DoF output scales, input spacing/size, window, training recipe,
+metrics and the sha256 of the weights). :func:`load_model` verifies the checksum and builds
+the network from the json with strict state-dict checking. :func:`estimate_relative` returns
+forward-canonical relative motions in the centre frame (see :mod:`freehandrecon.poses.common`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import geometry
+from ..errors import Cancelled, InputError, ResourceError
+from ..sweep import Sweep
+from . import common
+from .network import PoseNet, PoseNetConfig, build_pose_net
+
+MODEL_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+DEFAULT_MODEL_NAME = "posenet_sim_v1"
+FORMAT = "freehandrecon-posenet"
+DOF_NAMES = ("tx_mm", "ty_mm", "tz_mm", "rx_deg", "ry_deg", "rz_deg")
+INFERENCE_MODES = ("window", "full")
+
+
+@dataclass
+class LoadedModel:
+    """A ready-to-run network with the facts stored beside it."""
+
+    net: PoseNet
+    config: PoseNetConfig
+    scales: np.ndarray                 # [6] per-DoF output scales (mm, degrees)
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    device: str = "cpu"
+
+    @property
+    def window(self) -> int:
+        return self.config.window
+
+    @property
+    def min_frames(self) -> int:
+        """Shortest sweep accepted: one full window of pairs."""
+        return self.config.window + 1
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_model(net: PoseNet, scales: np.ndarray, out_dir: str | Path, name: str,
+               extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write ``<name>.safetensors`` and ``<name>.json`` (with the weights' sha256) into ``out_dir``."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / f"{name}.safetensors"
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(weights), metadata={"format": FORMAT})
+    meta = {
+        "format": FORMAT,
+        "version": 1,
+        "name": name,
+        "weights": weights.name,
+        "sha256": sha256_file(weights),
+        "config": net.config.to_dict(),
+        "scales": [float(v) for v in np.asarray(scales).reshape(6)],
+        "dof_names": list(DOF_NAMES),
+        "input_spacing_mm": net.config.input_spacing,
+        "input_size": net.config.input_size,
+        "window": net.config.window,
+        "output": "relative motion of frame t+1 in frame t, centre frame, forward-canonical; "
+                  "[tx,ty,tz mm, rx,ry,rz deg] (R = Rz Ry Rx) divided by scales",
+    }
+    meta.update(extra or {})
+    js = out / f"{name}.json"
+    js.write_text(json.dumps(meta, indent=2))
+    return weights, js
+
+
+def _resolve_paths(path: str | Path | None) -> tuple[Path, Path]:
+    if path is None:
+        path = MODEL_DIR / f"{DEFAULT_MODEL_NAME}.json"
+    p = Path(path)
+    if p.is_dir():
+        candidates = sorted(p.glob("*.json"))
+        if not candidates:
+            raise ResourceError(f"No model (.json + .safetensors) in {p}.",
+                                "Give the model's .json file, reinstall FreehandRecon, or train one with "
+                                "`freehandrecon train`.")
+        p = p / f"{DEFAULT_MODEL_NAME}.json" if (p / f"{DEFAULT_MODEL_NAME}.json").exists() else candidates[0]
+    if p.suffix == ".safetensors":
+        p = p.with_suffix(".json")
+    if not p.exists():
+        raise ResourceError(f"The model description {p} does not exist.",
+                            "Give an existing model .json (beside its .safetensors), reinstall FreehandRecon "
+                            "to restore the shipped model, or train one with `freehandrecon train`.")
+    try:
+        meta = json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise ResourceError(f"The model description {p} is not readable JSON ({exc}).",
+                            "Re-download/reinstall the model files or retrain.") from exc
+    weights = p.parent / meta.get("weights", p.with_suffix(".safetensors").name)
+    return p, weights
+
+
+def load_model(path: str | Path | None = None, device: str = "cpu") -> LoadedModel:
+    """Load a model (default: the shipped one in Resources/Models), verifying checksum and architecture.
+
+    Raises :class:`ResourceError` for missing files, a checksum mismatch or weights that do not
+    fit the architecture described in the json.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    js, weights = _resolve_paths(path)
+    meta = json.loads(js.read_text())
+    if meta.get("format") != FORMAT:
+        raise ResourceError(f"{js} is not a FreehandRecon pose model (format {meta.get('format')!r}).",
+                            "Give the .json written by `freehandrecon train`.")
+    if not weights.exists():
+        raise ResourceError(f"The model weights {weights} are missing.",
+                            "Re-download/reinstall FreehandRecon or retrain the model.")
+    digest = sha256_file(weights)
+    if digest != meta.get("sha256"):
+        raise ResourceError(f"The model weights {weights} do not match the checksum in {js.name} "
+                            f"(sha256 {digest[:12]}..., expected {str(meta.get('sha256'))[:12]}...): the file is "
+                            "corrupt, truncated or from another model.",
+                            "Re-download/reinstall FreehandRecon to restore the file, or retrain with "
+                            "`freehandrecon train` (which writes matching files).")
+    try:
+        config = PoseNetConfig.from_dict(meta["config"])
+        net = build_pose_net(config)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ResourceError(f"The architecture in {js} is not one this FreehandRecon version can build ({exc}).",
+                            "Update FreehandRecon or use a model trained with this version.") from exc
+    state = load_file(str(weights))
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0:3]
+        raise ResourceError(f"The weights in {weights.name} do not fit the architecture described in {js.name} "
+                            f"(architecture mismatch: {' '.join(first)}).",
+                            "Use the .json written together with these weights, or retrain.") from exc
+    net.eval().to(device)
+    scales = np.asarray(meta["scales"], dtype=np.float64)
+    if scales.shape != (6,) or not np.all(scales > 0):
+        raise ResourceError(f"{js} has invalid per-DoF scales {meta.get('scales')}.", "Retrain or reinstall the model.")
+    return LoadedModel(net, config, scales, meta, js, device)
+
+
+def _window_starts(pairs: int, window: int, stride: int) -> list[int]:
+    if pairs <= window:
+        return [0]
+    starts = list(range(0, pairs - window + 1, stride))
+    if starts[-1] != pairs - window:
+        starts.append(pairs - window)
+    return starts
+
+
+def predict_scaled(net: PoseNet, frames: np.ndarray, *, window: int, mode: str = "window", device: str = "cpu",
+                   batch: int = 64, progress: Callable[[str, float], None] | None = None,
+                   should_cancel: Callable[[], bool] | None = None) -> np.ndarray:
+    """Model-input frames ``[N, S, S]`` in [0, 1] -> scaled predictions ``[N-1, 6]``.
+
+    The frame encoder runs once per frame, the pair encoder once per pair; then the LSTMs run
+    over overlapping windows of ``window`` pairs (stride ``window // 2``), averaging the overlaps
+    with triangular weights (``mode="window"``), or once over the whole sequence (``"full"``).
+    """
+    import torch
+
+    if mode not in INFERENCE_MODES:
+        raise InputError(f"Unknown inference mode '{mode}'.", f"Use one of {INFERENCE_MODES}.")
+    n = frames.shape[0]
+    pairs = n - 1
+    steps = max(1, 2 * ((n + batch - 1) // batch))
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if should_cancel is not None and should_cancel():
+            raise Cancelled("Pose estimation was cancelled.")
+        if progress is not None:
+            progress("poses", min(1.0, done / steps))
+
+    was_training = net.training
+    net.eval()
+    x_all = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))[:, None]
+    with torch.inference_mode():
+        feats = []
+        for s in range(0, n, batch):
+            feats.append(net.encode_frames(x_all[s:s + batch].to(device)))
+            tick()
+        f = torch.cat(feats)
+        loc, glo = [], []
+        for s in range(0, pairs, batch):
+            e = min(pairs, s + batch)
+            lo, gl = net.pair_features(f[s:e], f[s + 1:e + 1], x_all[s:e].to(device), x_all[s + 1:e + 1].to(device))
+            loc.append(lo)
+            glo.append(gl)
+            tick()
+        loc_t, glo_t = torch.cat(loc), torch.cat(glo)
+        if mode == "full" or pairs <= window:
+            out = net.motion(loc_t[None], glo_t[None])["pred"][0]
+        else:
+            starts = _window_starts(pairs, window, max(1, window // 2))
+            idx = torch.tensor(starts)[:, None] + torch.arange(window)[None]
+            pred = net.motion(loc_t[idx], glo_t[idx])["pred"]                 # [K, W, 6]
+            w = torch.minimum(torch.arange(1, window + 1), torch.arange(window, 0, -1)).float().to(pred)
+            acc = torch.zeros(pairs, 6, device=pred.device)
+            wsum = torch.zeros(pairs, 1, device=pred.device)
+            acc.index_add_(0, idx.flatten().to(pred.device), (pred * w[None, :, None]).reshape(-1, 6))
+            wsum.index_add_(0, idx.flatten().to(pred.device), w.repeat(len(starts))[:, None])
+            out = acc / wsum
+    if was_training:
+        net.train()
+    return out.float().cpu().numpy().astype(np.float64)
+
+
+def params_to_relative(params: np.ndarray) -> np.ndarray:
+    """Unscaled 6-vectors ``[N-1, 6]`` -> ``[N-1, 4, 4]`` relative motions."""
+    return geometry.params_to_matrix(params)
+
+
+def estimate_relative(sweep: Sweep, *, model: LoadedModel | str | Path | None = None, device: str = "cpu",
+                      progress: Callable[[str, float], None] | None = None,
+                      should_cancel: Callable[[], bool] | None = None,
+                      mode: str = "window") -> tuple[np.ndarray, dict[str, Any]]:
+    """Forward-canonical relative motions ``[N-1, 4, 4]`` in the centre frame, and an info dict."""
+    common.check_pixel_spacing_known(sweep)
+    m = model if isinstance(model, LoadedModel) else load_model(model, device=device)
+    common.require_min_frames(sweep.num_frames, m.min_frames, "the learned pose estimator")
+    warnings = common.check_speckle(sweep.frames)
+    t0 = time.perf_counter()
+    frames = common.resample_frames(sweep.frames, sweep.pixel_spacing, m.config.input_spacing, m.config.input_size)
+    if should_cancel is not None and should_cancel():
+        raise Cancelled("Pose estimation was cancelled.")
+    scaled = predict_scaled(m.net, frames, window=m.window, mode=mode, device=m.device, progress=progress,
+                            should_cancel=should_cancel)
+    params = scaled * m.scales[None]
+    seconds = time.perf_counter() - t0
+    info = {
+        "model": str(m.path) if m.path else None,
+        "model_name": m.meta.get("name"),
+        "inference_mode": mode,
+        "frames_per_second": round(sweep.num_frames / max(seconds, 1e-9), 1),
+        "warnings": warnings,
+    }
+    return params_to_relative(params), info
+
+
+def benchmark_inference(num_frames: int = 256, threads: int = 2, model: LoadedModel | None = None,
+                        device: str = "cpu", repeats: int = 2) -> dict[str, float]:
+    """Frames/s of the network on ``num_frames`` random model-input frames (best of ``repeats``).
+
+    Uses the shipped model when it loads, else an untrained network of the default
+    architecture (speed does not depend on the weights).
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        if model is None:
+            try:
+                model = load_model(device=device)
+            except ResourceError:
+                net = build_pose_net().eval().to(device)
+                model = LoadedModel(net, net.config, np.ones(6), device=device)
+        s = model.config.input_size
+        frames = np.random.default_rng(0).random((num_frames, s, s), dtype=np.float32)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            predict_scaled(model.net, frames, window=model.window, device=device)
+            best = min(best, time.perf_counter() - t0)
+        return {"frames": num_frames, "threads": threads, "device": device, "seconds": best,
+                "frames_per_second": num_frames / best, "input_size": s}
+    finally:
+        torch.set_num_threads(previous)

@@ -1,0 +1,1 @@
+"""Training of the learned pose estimator (``freehandrecon train``): data, loop, command."""

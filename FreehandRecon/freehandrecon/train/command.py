@@ -1,0 +1,160 @@
+"""``freehandrecon train``: train the learned pose estimator on simulated and/or tracked sweeps.
+
+Also runnable alone (``python -m freehandrecon.train ...``), which is handy under
+``torchrun --nproc_per_node K -m freehandrecon.train ...`` before the main CLI wires it in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import InputError
+from ..poses.losses import LossWeights
+from ..poses.network import PoseNetConfig
+from .datasets import SPLIT_BY, TRAJECTORY_KINDS
+
+EXAMPLE = """examples:
+  freehandrecon train --data sim --cache /tmp/fr_cache --out /tmp/run1 --epochs 20
+  freehandrecon train --data sim /data/tracked --split-by subject --out runs/mix --device cuda --amp
+  torchrun --nproc_per_node 4 -m freehandrecon.cli train --data sim --out runs/ddp --device cuda
+  freehandrecon train --data sim --out /tmp/run1 --epochs 30 --resume   # continue a run
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the ``train`` sub-command."""
+    d = PoseNetConfig()
+    w = LossWeights()
+    p = sub.add_parser("train", help="train the learned (MoGLo-style) pose estimator; writes .safetensors + .json",
+                       description=__doc__.split("\n\n")[0] + " Writes checkpoints (last.pt each epoch, best.pt by "
+                       "validation loss), log.jsonl and finally <name>.safetensors + <name>.json into --out.",
+                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", nargs="+", default=["sim"], metavar="SRC",
+                   help="'sim' (simulated sweeps) and/or tracked sweep files or folders searched recursively "
+                   "(.igs.mha/.mha PLUS, TUS-REC .h5, .seq.nrrd, .npz) (default: sim)")
+    g.add_argument("--sites", nargs="+", metavar="SITE",
+                   help="simulator sites for training and validation (default: simulate.TRAIN_SITES)")
+    g.add_argument("--train-seeds", type=int, nargs=2, default=[0, 60], metavar=("START", "STOP"),
+                   help="simulated training seeds START..STOP-1, one sweep per site and seed (default: 0 60)")
+    g.add_argument("--val-seeds", type=int, nargs=2, default=[10000, 10004], metavar=("START", "STOP"),
+                   help="held-out simulated validation seeds (default: 10000 10004)")
+    g.add_argument("--frames", type=int, default=80, help="frames per simulated sweep (default: 80)")
+    g.add_argument("--kinds", nargs="+", default=list(TRAJECTORY_KINDS), choices=TRAJECTORY_KINDS,
+                   help="simulated trajectory kinds, cycled over seeds (default: all)")
+    g.add_argument("--cache", type=Path, metavar="DIR",
+                   help="folder caching simulated sweeps as .npz, reused by later runs (default: no cache)")
+    g.add_argument("--split-by", choices=SPLIT_BY, default="subject",
+                   help="held-out split of tracked files: subject (metadata 'subject', else the parent folder), "
+                   "site (metadata 'site', else the grandparent folder) or file (default: subject)")
+    g.add_argument("--val-fraction", type=float, default=0.2,
+                   help="fraction of tracked-file groups held out for validation (default: 0.2)")
+    g.add_argument("--plus-config", type=Path, metavar="XML", help="PLUS config for tracked .igs.mha inputs")
+    g.add_argument("--calibration", type=Path, metavar="FILE", help="image calibration for tracked inputs")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=10, help="epochs (default: 10)")
+    g.add_argument("--steps-per-epoch", type=int, default=200, help="optimiser steps per epoch (default: 200)")
+    g.add_argument("--batch-size", type=int, default=8, help="windows per step and process (default: 8)")
+    g.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (default: 1e-3)")
+    g.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay (default: 0.01)")
+    g.add_argument("--warmup-steps", type=int, default=100,
+                   help="linear warm-up steps before the cosine decay (default: 100)")
+    g.add_argument("--no-augment", action="store_true", help="disable lateral-flip and time-reversal augmentation")
+    g.add_argument("--loss-weights", type=float, nargs=4, metavar=("MAE", "CORR", "CORNER", "TRIPLET"),
+                   default=[w.mae, w.correlation, w.corner, w.triplet],
+                   help=f"weights of motion-weighted MAE, correlation, corner-point (mm) and margin-triplet "
+                   f"losses (default: {w.mae} {w.correlation} {w.corner} {w.triplet})")
+    g.add_argument("--triplet", action="store_true", help="enable the margin-triplet loss with weight 0.005 "
+                   "(when --loss-weights gives it 0)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    g = p.add_argument_group("model")
+    g.add_argument("--window", type=int, default=d.window, help=f"frame pairs per window (default: {d.window})")
+    g.add_argument("--input-size", type=int, default=d.input_size,
+                   help=f"model frame size in pixels, multiple of 32 (default: {d.input_size})")
+    g.add_argument("--input-spacing", type=float, default=d.input_spacing,
+                   help=f"model pixel spacing in mm (default: {d.input_spacing})")
+    g.add_argument("--widths", type=int, nargs=4, default=list(d.widths), metavar="C",
+                   help=f"encoder widths stem/stage1/stage2/stage3 (default: {' '.join(map(str, d.widths))})")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder for checkpoints and model")
+    g.add_argument("--name", default="posenet", help="exported model name (default: posenet)")
+    g.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
+    g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:K (default: cpu)")
+    g.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    g.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's choice)")
+    g.add_argument("--drift-sweeps", type=int, default=4,
+                   help="validation sweeps whose whole-sweep drift is measured each epoch (default: 4)")
+    p.set_defaults(func=cmd_train)
+
+
+def options_from_args(args: argparse.Namespace):
+    """Build :class:`TrainOptions` from parsed arguments."""
+    from .trainer import TrainOptions
+
+    if args.epochs < 1 or args.steps_per_epoch < 1 or args.batch_size < 1:
+        raise InputError("--epochs, --steps-per-epoch and --batch-size must be at least 1.", "Give positive values.")
+    if args.window < 2:
+        raise InputError(f"--window {args.window} is too small.", "Use a window of at least 2 frame pairs (e.g. 8).")
+    if args.input_size % 32:
+        raise InputError(f"--input-size {args.input_size} is not a multiple of 32.", "Use e.g. 96, 128 or 160.")
+    weights = LossWeights(*args.loss_weights)
+    if args.triplet and not weights.triplet:
+        weights.triplet = 0.005
+    read_options = {}
+    if args.plus_config:
+        read_options["plus_config"] = args.plus_config
+    if args.calibration:
+        read_options["calibration"] = args.calibration
+    cfg = PoseNetConfig(input_size=args.input_size, input_spacing=args.input_spacing, widths=tuple(args.widths),
+                        window=args.window)
+    return TrainOptions(
+        out=args.out, name=args.name, data=list(args.data), sites=args.sites, train_seeds=tuple(args.train_seeds),
+        val_seeds=tuple(args.val_seeds), frames=args.frames, kinds=list(args.kinds), cache=args.cache,
+        split_by=args.split_by, val_fraction=args.val_fraction, read_options=read_options, epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, augment=not args.no_augment,
+        loss=weights, config=cfg, device=args.device, amp=args.amp, threads=args.threads, resume=args.resume,
+        seed=args.seed, drift_sweeps=args.drift_sweeps, quiet=bool(getattr(args, "quiet", False)),
+        command="freehandrecon train " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []) or []))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Run ``freehandrecon train``."""
+    from .trainer import train
+
+    if not getattr(args, "argv", None):
+        args.argv = sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv else sys.argv[1:]
+    opts = options_from_args(args)
+    summary = train(opts)
+    if "json" in summary and not opts.quiet:
+        print(f"wrote {summary['weights']} and {summary['json']}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry: ``python -m freehandrecon.train [train options]``."""
+    from ..errors import FreehandReconError
+
+    parser = argparse.ArgumentParser(prog="freehandrecon-train")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parser(sub)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    quiet = "--quiet" in argv
+    argv = [a for a in argv if a != "--quiet"]
+    if not argv or argv[0] != "train":
+        argv = ["train"] + argv
+    args = parser.parse_args(argv)
+    args.quiet = quiet
+    args.argv = argv[1:]
+    try:  # error reporting as in the main CLI
+        return cmd_train(args)
+    except FreehandReconError as err:
+        print(f"freehandrecon: error: {err.problem}", file=sys.stderr)
+        if err.fix:
+            print(f"freehandrecon: fix: {err.fix}", file=sys.stderr)
+        return err.exit_code

@@ -1,0 +1,251 @@
+"""Training data for the learned pose estimator: sweeps -> model-ready records -> random windows.
+
+* A :class:`SweepRecord` holds one sweep resampled to the model input (uint8 ``[N, S, S]``),
+  its forward-canonical relative motions as 6-vectors ``[N-1, 6]`` (backward sweeps mirrored
+  with :func:`poses.common.mirror_elevation`), and the original geometry for drift checks.
+* Simulated sweeps come from :func:`freehandrecon.simulate.random_sweep` and are cached as
+  ``.npz`` files (one per site/seed/length/kind) so later runs and epochs reuse them.
+* Tracked files are read with :func:`freehandrecon.io.read_sweep`. Their **group key** for
+  held-out splits is, by ``--split-by``: ``file`` the file name; ``subject`` the metadata
+  ``subject`` (or ``subject_id``) when present, else the parent folder name; ``site`` the
+  metadata ``site`` when present, else the parent folder's parent name.
+  Groups go to validation by a stable hash of the key (``val_fraction`` of the groups).
+* :class:`WindowDataset` draws windows of ``W + 1`` frames with a random start (a seeded,
+  epoch-dependent draw per index, so DistributedSampler shards stay disjoint), with optional
+  lateral-flip and time-reversal augmentation (labels transformed exactly).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .. import geometry
+from ..errors import InputError
+from ..sweep import Sweep
+from ..poses import common
+
+FLIP_SIGNS = np.array([-1.0, 1.0, 1.0, 1.0, -1.0, -1.0])  # lateral mirror: tx, ry, rz change sign
+TRAJECTORY_KINDS = ("linear", "fan", "tilt", "s-curve", "mixed")
+
+
+@dataclass
+class SweepRecord:
+    """One sweep, ready for training."""
+
+    name: str
+    group: str
+    frames: np.ndarray            # uint8 [N, S, S] model input * 255
+    params: np.ndarray            # float32 [N-1, 6] forward-canonical relative motions (mm, deg)
+    direction: int                # +1 forward, -1 backward (as acquired)
+    image_to_world: np.ndarray    # [N, 4, 4] original poses (for drift)
+    frame_shape: tuple[int, int]  # original (H, W)
+    spacing: tuple[float, float]  # original (sx, sy)
+
+    @property
+    def num_pairs(self) -> int:
+        return int(self.params.shape[0])
+
+
+def prepare_record(sweep: Sweep, input_spacing: float, input_size: int, name: str, group: str) -> SweepRecord:
+    """Resample a tracked sweep to the model input and compute forward-canonical labels."""
+    if sweep.image_to_world is None:
+        raise InputError(f"Training sweep {name} has no poses.",
+                         "Train on tracked sweeps (with calibration) or simulated ones.")
+    rel = common.relative_centre(sweep.image_to_world, sweep.frame_shape, sweep.pixel_spacing)
+    direction = common.resolve_direction(sweep, "auto")
+    if direction < 0:
+        rel = common.mirror_elevation(rel)
+    frames = common.resample_frames(sweep.frames, sweep.pixel_spacing, input_spacing, input_size)
+    return SweepRecord(name, group, np.round(frames * 255).astype(np.uint8),
+                       geometry.matrix_to_params(rel).astype(np.float32), direction,
+                       np.asarray(sweep.image_to_world, dtype=np.float64), sweep.frame_shape, sweep.pixel_spacing)
+
+
+# --- simulated data ------------------------------------------------------------------------------
+
+def _save_sweep_npz(sweep: Sweep, path: Path) -> None:
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, frames=sweep.frames, image_to_world=sweep.image_to_world,
+             pixel_spacing=np.asarray(sweep.pixel_spacing), metadata=json.dumps(sweep.metadata, default=str))
+    tmp.replace(path)
+
+
+def _load_sweep_npz(path: Path) -> Sweep:
+    with np.load(path) as z:
+        return Sweep(frames=z["frames"], pixel_spacing=tuple(z["pixel_spacing"]),
+                     image_to_world=z["image_to_world"], metadata=json.loads(str(z["metadata"])))
+
+
+def sim_kind(seed: int, kinds: Sequence[str]) -> str:
+    """Trajectory kind used for a seed: kinds cycle with the seed, so any seed range mixes them."""
+    return kinds[seed % len(kinds)]
+
+
+def simulated_sweep(site: str, seed: int, num_frames: int, kind: str, cache: Path | None) -> Sweep:
+    """``random_sweep(site, seed, num_frames, kind)``, read from / written to the cache folder."""
+    from ..simulate import random_sweep
+
+    path = None
+    if cache is not None:
+        path = Path(cache) / f"{site}_s{seed}_n{num_frames}_{kind}.npz"
+        if path.exists():
+            try:
+                return _load_sweep_npz(path)
+            except (OSError, ValueError, KeyError):
+                path.unlink(missing_ok=True)  # a broken cache entry is regenerated
+    sweep = random_sweep(site, seed, num_frames=num_frames, kind=kind)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _save_sweep_npz(sweep, path)
+    return sweep
+
+
+def simulated_records(sites: Sequence[str], seeds: Iterable[int], num_frames: int, kinds: Sequence[str],
+                      input_spacing: float, input_size: int, cache: Path | None = None,
+                      progress: Callable[[str, float], None] | None = None) -> list[SweepRecord]:
+    """Records for every (site, seed): the kind cycles with the seed (:func:`sim_kind`)."""
+    jobs = [(site, int(seed)) for seed in seeds for site in sites]
+    out = []
+    for k, (site, seed) in enumerate(jobs):
+        kind = sim_kind(seed, kinds)
+        sweep = simulated_sweep(site, seed, num_frames, kind, cache)
+        out.append(prepare_record(sweep, input_spacing, input_size, f"{site}/seed{seed}/{kind}", site))
+        if progress is not None:
+            progress("simulate", (k + 1) / len(jobs))
+    return out
+
+
+# --- tracked files ---------------------------------------------------------------------------------
+
+SPLIT_BY = ("subject", "site", "file")
+
+
+def group_key(sweep: Sweep, path: Path, split_by: str) -> str:
+    """Held-out group of a file (see the module docstring)."""
+    meta = sweep.metadata or {}
+    if split_by == "file":
+        return path.name
+    if split_by == "subject":
+        value = meta.get("subject", meta.get("subject_id"))
+        return str(value) if value is not None else path.resolve().parent.name
+    if split_by == "site":
+        value = meta.get("site")
+        return str(value) if value is not None else path.resolve().parent.parent.name
+    raise InputError(f"Unknown split '{split_by}'.", f"Use one of: {', '.join(SPLIT_BY)}.")
+
+
+def file_records(paths: Sequence[Path], split_by: str, input_spacing: float, input_size: int,
+                 read_options: dict[str, Any] | None = None) -> list[SweepRecord]:
+    """Read tracked sweeps (any format :func:`freehandrecon.io.read_sweep` supports) into records."""
+    from ..io import read_sweep
+
+    out = []
+    for p in paths:
+        p = Path(p)
+        sweep = read_sweep(p, **(read_options or {}))
+        out.append(prepare_record(sweep, input_spacing, input_size, str(p), group_key(sweep, p, split_by)))
+    return out
+
+
+def split_records(records: Sequence[SweepRecord], val_fraction: float) -> tuple[list[SweepRecord], list[SweepRecord]]:
+    """Split by group: a group is validation when its stable hash falls below ``val_fraction``.
+
+    With at least two groups, both sides get at least one group.
+    """
+    groups = sorted({r.group for r in records})
+    score = {g: zlib.crc32(g.encode()) / 2**32 for g in groups}
+    val = {g for g in groups if score[g] < val_fraction}
+    if len(groups) >= 2 and val_fraction > 0:
+        ranked = sorted(groups, key=score.get)
+        if not val:
+            val = {ranked[0]}
+        if val == set(groups):
+            val = set(ranked[:-1])
+    return [r for r in records if r.group not in val], [r for r in records if r.group in val]
+
+
+def label_scales(records: Sequence[SweepRecord], percentile: float = 98.0) -> np.ndarray:
+    """Per-DoF ``percentile`` of |label| over all training pairs (floored at 1e-3)."""
+    allp = np.concatenate([r.params for r in records])
+    return np.maximum(np.percentile(np.abs(allp), percentile, axis=0), 1e-3)
+
+
+# --- windows ---------------------------------------------------------------------------------------
+
+def reverse_params(params: np.ndarray) -> np.ndarray:
+    """Labels of the time-reversed window, re-canonicalised to forward: ``M inv(R) M`` in reverse order."""
+    rel = geometry.params_to_matrix(params[::-1].astype(np.float64))
+    return geometry.matrix_to_params(common.mirror_elevation(np.linalg.inv(rel))).astype(np.float32)
+
+
+class WindowDataset:
+    """``length`` random windows of ``window + 1`` frames per epoch (map-style, torch-compatible).
+
+    Item i of epoch e is drawn from ``default_rng([seed, e, i])``: a record chosen with
+    probability proportional to its number of windows, a uniform start, and (when
+    ``augment``) a lateral flip and a time reversal, each with probability 1/2.
+    Returns ``(frames float32 [W+1, S, S] in [0, 1], scaled labels float32 [W, 6])``.
+    """
+
+    def __init__(self, records: Sequence[SweepRecord], window: int, length: int, scales: np.ndarray,
+                 seed: int = 0, augment: bool = True) -> None:
+        self.records = [r for r in records if r.num_pairs >= window]
+        if not self.records:
+            raise InputError(f"No training sweep has the {window + 1} frames a window needs.",
+                             "Use longer sweeps or a smaller --window.")
+        self.window, self.length, self.seed, self.augment = window, length, seed, augment
+        self.scales = np.asarray(scales, dtype=np.float32)
+        counts = np.array([r.num_pairs - window + 1 for r in self.records], dtype=np.float64)
+        self.prob = counts / counts.sum()
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        rec = self.records[int(rng.choice(len(self.records), p=self.prob))]
+        start = int(rng.integers(0, rec.num_pairs - self.window + 1))
+        frames = rec.frames[start:start + self.window + 1]
+        params = rec.params[start:start + self.window]
+        if self.augment:
+            if rng.random() < 0.5:
+                frames = frames[:, :, ::-1]
+                params = params * FLIP_SIGNS.astype(np.float32)
+            if rng.random() < 0.5:
+                frames = frames[::-1]
+                params = reverse_params(params)
+        x = np.ascontiguousarray(frames, dtype=np.float32) / 255.0
+        return x, (params / self.scales).astype(np.float32)
+
+
+def fixed_windows(records: Sequence[SweepRecord], window: int, scales: np.ndarray,
+                  max_windows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic, non-overlapping validation windows: frames ``[K, W+1, S, S]``, scaled labels."""
+    xs, ys = [], []
+    for r in records:
+        for s in range(0, r.num_pairs - window + 1, window):
+            xs.append(r.frames[s:s + window + 1])
+            ys.append(r.params[s:s + window] / scales)
+    if not xs:
+        raise InputError(f"No validation sweep has the {window + 1} frames a window needs.",
+                         "Use longer validation sweeps or a smaller --window.")
+    if max_windows is not None and len(xs) > max_windows:
+        pick = np.linspace(0, len(xs) - 1, max_windows).round().astype(int)
+        xs, ys = [xs[i] for i in pick], [ys[i] for i in pick]
+    return np.stack(xs).astype(np.float32) / 255.0, np.stack(ys).astype(np.float32)
+
+
+def records_digest(records: Sequence[SweepRecord]) -> str:
+    """Short digest of record names (recorded in checkpoints to spot a changed data set)."""
+    return hashlib.sha256("\n".join(r.name for r in records).encode()).hexdigest()[:16]

@@ -1,0 +1,368 @@
+"""Training loop of the learned pose estimator: AdamW + warm-up/cosine schedule, checkpoints,
+resume, AMP on CUDA, DistributedDataParallel under ``torchrun``, validation and export.
+
+Distributed runs: ``torchrun --nproc_per_node K -m freehandrecon.cli train ...`` sets
+``WORLD_SIZE``/``RANK``/``LOCAL_RANK``; the process group uses gloo on the CPU and nccl on CUDA,
+every rank draws its own shard of the windows (DistributedSampler), gradients are averaged, and
+only rank 0 writes files and logs. Files in ``--out``: ``last.pt`` (every epoch), ``best.pt``
+(lowest validation loss), ``log.jsonl`` (one line per epoch), and at the end
+``<name>.safetensors`` + ``<name>.json`` exported from the best checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .. import geometry
+from ..errors import InputError
+from ..poses import common
+from ..poses.learned import DOF_NAMES, predict_scaled, save_model
+from ..poses.losses import LossWeights, total_loss
+from ..poses.network import PoseNetConfig, build_pose_net, count_parameters
+from . import datasets
+
+
+@dataclass
+class TrainOptions:
+    """Everything a training run needs (the command line fills it)."""
+
+    out: Path
+    name: str = "posenet"
+    data: Sequence[str] = ("sim",)
+    sites: Sequence[str] | None = None          # default simulate.TRAIN_SITES
+    train_seeds: tuple[int, int] = (0, 60)      # [start, stop) per site
+    val_seeds: tuple[int, int] = (10_000, 10_004)
+    frames: int = 80
+    kinds: Sequence[str] = datasets.TRAJECTORY_KINDS
+    cache: Path | None = None
+    split_by: str = "subject"
+    val_fraction: float = 0.2
+    read_options: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    steps_per_epoch: int = 200
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    augment: bool = True
+    loss: LossWeights = field(default_factory=LossWeights)
+    config: PoseNetConfig = field(default_factory=PoseNetConfig)
+    device: str = "cpu"
+    amp: bool = False
+    threads: int | None = None
+    resume: bool = False
+    seed: int = 0
+    max_val_windows: int = 64
+    drift_sweeps: int = 4
+    quiet: bool = False                          # no progress bar (the per-epoch JSON lines still print)
+    command: str = ""
+
+    def recipe(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["out"] = str(self.out)
+        d["cache"] = None if self.cache is None else str(self.cache)
+        d["config"] = self.config.to_dict()
+        for k in ("data", "sites", "kinds"):
+            d[k] = None if d[k] is None else list(d[k])
+        return d
+
+
+@dataclass
+class _Dist:
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device: str):
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist(), device
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return _Dist(world, rank, local), device
+
+
+def load_records(opts: TrainOptions, rank_main: bool, barrier: Callable[[], None],
+                 progress: Callable[[str, float], None] | None = None):
+    """Training and validation records for the options' data sources."""
+    cfg = opts.config
+    train, val = [], []
+    for source in opts.data:
+        if source == "sim":
+            from ..simulate import TRAIN_SITES
+
+            sites = list(opts.sites or TRAIN_SITES)
+            kw = dict(num_frames=opts.frames, kinds=list(opts.kinds), input_spacing=cfg.input_spacing,
+                      input_size=cfg.input_size, cache=opts.cache)
+            if opts.cache is not None and not rank_main:
+                barrier()  # rank 0 fills the cache first
+            train += datasets.simulated_records(sites, range(*opts.train_seeds), progress=progress, **kw)
+            val += datasets.simulated_records(sites, range(*opts.val_seeds), **kw)
+            if opts.cache is not None and rank_main:
+                barrier()
+        else:
+            p = Path(source)
+            files = sorted(q for q in p.rglob("*") if q.is_file() and _is_sweep_file(q)) if p.is_dir() else [p]
+            if not files:
+                raise InputError(f"No sweep files found in {p}.",
+                                 "Give 'sim' or sweep files/folders (.igs.mha, .mha, .h5, .seq.nrrd, .npz).")
+            recs = datasets.file_records(files, opts.split_by, cfg.input_spacing, cfg.input_size, opts.read_options)
+            tr, va = datasets.split_records(recs, opts.val_fraction)
+            train += tr
+            val += va
+    if not train:
+        raise InputError("The training set is empty.", "Give more sweeps or a smaller --val-fraction.")
+    return train, val
+
+
+def _is_sweep_file(p: Path) -> bool:
+    name = p.name.lower()
+    return name.endswith((".igs.mha", ".mha", ".mhd", ".h5", ".hdf5", ".seq.nrrd", ".npz"))
+
+
+def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        t = (step - warmup) / max(1, total - warmup)
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    return f
+
+
+def validate(net, val_x: np.ndarray, val_y: np.ndarray, scales, opts: TrainOptions, device: str,
+             drift_records: Sequence[datasets.SweepRecord]) -> dict[str, Any]:
+    """Validation loss, mean relative error per DoF (MAE / mean |label|) and drift on whole sweeps."""
+    import torch
+
+    from ..metrics import final_drift_rate_length_pct, lpe
+
+    cfg = opts.config
+    half = (cfg.input_size * cfg.input_spacing / 2,) * 2
+    net.eval()
+    losses, preds = [], []
+    with torch.no_grad():
+        for s in range(0, len(val_x), 16):
+            x = torch.from_numpy(val_x[s:s + 16]).to(device)
+            y = torch.from_numpy(val_y[s:s + 16]).to(device)
+            out = net(x)
+            loss, _ = total_loss(out, y, scales, half, opts.loss)
+            losses.append(float(loss) * len(x))
+            preds.append(out["pred"].float().cpu().numpy())
+    p = np.concatenate(preds) * scales.cpu().numpy()
+    y = val_y * scales.cpu().numpy()
+    mae = np.abs(p - y).reshape(-1, 6).mean(0)
+    rel = mae / np.maximum(np.abs(y).reshape(-1, 6).mean(0), 1e-9)
+    res: dict[str, Any] = {
+        "val_loss": sum(losses) / len(val_x),
+        "val_mae": {k: float(v) for k, v in zip(DOF_NAMES, mae)},
+        "val_relative_error": {k: float(v) for k, v in zip(DOF_NAMES, rel)},
+    }
+    drifts, lpes = [], []
+    for r in drift_records:
+        est = predict_scaled(net, r.frames.astype(np.float32) / 255.0, window=cfg.window, device=device)
+        rel_c = geometry.params_to_matrix(est * scales.cpu().numpy())
+        if r.direction < 0:
+            rel_c = common.mirror_elevation(rel_c)
+        poses = common.absolute_from_centre(rel_c, r.frame_shape, r.spacing, r.image_to_world[0])
+        drifts.append(final_drift_rate_length_pct(r.image_to_world, poses, r.frame_shape, r.spacing))
+        lpes.append(lpe(r.image_to_world, poses, r.frame_shape, r.spacing, max_points=256))
+    if drifts:
+        res["val_final_drift_rate_length_pct"] = float(np.nanmean(drifts))
+        res["val_lpe_mm"] = float(np.mean(lpes))
+    net.train()
+    return res
+
+
+def train(opts: TrainOptions, progress: Callable[[str, float], None] | None = None) -> dict[str, Any]:
+    """Run a training job; returns a summary (on rank 0 it includes the exported model paths)."""
+    import torch
+    import torch.distributed as dist
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    if opts.device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but PyTorch sees no CUDA GPU.",
+                         "Use --device cpu, or install a CUDA build of PyTorch on a machine with a GPU.")
+    ddp, device = _init_distributed(opts.device)
+    barrier = (lambda: dist.barrier()) if ddp.world > 1 else (lambda: None)
+    out = Path(opts.out)
+    if ddp.main:
+        out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(opts.seed)
+    t_start = time.perf_counter()
+    train_recs, val_recs = load_records(opts, ddp.main, barrier, progress if ddp.main else None)
+    t_data = time.perf_counter() - t_start
+    cfg = opts.config
+    net = build_pose_net(cfg).to(device)
+    start_epoch, best_val, history = 0, float("inf"), []
+    scales_np = datasets.label_scales(train_recs)
+    ckpt_path = out / "last.pt"
+    ckpt = None
+    if opts.resume:
+        if not ckpt_path.exists():
+            raise InputError(f"--resume was given but {ckpt_path} does not exist.",
+                             "Drop --resume to start a new run, or point --out at the earlier run's folder.")
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ckpt["config"] != cfg.to_dict():
+            raise InputError(f"The checkpoint {ckpt_path} was trained with another architecture.",
+                             "Resume with the same architecture options, or start a new --out folder.")
+        net.load_state_dict(ckpt["model"])
+        scales_np = np.asarray(ckpt["scales"])
+        start_epoch, best_val, history = ckpt["epoch"], ckpt["best_val"], ckpt["history"]
+    scales = torch.tensor(scales_np, dtype=torch.float32, device=device)
+    model = net
+    if ddp.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[ddp.local_rank] if device.startswith("cuda") else None)
+    optim = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    total_steps = opts.epochs * opts.steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, _lr_lambda(opts.warmup_steps, total_steps))
+    use_amp = bool(opts.amp and device.startswith("cuda"))
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    if ckpt is not None:
+        optim.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        if use_amp and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+    dataset = datasets.WindowDataset(train_recs, cfg.window, opts.steps_per_epoch * opts.batch_size * ddp.world,
+                                     scales_np, seed=opts.seed, augment=opts.augment)
+    sampler = DistributedSampler(dataset, ddp.world, ddp.rank, shuffle=False) if ddp.world > 1 else None
+    loader = DataLoader(dataset, batch_size=opts.batch_size, sampler=sampler, shuffle=False, num_workers=0)
+    val_x = val_y = None
+    drift_recs: list = []
+    if val_recs:
+        val_x, val_y = datasets.fixed_windows(val_recs, cfg.window, scales_np, opts.max_val_windows)
+        drift_recs = val_recs[:opts.drift_sweeps]
+    half = (cfg.input_size * cfg.input_spacing / 2,) * 2
+    if ddp.main:
+        print(json.dumps({"event": "start", "train_sweeps": len(train_recs), "val_sweeps": len(val_recs),
+                          "train_pairs": int(sum(r.num_pairs for r in train_recs)),
+                          "parameters": count_parameters(net), "scales": scales_np.round(4).tolist(),
+                          "data_seconds": round(t_data, 1), "start_epoch": start_epoch}), flush=True)
+    first_loss = last_loss = None
+    for epoch in range(start_epoch, opts.epochs):
+        dataset.set_epoch(epoch)
+        model.train()
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        n = 0
+        bar = None
+        if ddp.main and not opts.quiet:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{opts.epochs}", leave=False)
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                outd = model(x)
+            outd = {k: v.float() for k, v in outd.items()}
+            loss, terms = total_loss(outd, y, scales, half, opts.loss)
+            optim.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if opts.grad_clip:
+                scaler.unscale_(optim)
+                torch.nn.utils.clip_grad_norm_(net.parameters(), opts.grad_clip)
+            scaler.step(optim)
+            scaler.update()
+            sched.step()
+            lv = float(loss.detach())
+            if first_loss is None:
+                first_loss = lv
+            last_loss = lv
+            sums["loss"] = sums.get("loss", 0.0) + lv
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{lv:.3f}")
+            if progress is not None and ddp.main:
+                progress("train", ((epoch - start_epoch) * len(loader) + n) /
+                         max(1, (opts.epochs - start_epoch) * len(loader)))
+        if bar is not None:
+            bar.close()
+        row: dict[str, Any] = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - t0, 1),
+                               "lr": sched.get_last_lr()[0], **{k: v / max(n, 1) for k, v in sums.items()}}
+        if ddp.main:
+            if val_x is not None:
+                row.update(validate(net, val_x, val_y, scales, opts, device, drift_recs))
+            history.append(row)
+            score = row.get("val_loss", row["loss"])
+            state = {"model": net.state_dict(), "optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
+                     "scaler": scaler.state_dict() if use_amp else None, "epoch": epoch + 1,
+                     "best_val": min(best_val, score), "history": history, "config": cfg.to_dict(),
+                     "scales": scales_np.tolist(), "recipe": opts.recipe(),
+                     "data": {"train": datasets.records_digest(train_recs), "val": datasets.records_digest(val_recs)}}
+            _atomic_save(state, out / "last.pt")
+            if score <= best_val:
+                best_val = score
+                _atomic_save(state, out / "best.pt")
+            with open(out / "log.jsonl", "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
+        barrier()
+    summary: dict[str, Any] = {"first_loss": first_loss, "last_loss": last_loss, "history": history,
+                               "parameters": count_parameters(net), "seconds": time.perf_counter() - t_start}
+    if ddp.main:
+        summary.update(export(out, opts, train_recs, val_recs))
+    barrier()
+    if ddp.world > 1:
+        dist.destroy_process_group()
+    return summary
+
+
+def _atomic_save(state: dict, path: Path) -> None:
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def export(out: Path, opts: TrainOptions, train_recs=(), val_recs=()) -> dict[str, Any]:
+    """Write ``<name>.safetensors`` + ``<name>.json`` from ``best.pt`` (else ``last.pt``) in ``out``."""
+    import torch
+
+    src = out / "best.pt" if (out / "best.pt").exists() else out / "last.pt"
+    if not src.exists():
+        raise InputError(f"No checkpoint in {out} to export.", "Train for at least one epoch first.")
+    ckpt = torch.load(src, map_location="cpu", weights_only=False)
+    cfg = PoseNetConfig.from_dict(ckpt["config"])
+    net = build_pose_net(cfg)
+    net.load_state_dict(ckpt["model"])
+    hist = ckpt["history"]
+    best = min(hist, key=lambda r: r.get("val_loss", r["loss"])) if hist else {}
+    extra = {
+        "recipe": ckpt["recipe"],
+        "command": ckpt["recipe"].get("command", ""),
+        "trained_epochs": ckpt["epoch"],
+        "exported_from": src.name,
+        "parameters": count_parameters(net),
+        "training_data": {"train_sweeps": len(train_recs), "val_sweeps": len(val_recs),
+                          "train_pairs": int(sum(r.num_pairs for r in train_recs)), **ckpt.get("data", {})},
+        "metrics": {"validation": {k: v for k, v in best.items() if k.startswith("val") or k == "epoch"}},
+    }
+    w, j = save_model(net, np.asarray(ckpt["scales"]), out, opts.name, extra)
+    return {"weights": str(w), "json": str(j)}

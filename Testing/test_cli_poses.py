@@ -1,0 +1,104 @@
+"""Sensorless poses from the command line: estimate-poses, pose files, reconstruct --poses / --poses-file."""
+
+import json
+
+import numpy as np
+import pytest
+
+from freehandrecon.cli import main
+from freehandrecon.io import read_sweep, write_sweep
+from freehandrecon.io.pose_file import read_pose_file
+from freehandrecon.simulate import random_sweep
+from freehandrecon.sweep import Sweep
+
+
+@pytest.fixture(scope="module")
+def sim_file(tmp_path_factory):
+    """A short simulated linear sweep with its true poses (forward)."""
+    path = tmp_path_factory.mktemp("sim") / "sim.npz"
+    write_sweep(random_sweep("site-a", 5, 16, kind="linear", direction=1), path)
+    return path
+
+
+def test_estimate_poses_writes_a_transform_sequence_that_reads_back(sim_file, tmp_path, capsys):
+    out = tmp_path / "poses.seq.mha"
+    assert main(["--quiet", "estimate-poses", str(sim_file), "--method", "speckle", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["frames"] == 16 and summary["method"] == "speckle"
+    assert summary["sweep_direction"] == "forward"
+    poses = read_pose_file(out, 16)
+    truth = read_sweep(sim_file).image_to_world
+    assert np.allclose(poses[0], truth[0], atol=1e-3)  # anchored on the tracked first pose
+    # the estimated path runs the same way as the true one (elevational sweep) and is of similar length
+    true_step = np.diff(truth[:, :3, 3], axis=0).sum(axis=0)
+    est_step = np.diff(poses[:, :3, 3], axis=0).sum(axis=0)
+    assert np.dot(true_step, est_step) > 0
+    assert 0.5 < np.linalg.norm(est_step) / np.linalg.norm(true_step) < 1.5
+    assert "against_tracked" in summary and summary["against_tracked"]["lpe_mm"] < 0.5
+    # refuses to overwrite
+    assert main(["--quiet", "estimate-poses", str(sim_file), "--method", "speckle", "--out", str(out)]) == 3
+    with pytest.raises(Exception, match="15 poses|16 poses"):
+        read_pose_file(out, 15)
+
+
+def test_estimate_poses_to_a_sweep_file_and_reconstruct_from_the_pose_file(sim_file, tmp_path, capsys):
+    posed = tmp_path / "posed.npz"
+    assert main(["--quiet", "estimate-poses", str(sim_file), "--method", "speckle", "--out", str(posed)]) == 0
+    capsys.readouterr()
+    sweep = read_sweep(posed)
+    assert sweep.num_frames == 16 and sweep.image_to_world is not None
+    out = tmp_path / "recon"
+    rc = main(["--quiet", "reconstruct", str(sim_file), "--poses-file", str(posed), "--spacing", "0.5",
+               "--no-render", "--no-mrb", "--out", str(out)])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["poses"].startswith("file") and report["coverage_fraction"] > 0.05
+
+
+def test_reconstruct_with_speckle_poses_records_the_estimation(sim_file, tmp_path, capsys):
+    out = tmp_path / "speckle"
+    rc = main(["--quiet", "reconstruct", str(sim_file), "--poses", "speckle", "--spacing", "0.5", "--no-render",
+               "--no-mrb", "--out", str(out)])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["poses"] == "speckle"
+    assert report["pose_estimation"]["method"] == "speckle"
+    assert report["pose_estimation"]["sweep_direction"] == "forward"
+    assert report["coverage_fraction"] > 0.05
+
+
+def test_unknown_pixel_spacing_is_refused_with_the_fix(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "nospacing.igs.mha"  # PLUS writes ElementSpacing 1 when it does not know the spacing
+    write_sweep(Sweep(rng.integers(0, 255, (12, 40, 50), dtype=np.uint8), (1.0, 1.0)), path)
+    rc = main(["--quiet", "estimate-poses", str(path), "--method", "speckle", "--out", str(tmp_path / "p.seq.mha")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pixel spacing" in err and "--pixel-spacing" in err
+    assert not (tmp_path / "p.seq.mha").exists()
+
+
+def test_poses_file_and_sensorless_method_together_are_refused(sim_file, tmp_path, capsys):
+    rc = main(["--quiet", "reconstruct", str(sim_file), "--poses", "speckle", "--poses-file", str(sim_file),
+               "--out", str(tmp_path / "x")])
+    assert rc == 2 and "Give one of them" in capsys.readouterr().err
+
+
+def test_calibrate_speckle_then_use_the_curve(tmp_path, capsys):
+    calib = tmp_path / "calib.npz"  # a tracked, purely elevational sweep of plain speckle (the calibration phantom)
+    write_sweep(random_sweep("site-b", 7, 30, kind="linear", direction=1, structure=False, step_mm=0.1), calib)
+    curve = tmp_path / "curve.json"
+    assert main(["--quiet", "calibrate-speckle", str(calib), "--out", str(curve)]) == 0
+    assert json.loads(capsys.readouterr().out)["out"] == str(curve)
+    test = tmp_path / "test.npz"
+    sweep = random_sweep("site-b", 8, 16, kind="linear", direction=1, structure=False, step_mm=0.25)
+    sweep.metadata.pop("settings")  # the estimator must rely on the calibrated curve, not the simulator's
+    write_sweep(sweep, test)
+    out = tmp_path / "p.npz"
+    assert main(["--quiet", "estimate-poses", str(test), "--method", "speckle", "--model", str(curve),
+                 "--out", str(out)]) == 0
+    est = read_sweep(out).image_to_world
+    step = np.linalg.norm(np.diff(est[:, :3, 3], axis=0), axis=1).mean()
+    assert abs(step - 0.25) < 0.05, step
+    untracked = tmp_path / "untracked.npz"
+    write_sweep(Sweep(sweep.frames, sweep.pixel_spacing), untracked)
+    assert main(["--quiet", "calibrate-speckle", str(untracked), "--out", str(tmp_path / "c2.json")]) == 2

@@ -1,0 +1,91 @@
+"""freehandrecon evaluate: report, plots and the real-data path."""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from freehandrecon import evaluate
+from freehandrecon.errors import InputError, OutputExistsError
+from freehandrecon.simulate import random_sweep
+
+DATA = Path(__file__).parent / "Data"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _parser():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quiet", action="store_true")
+    evaluate.add_parser(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def _check_png(path: Path):
+    from matplotlib.image import imread
+
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    img = imread(path)
+    assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 400
+    assert img[..., :3].std() > 0.01  # something was drawn
+
+
+def test_simulated_speckle_report_and_plots(tmp_path):
+    sweeps = [(f"s{i}", random_sweep("site-f", 10000 + i, 14, kind=kind)) for i, kind in enumerate(("linear", "mixed"))]
+    out = tmp_path / "eval"
+    report = evaluate.run_evaluation(sweeps, ["speckle"], out, plots=1)
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["methods"] == ["speckle"] and len(on_disk["sweeps"]) == 2
+    r = on_disk["sweeps"][0]["results"]["speckle"]
+    for key in ("gpe_mm", "lpe_mm", "final_drift_mm", "final_drift_rate_length_pct", "final_drift_rate_distance_pct",
+                "average_drift_mm", "max_drift_mm", "trajectory_length_mm", "start_end_distance_mm", "per_dof_mae",
+                "frames_per_second", "drift_mm"):
+        assert key in r, key
+    assert len(r["drift_mm"]) == 14 and r["frames_per_second"] > 0
+    agg = on_disk["aggregate"]["speckle"]
+    assert agg["lpe_mm"]["mean"] == pytest.approx(np.mean([s["results"]["speckle"]["lpe_mm"] for s in on_disk["sweeps"]]),
+                                                  rel=1e-3)
+    assert on_disk["targets"]["learned_lpe_le_0.1mm"] is None and on_disk["targets"]["all_met"] is False
+    assert "| speckle |" in report["table_markdown"]
+    assert sorted(on_disk["plots"]) == ["errors_s0.png", "trajectory_s0.png"]
+    for name in on_disk["plots"]:
+        _check_png(out / name)
+    with pytest.raises(OutputExistsError):
+        evaluate.run_evaluation(sweeps, ["speckle"], out)
+
+
+def test_bad_methods_and_empty_inputs(tmp_path):
+    with pytest.raises(InputError, match="Unknown method"):
+        evaluate.run_evaluation([], ["magic"], tmp_path)
+    with pytest.raises(InputError, match="no sweep"):
+        evaluate.run_evaluation([], ["speckle"], tmp_path)
+
+
+def test_targets_are_checked_from_the_numbers():
+    agg = {"learned": {"final_drift_rate_length_pct": {"mean": 4.0}, "lpe_mm": {"mean": 0.08},
+                       "frames_per_second": {"mean": 250.0}},
+           "speckle": {"final_drift_rate_length_pct": {"mean": 7.0}}}
+    t = evaluate.check_targets(agg)
+    assert t["learned_fdr_length_le_5pct"] and t["learned_lpe_le_0.1mm"] and t["learned_ge_200_frames_per_s"]
+    assert t["learned_fdr_2x_lower_than_speckle"] is False and t["all_met"] is False
+    assert "NOT met" in evaluate.targets_text(t, agg)
+
+
+def test_cli_on_real_tracked_sweep(tmp_path, capsys):
+    out = tmp_path / "real"
+    args = _parser().parse_args(["--quiet", "evaluate", str(DATA / "plus" / "NwirePhantomFreehand.igs.mha"),
+                                 "--plus-config",
+                                 str(DATA / "plus" / "PlusDeviceSet_NwirePhantomFreehand_vtkVolumeReconstructorTest2.xml"),
+                                 "--methods", "speckle", "--out", str(out), "--plots", "1"])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "| speckle |" in printed and "not evaluated" in printed
+    report = json.loads((out / "report.json").read_text())
+    r = report["sweeps"][0]["results"]["speckle"]
+    assert report["settings"]["mode"] == "files" and r["frames"] == 97
+    assert np.isfinite(r["gpe_mm"]) and r["trajectory_length_mm"] > 0
+    assert "default" in r["info"]["curve"]  # a real file carries no probe settings
+    _check_png(out / "trajectory_NwirePhantomFreehand.igs.mha.png")
+    with pytest.raises(OutputExistsError):
+        args.func(args)

@@ -1,0 +1,127 @@
+"""Classical speckle-decorrelation pose estimator (freehandrecon.poses.speckle) on simulated sweeps."""
+
+import numpy as np
+import pytest
+
+from freehandrecon import geometry
+from freehandrecon.errors import InputError
+from freehandrecon.poses import common, speckle
+from freehandrecon.simulate import AcquisitionSettings, phantom_for, random_sweep, simulate_sweep
+from freehandrecon.simulate.beam import elevation_sigma_mm
+from freehandrecon.sweep import Sweep
+
+SETTINGS = AcquisitionSettings(f0_mhz=6.5, depth_mm=40.0, width_mm=35.0, elevation_focus_mm=20.0,
+                               elevation_aperture_mm=4.8, image_size=(128, 128))
+
+
+def _sweep_from_relative(params, settings=SETTINGS, seed=0, structure=False):
+    """Simulate a sweep whose centre-frame relative motions are the 6-vectors ``params [N-1, 6]``."""
+    rel = geometry.params_to_matrix(np.asarray(params, float))
+    shape, spacing = settings.image_size, settings.pixel_spacing
+    poses = common.absolute_from_centre(rel, shape, spacing)
+    rng = np.random.default_rng(seed)
+    return simulate_sweep(settings, poses, phantom_for(settings, poses, rng, structure=structure), rng)
+
+
+def _estimate(sweep):
+    sweep.metadata.setdefault("settings", SETTINGS.to_dict())
+    rel, info = speckle.estimate_relative(sweep)
+    return geometry.matrix_to_params(rel), info
+
+
+def test_pure_elevational_step_within_ten_percent():
+    for seed, step in ((1, 0.2), (2, 0.45)):
+        params = np.zeros((16, 6))
+        params[:, 2] = step
+        sweep = _sweep_from_relative(params, seed=seed)
+        sweep.metadata["settings"] = SETTINGS.to_dict()  # as random_sweep records them
+        p, info = _estimate(sweep)
+        assert abs(p[:, 2].mean() - step) < 0.1 * step, (step, p[:, 2].mean())
+        assert np.abs(p[:, :2]).max() < 0.05  # no in-plane motion invented
+        assert "simulated" in info["curve"]
+
+
+def test_known_in_plane_shift_recovered_to_a_tenth_of_a_pixel():
+    sx, sy = SETTINGS.pixel_spacing
+    shift_px = np.array([1.3, -0.6])
+    params = np.zeros((12, 6))
+    params[:, 0], params[:, 1] = shift_px[0] * sx, shift_px[1] * sy
+    p, _ = _estimate(_sweep_from_relative(params))
+    err_px = np.abs(p[:, :2] / [sx, sy] - shift_px)
+    assert err_px.mean(axis=0).max() < 0.1, err_px.mean(axis=0)
+    assert np.abs(p[:, 5]).mean() < 0.1  # no in-plane rotation
+
+
+def test_in_plane_rotation_recovered():
+    params = np.zeros((10, 6))
+    params[:, 5] = 1.0  # degrees about z through the frame centre
+    p, _ = _estimate(_sweep_from_relative(params))
+    assert p[:, 5].mean() == pytest.approx(1.0, abs=0.1)
+
+
+@pytest.mark.parametrize("axis", [3, 4])
+def test_tilt_and_yaw_signs(axis):
+    # forward step with a rotation about x (tilt) or y (yaw) small enough that every patch moves forward
+    params = np.zeros((14, 6))
+    params[:, 2] = 0.35
+    params[:, axis] = 0.5
+    p, _ = _estimate(_sweep_from_relative(params, seed=axis))
+    other = 4 if axis == 3 else 3
+    assert p[:, axis].mean() > 0.25, p[:, axis].mean()
+    assert abs(p[:, other].mean()) < 0.5 * p[:, axis].mean()
+    # and the mirrored rotation gives the opposite sign
+    params[:, axis] = -0.5
+    q, _ = _estimate(_sweep_from_relative(params, seed=axis))
+    assert q[:, axis].mean() < -0.25
+
+
+def test_blank_frames_raise_or_warn():
+    params = np.zeros((11, 6))
+    params[:, 2] = 0.3
+    sweep = _sweep_from_relative(params)
+    frames = sweep.frames.copy()
+    frames[5] = 0
+    _, info = speckle.estimate_relative(Sweep(frames, sweep.pixel_spacing, sweep.image_to_world,
+                                              metadata={"settings": SETTINGS.to_dict()}))
+    assert info["warnings"] and "blank" in info["warnings"][0]
+    with pytest.raises(InputError, match="no speckle"):
+        speckle.estimate_relative(Sweep(np.zeros_like(frames), sweep.pixel_spacing))
+
+
+def test_curve_from_settings_inverts_the_beam_model(tmp_path):
+    curve = speckle.DecorrelationCurve.from_settings(SETTINGS)
+    depth = np.array([5.0, 20.0, 35.0])
+    sigma = elevation_sigma_mm(SETTINGS, depth)
+    d = np.array([0.3, 0.2, 0.5])
+    rho = np.exp(-d ** 2 / (2 * sigma ** 2))
+    np.testing.assert_allclose(curve.distance(rho, depth), d, rtol=0.02)
+    np.testing.assert_allclose(curve.correlation(depth, d), rho, atol=2e-3)
+    assert curve.distance(1.0, 20.0) == 0.0
+    path = curve.save(tmp_path / "curve.json")
+    back = speckle.DecorrelationCurve.load(path)
+    np.testing.assert_allclose(back.rho, curve.rho)
+    with pytest.raises(Exception, match="exists"):
+        curve.save(path)
+    (tmp_path / "bad.json").write_text('{"format": "other"}')
+    with pytest.raises(InputError, match="not a FreehandRecon decorrelation curve"):
+        speckle.DecorrelationCurve.load(tmp_path / "bad.json")
+
+
+def test_calibrated_curve_is_used_for_real_sweeps_without_settings():
+    calib = random_sweep("site-f", 10004, 24, kind="linear", step_mm=0.1, direction=1, structure=False)
+    curve = speckle.DecorrelationCurve.calibrate(calib, max_lag=8)
+    assert curve.rho.shape[0] == 5 and "tracked" in curve.source
+    target = random_sweep("site-f", 10004, 12, kind="linear", step_mm=0.3, direction=1, structure=False)
+    target.metadata.pop("settings")  # as a real file: only the calibration knows the probe
+    rel, info = speckle.estimate_relative(target, curve=curve)
+    assert info["curve"] == curve.source
+    assert geometry.matrix_to_params(rel)[:, 2].mean() == pytest.approx(0.3, rel=0.15)
+    with pytest.raises(InputError, match="tracked poses"):
+        speckle.DecorrelationCurve.calibrate(Sweep(calib.frames, calib.pixel_spacing))
+
+
+def test_log_to_intensity_correlation():
+    # (6 / pi^2) Li2(x): Li2(1/2) = pi^2/12 - ln(2)^2 / 2
+    r_log = 6 / np.pi ** 2 * (np.pi ** 2 / 12 - np.log(2) ** 2 / 2)
+    assert speckle.log_to_intensity_correlation(np.array([r_log]))[0] == pytest.approx(0.5, abs=1e-4)
+    assert speckle.log_to_intensity_correlation(np.array([0.0, 1.0, -0.2])).tolist() == [0.0, 1.0, 0.0]

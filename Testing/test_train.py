@@ -1,0 +1,165 @@
+"""`freehandrecon train`: data records and windows, label transforms, a tiny run that learns, resume,
+export, tracked-file input and a 2-process torchrun (gloo)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from freehandrecon import geometry
+from freehandrecon.errors import InputError
+from freehandrecon.poses import common, learned
+from freehandrecon.train import datasets
+from freehandrecon.train.command import add_parser, options_from_args
+
+DATA = Path(__file__).parent / "Data"
+TINY = ["--input-size", "64", "--widths", "8", "8", "16", "16", "--window", "4", "--frames", "16",
+        "--sites", "site-a", "--train-seeds", "0", "2", "--val-seeds", "10000", "10001", "--batch-size", "4",
+        "--warmup-steps", "2", "--drift-sweeps", "1", "--threads", "2"]
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quiet", action="store_true")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["--quiet", "train", *argv])
+    args.argv = list(argv)
+    return args
+
+
+# --- label transforms --------------------------------------------------------------------------------
+
+def _random_params(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    p = rng.normal(0, 1, (n, 6)) * [0.2, 0.2, 0.1, 1.0, 1.0, 1.0]
+    p[:, 2] += 0.4
+    return p
+
+
+def test_reverse_params_is_the_mirrored_inverse_chain():
+    p = _random_params(6)
+    r = datasets.reverse_params(p)
+    assert np.allclose(datasets.reverse_params(r), p, atol=1e-5)
+    assert (r[:, 2] > 0).all()  # a reversed forward window is canonicalised forward again
+    chain = geometry.accumulate(geometry.params_to_matrix(p))
+    back = geometry.accumulate(common.mirror_elevation(geometry.params_to_matrix(r)))
+    # reversed chain, mirrored back, runs from the last frame to the first
+    assert np.allclose(back[-1], np.linalg.inv(chain[-1]), atol=1e-6)
+
+
+def test_lateral_flip_signs_match_the_reflection():
+    p = _random_params(4, 1)
+    f = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flipped = geometry.matrix_to_params(f @ geometry.params_to_matrix(p) @ f)
+    assert np.allclose(flipped, p * datasets.FLIP_SIGNS, atol=1e-9)
+
+
+# --- records, splits, windows ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sim_records(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    recs = datasets.simulated_records(["site-a"], [0, 1], 16, datasets.TRAJECTORY_KINDS, 0.3, 64, cache)
+    return recs, cache
+
+
+def test_simulated_records_are_cached_and_forward_canonical(sim_records):
+    recs, cache = sim_records
+    assert len(list(cache.glob("*.npz"))) == 2
+    for r in recs:
+        assert r.frames.dtype == np.uint8 and r.frames.shape == (16, 64, 64)
+        assert r.params.shape == (15, 6) and r.params[:, 2].sum() > 0
+    again = datasets.simulated_records(["site-a"], [0, 1], 16, datasets.TRAJECTORY_KINDS, 0.3, 64, cache)
+    assert all(np.array_equal(a.frames, b.frames) for a, b in zip(recs, again))
+
+
+def test_window_dataset_is_deterministic_per_epoch(sim_records):
+    recs, _ = sim_records
+    scales = datasets.label_scales(recs)
+    ds = datasets.WindowDataset(recs, 4, 10, scales, seed=3)
+    x, y = ds[2]
+    assert x.shape == (5, 64, 64) and y.shape == (4, 6) and 0 <= x.min() and x.max() <= 1
+    assert np.array_equal(ds[2][0], x)
+    ds.set_epoch(1)
+    assert any(not np.array_equal(ds[i][0], datasets.WindowDataset(recs, 4, 10, scales, seed=3)[i][0])
+               for i in range(10))
+    with pytest.raises(InputError, match="window"):
+        datasets.WindowDataset(recs, 40, 10, scales)
+
+
+def test_split_by_group_holds_out_whole_groups():
+    recs = [datasets.SweepRecord(f"f{i}", f"subject{i % 5}", np.zeros((3, 2, 2), np.uint8), np.zeros((2, 6)), 1,
+                                 np.tile(np.eye(4), (3, 1, 1)), (2, 2), (1.0, 1.0)) for i in range(20)]
+    train, val = datasets.split_records(recs, 0.3)
+    assert train and val
+    assert not {r.group for r in train} & {r.group for r in val}
+
+
+def test_tracked_file_records_and_group_keys():
+    path = DATA / "plus" / "NwirePhantomFreehand.igs.mha"
+    cfg = DATA / "plus" / "PlusDeviceSet_NwirePhantomFreehand_vtkVolumeReconstructorTest2.xml"
+    (rec,) = datasets.file_records([path], "subject", 0.3, 64, {"plus_config": cfg})
+    assert rec.group == "plus"  # parent folder
+    assert rec.frames.shape == (97, 64, 64) and rec.params.shape == (96, 6)
+    assert np.isfinite(rec.params).all()
+    from freehandrecon.sweep import Sweep
+
+    s = Sweep(np.zeros((2, 4, 4), np.uint8), metadata={"subject": "P7"})
+    assert datasets.group_key(s, path, "subject") == "P7"
+    assert datasets.group_key(s, path, "file") == path.name
+
+
+def test_option_errors():
+    with pytest.raises(InputError, match="multiple of 32"):
+        options_from_args(_args("--out", "x", "--input-size", "100"))
+    with pytest.raises(InputError, match="window"):
+        options_from_args(_args("--out", "x", "--window", "1"))
+
+
+# --- training runs ---------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_tiny_run_learns_exports_and_resumes(tmp_path):
+    from freehandrecon.train.trainer import train
+
+    out = tmp_path / "run"
+    base = [*TINY, "--cache", str(tmp_path / "cache"), "--steps-per-epoch", "12", "--lr", "3e-3", "--no-augment",
+            "--name", "tiny"]
+    common_args = [*base, "--out", str(out)]
+    summary = train(options_from_args(_args(*common_args, "--epochs", "3")))
+    hist = summary["history"]
+    assert len(hist) == 3 and hist[-1]["loss"] < hist[0]["loss"]
+    assert "val_final_drift_rate_length_pct" in hist[-1]
+    m = learned.load_model(out / "tiny.json")
+    meta = m.meta
+    assert meta["recipe"]["epochs"] == 3 and meta["command"].startswith("freehandrecon train")
+    assert "val_loss" in meta["metrics"]["validation"]
+    rows = (out / "log.jsonl").read_text().splitlines()
+    # resume: continue the same run to 4 epochs
+    summary2 = train(options_from_args(_args(*common_args, "--epochs", "4", "--resume")))
+    assert [r["epoch"] for r in summary2["history"]] == [1, 2, 3, 4]
+    assert len((out / "log.jsonl").read_text().splitlines()) == len(rows) + 1
+    with pytest.raises(InputError, match="does not exist"):
+        train(options_from_args(_args(*base, "--out", str(tmp_path / "new"), "--resume")))
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "freehandrecon.train", *TINY, "--threads", "1", "--cache", str(tmp_path / "cache"),
+           "--out", str(out), "--epochs", "1", "--steps-per-epoch", "3", "--quiet", "--name", "ddp"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (out / "ddp.safetensors").exists() and (out / "last.pt").exists()
+    assert len((out / "log.jsonl").read_text().splitlines()) == 1  # only rank 0 writes
+    meta = json.loads((out / "ddp.json").read_text())
+    assert meta["trained_epochs"] == 1
