@@ -126,6 +126,7 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.checkSweepButton.connect("clicked(bool)", self.onCheckSweepButton)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -178,6 +179,7 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.presetComboBox.enabled = p.showIn3D
         missing = self.logic.checkInputs(p)
         self.ui.applyButton.enabled = missing is None and not self._running
+        self.ui.checkSweepButton.enabled = bool(p.inputBrowser or p.imageSequence) and not self._running
         self.ui.applyButton.toolTip = _("Reconstruct the selected sweep.") if missing is None else missing
         self._updateMemoryEstimate(missing)
 
@@ -224,6 +226,48 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.value = 0
         self._onParameterNodeModified()
 
+    def _showQuality(self, report) -> None:
+        """Verdict in the panel: plain when ok, a highlighted warning otherwise."""
+        warning = self.logic.qualityWarning(report)
+        self.ui.qualityLabel.text = warning or _("OK: {message}").format(message=report.message)
+        self.ui.qualityLabel.styleSheet = "" if not warning else (
+            "color: #b00000; font-weight: bold;" if report.verdict == "out-of-distribution" else "color: #a06000;")
+
+    def _checkSweep(self, p, spacing):
+        report = self.logic.checkSweep(p.inputBrowser or p.imageSequence, progress=self._progress,
+                                       imageSequence=p.imageSequence if p.inputBrowser else None,
+                                       pixelSpacingMm=spacing)
+        self._showQuality(report)
+        chart = self.logic.lastNodes.get("qualityChart")
+        if chart is not None:
+            slicer.modules.plots.logic().ShowChartInLayout(chart)
+        return report
+
+    def onCheckSweepButton(self) -> None:
+        p = self._parameterNode
+        self._setRunning(True)
+        self.ui.statusLabel.text = _("Checking the sweep...")
+        try:
+            if not self._dependenciesChecked:
+                ensureDependencies(self.resourcePath("requirements.txt"))
+                self._dependenciesChecked = True
+            spacing = (p.pixelSpacingXMm, p.pixelSpacingYMm) if p.overridePixelSpacing else None
+            report = self._checkSweep(p, spacing)
+            self.ui.statusLabel.text = _("Quality check: {verdict} ({frames} frames).").format(
+                verdict=report.verdict, frames=report.num_frames)
+        except FreehandReconError as err:
+            logging.exception("FreehandRecon: quality check failed")
+            self.ui.statusLabel.text = err.problem
+            slicer.util.errorDisplay(f"{err.problem}\n\n{err.fix}" if err.fix else err.problem,
+                                     windowTitle=_("Freehand Reconstruction"))
+        except Exception as err:  # noqa: BLE001 - show every failure to the user, with the traceback in the log
+            logging.exception("FreehandRecon: quality check failed")
+            self.ui.statusLabel.text = _("Quality check failed (see the Python console / log for details).")
+            slicer.util.errorDisplay(_("Quality check failed: {error}").format(error=err),
+                                     windowTitle=_("Freehand Reconstruction"), detailedText=str(err))
+        finally:
+            self._setRunning(False)
+
     def onApplyButton(self) -> None:
         p = self._parameterNode
         self._setRunning(True)
@@ -233,6 +277,14 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 ensureDependencies(self.resourcePath("requirements.txt"))
                 self._dependenciesChecked = True
             spacing = (p.pixelSpacingXMm, p.pixelSpacingYMm) if p.overridePixelSpacing else None
+            if p.poses == "learned" and slicer_logic.qualityGuardAvailable():
+                # the guard first: the clinician sees the warning before trusting learned poses
+                report = self._checkSweep(p, spacing)
+                if report.verdict == "out-of-distribution" and not slicer.util.confirmOkCancelDisplay(
+                        _("{message}\n\nReconstruct with learned poses anyway?").format(message=report.message),
+                        windowTitle=_("Freehand Reconstruction")):
+                    self.ui.statusLabel.text = _("Not reconstructed: the sweep is out of distribution.")
+                    return
             volume = self.logic.reconstruct(
                 p.inputBrowser or p.imageSequence, poses=p.poses, spacingMm=p.spacingMm,
                 interpolation=p.interpolation, compounding=p.compounding, fillHoles=p.fillHoles, fanMask=p.fanMask,
@@ -241,7 +293,8 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 progress=self._progress, shouldCancel=self._shouldCancel,
                 imageSequence=p.imageSequence if p.inputBrowser else None,
                 channels=[p.channelSequence] if p.channelSequence else [], pixelSpacingMm=spacing,
-                calibrationNode=p.calibrationTransform, transformSequence=p.createTransformSequence)
+                calibrationNode=p.calibrationTransform, transformSequence=p.createTransformSequence,
+                checkQuality=False)  # already checked above
             p.outputVolume = volume
             if p.centerView:
                 centerViewsOn(volume)
@@ -362,6 +415,8 @@ class FreehandReconTest(ScriptedLoadableModuleTest):
         self.test_TrackedReconstruction()
         self.setUp()
         self.test_LearnedPoses()
+        self.setUp()
+        self.test_CheckSweep()
 
     def _loadSampleBrowser(self):
         import SampleData
@@ -419,4 +474,19 @@ class FreehandReconTest(ScriptedLoadableModuleTest):
         self.assertTrue(browser.IsSynchronizedSequenceNode(sequence.GetID()))
         volume = logic.reconstruct(browser, poses="learned", spacingMm=1.0)
         self.assertGreater(float(slicer.util.arrayFromVolume(volume).max()), 0)
+        self.delayDisplay("Test passed")
+
+    def test_CheckSweep(self):
+        if not slicer_logic.qualityGuardAvailable():
+            self.delayDisplay("The quality guard is not in this build; skipped")
+            return
+        browser = self._loadSampleBrowser()
+        logic = FreehandReconLogic()
+        self.delayDisplay("Checking the sweep with the quality guard")
+        report = logic.checkSweep(browser)
+        self.assertEqual(report.num_frames, 21)
+        self.assertIn(report.verdict, ("ok", "warning", "out-of-distribution"))
+        table = logic.lastNodes["qualityTable"]
+        self.assertEqual(table.GetNumberOfRows(), 21)
+        self.assertEqual(logic.lastNodes["qualityChart"].GetNumberOfPlotSeriesNodes(), 2)
         self.delayDisplay("Test passed")

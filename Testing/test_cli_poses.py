@@ -65,6 +65,8 @@ def test_reconstruct_with_speckle_poses_records_the_estimation(sim_file, tmp_pat
     assert report["pose_estimation"]["method"] == "speckle"
     assert report["pose_estimation"]["sweep_direction"] == "forward"
     assert report["coverage_fraction"] > 0.05
+    # the input was tracked, so the report says how far the estimate is from the tracker
+    assert 0 < report["poses_against_tracked"]["lpe_mm"] < 0.5
 
 
 def test_unknown_pixel_spacing_is_refused_with_the_fix(tmp_path, capsys):

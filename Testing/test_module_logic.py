@@ -376,3 +376,66 @@ def test_geometry_of_volume_matches_grid_convention(scene):
     np.testing.assert_allclose(m[:3, :3], 2.0 * np.eye(3))
     np.testing.assert_allclose(m[:3, 3], logic.lastReport["origin_mm"])
     assert geometry.validate_transforms(m[None]).shape == (1, 4, 4)
+
+
+# --- quality guard ("Check sweep") ----------------------------------------------------------------
+
+def _tiny_guard_file(tmp_path: Path) -> Path:
+    import torch
+
+    from freehandrecon.quality.guard import calibrate_thresholds, encode_frames, feature_names, save_guard
+    from freehandrecon.quality.model import GuardConfig, build_guard
+    from freehandrecon.quality.ood import fit_ensemble
+
+    torch.manual_seed(0)
+    net = build_guard(GuardConfig(widths=(4, 4, 4, 4), latent=8)).eval()
+    feats, recon = encode_frames(net, np.random.default_rng(0).random((40, 64, 64)).astype(np.float32))
+    stats = fit_ensemble(feats, np.repeat([0, 1], 20), feats, feature_names(net))
+    _, js = save_guard(net, stats, calibrate_thresholds(stats.score(feats), recon), ["a", "b"], tmp_path, "g")
+    return js
+
+
+def test_check_sweep_adds_a_table_and_a_plot_of_the_score_against_frame(scene, tmp_path):
+    from freehandrecon.quality import VERDICTS
+
+    logic = FreehandReconLogic()
+    browser = logic.loadSample("FreehandReconSpinePhantom")
+    before = node_count(scene)
+    report = logic.checkSweep(browser, guard=str(_tiny_guard_file(tmp_path)))
+    assert report.num_frames == 21 and report.verdict in VERDICTS and logic.lastQuality is report
+    table = logic.lastNodes["qualityTable"]
+    assert table.IsA("vtkMRMLTableNode") and table.GetNumberOfRows() == 21
+    assert table.GetColumnName(1) == "OOD score"
+    np.testing.assert_allclose([table.GetTable().GetValue(i, 1).ToDouble() for i in range(21)], report.ood_score)
+    assert table.GetAttribute("FreehandRecon.QualityVerdict") == report.verdict
+    chart = logic.lastNodes["qualityChart"]
+    assert chart.IsA("vtkMRMLPlotChartNode") and chart.GetNumberOfPlotSeriesNodes() == 2
+    series = chart.GetNthPlotSeriesNode(0)
+    assert series.GetXColumnName() == "Frame" and series.GetYColumnName() == "OOD score"
+    assert node_count(scene) == before + 4  # table, chart, two series
+    assert (logic.qualityWarning(report) == "") == (report.verdict == "ok")
+
+
+def test_check_sweep_with_a_damaged_guard_is_refused_and_adds_nothing(scene, tmp_path):
+    logic = FreehandReconLogic()
+    browser = logic.loadSample("FreehandReconSpinePhantom")
+    js = _tiny_guard_file(tmp_path)
+    js.with_suffix(".safetensors").write_bytes(b"x")
+    before = node_count(scene)
+    with pytest.raises(ResourceError, match="checksum"):
+        logic.checkSweep(browser, guard=str(js))
+    assert node_count(scene) == before
+
+
+@pytest.mark.skipif(not (learnedModelAvailable() and __import__("freehandrecon.slicer_logic", fromlist=["x"])
+                         .qualityGuardAvailable()), reason="the shipped pose model or quality guard is not installed")
+def test_learned_reconstruction_runs_the_guard_first_and_records_it(scene):
+    from freehandrecon.simulate import random_sweep
+
+    sweep = random_sweep("site-b", 4242, num_frames=40, kind="linear")
+    browser = mrml.sweep_to_browser(scene, Sweep(sweep.frames, sweep.pixel_spacing), name="Sim")
+    logic = FreehandReconLogic()
+    logic.reconstruct(browser, poses="learned", spacingMm=0.5, showIn3D=False, coverage=False)
+    quality = logic.lastReport["quality"]
+    assert quality["verdict"] == logic.lastQuality.verdict and quality["num_frames"] == 40
+    assert "qualityTable" not in logic.lastNodes  # reconstruct records the check; the panel's button adds nodes

@@ -1,7 +1,8 @@
 """The ``freehandrecon`` command line: every headless job behind one entry point.
 
 Exit codes: 0 success; 1 other FreehandRecon error; 2 bad input or usage; 3 an output
-exists (use --force); 4 not enough memory/device; 70 internal error (a bug: please
+exists (use --force); 4 not enough memory/device or a damaged model file; 5 the quality guard
+found the sweep out of distribution (quality --fail-on); 70 internal error (a bug: please
 report it with the traceback); 130 cancelled (Ctrl-C).
 """
 
@@ -82,6 +83,9 @@ def _reconstruct_parser(sub: argparse._SubParsersAction) -> None:
                    "(default: nearest)")
     p.add_argument("--compounding", choices=["mean", "max", "latest", "importance"],
                    help="how overlapping pixels combine (default: mean); importance needs --importance-mask")
+    p.add_argument("--channel-compounding", action="append", metavar="CHANNEL=MODE",
+                   help="compounding of an extra channel, e.g. doppler=mean (repeatable; default: max for "
+                   "photoacoustic and doppler, whatever --compounding says for B-mode)")
     p.add_argument("--importance-mask", type=Path, metavar="FILE",
                    help="per-pixel weights for --compounding importance: .npy [H,W] or a grey .png/.mha image")
     p.add_argument("--fill-holes", choices=["none", "normalized", "stick"],
@@ -133,6 +137,10 @@ def _add_pose_args(p: argparse.ArgumentParser, with_tracked: bool) -> None:
                    help="learned: the pose model (.json with its .safetensors beside it; default: the shipped "
                    "model); speckle: a decorrelation curve from 'freehandrecon calibrate-speckle' (default: a "
                    "typical probe's curve, or the simulator's for simulated sweeps)")
+    if with_tracked:
+        p.add_argument("--no-quality-check", action="store_true",
+                       help="with --poses learned, skip the quality guard that otherwise checks first whether the "
+                       "sweep looks like the model's training data (its verdict goes into report.json)")
     p.add_argument("--sweep-direction", choices=["auto", "forward", "backward"], default="auto",
                    help="direction of the elevational sweep, which speckle cannot see: forward (+z, towards the "
                    "probe marker side), backward, or auto (from the file's metadata or tracked poses, else "
@@ -210,9 +218,14 @@ def build_request(args: argparse.Namespace, sweep):
     from .logic import PoseRequest
 
     poses = PoseRequest(method=args.poses, model=str(args.model) if args.model else None,
-                        sweep_direction=args.sweep_direction, device=args.device or "cpu")
+                        sweep_direction=args.sweep_direction, device=args.device or "cpu",
+                        check_quality=not args.no_quality_check)
+    from .fusion import parse_channel_compounding
+
     return ReconstructionRequest(spacing_mm=spacing, options=opts, roi=roi, oriented_grid=args.oriented,
-                                 poses=poses)
+                                 poses=poses,
+                                 channel_compounding=parse_channel_compounding(getattr(args, "channel_compounding",
+                                                                                       None)))
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
@@ -238,6 +251,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         progress.close()
     summary = {k: report[k] for k in ("frames", "poses", "coverage_fraction", "compound_seconds",
                                       "frames_per_second", "memory_estimate_mb", "outputs")}
+    if "quality" in report:
+        summary["quality"] = {k: report["quality"][k] for k in ("verdict", "fraction_out_of_distribution", "message")
+                              if k in report["quality"]}
     summary["grid_dims"] = report["grid"]["dims_ijk"]
     print(json.dumps(summary, indent=2))
     return 0
@@ -356,7 +372,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMAND_MODULES = (".simulate.command", ".evaluate", ".train.command")
+_COMMAND_MODULES = (".simulate.command", ".evaluate", ".train.command", ".vessels")
 
 
 def build_parser() -> argparse.ArgumentParser:

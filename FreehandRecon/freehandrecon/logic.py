@@ -9,6 +9,7 @@ succeeded, so a failed or cancelled run leaves the scene as it was.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -23,8 +24,11 @@ from . import __version__
 from .compound import (CompoundOptions, CompoundResult, OutputGrid, compound, estimate_memory_bytes, fit_grid,
                        grid_from_roi)
 from .errors import Cancelled, OutputExistsError
+from .fusion import channel_options
 from .poses import PoseEstimate, estimate_poses, sweep_with_poses
 from .sweep import Sweep
+
+log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[str, float], None]
 """``progress(stage, fraction)`` with fraction in [0, 1] for the named stage."""
@@ -47,6 +51,7 @@ class PoseRequest:
     model: str | None = None  # learned-model file; None: the shipped model
     sweep_direction: str = "auto"  # auto | forward | backward
     device: str = "cpu"
+    check_quality: bool = True  # run the quality guard before learned poses (when it is installed)
 
 
 @dataclass
@@ -59,6 +64,9 @@ class ReconstructionRequest:
     roi: Roi | None = None
     oriented_grid: bool = False
     channels: tuple[str, ...] | None = None  # None: every channel the sweep has
+    # per-channel compounding: a mode name or full options; unnamed channels use fusion's defaults
+    # (max for photoacoustic and Doppler, else ``options``)
+    channel_compounding: dict[str, CompoundOptions | str] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,6 +81,7 @@ class ReconstructionResult:
     input_dtype: np.dtype
     sweep: Sweep | None = None  # the sweep with the poses used (estimated ones for learned/speckle)
     pose_estimate: PoseEstimate | None = None
+    quality: dict[str, Any] | None = None  # the quality guard's report (learned poses), as JSON
 
     def volume_array(self, name: str | None = None) -> np.ndarray:
         """Intensity volume ``[k, j, i]`` in the input pixel type (rounded and clipped)."""
@@ -94,6 +103,7 @@ def reconstruct_sweep(sweep: Sweep, request: ReconstructionRequest, progress: Pr
                       should_cancel: Callable[[], bool] | None = None) -> ReconstructionResult:
     """Estimate poses when asked, then compound the B-mode frames and every requested channel."""
     t0 = time.perf_counter()
+    quality = check_quality(sweep, request.poses, progress)
     sweep, estimate = posed_sweep(sweep, request.poses, progress, should_cancel)
     opts = request.options
     if request.roi is not None:
@@ -106,10 +116,33 @@ def reconstruct_sweep(sweep: Sweep, request: ReconstructionRequest, progress: Pr
         sweep.channel_frames(name)  # refuse an unknown channel before any slow work
     memory = estimate_memory_bytes(grid, opts, sweep.frame_shape, sweep.num_frames) * (1 + len(names))
     bmode = compound(sweep, grid, opts, progress=_stage(progress, "B-mode"), should_cancel=should_cancel)
-    channels = {name: compound(sweep, grid, opts, channel=name, progress=_stage(progress, name),
-                               should_cancel=should_cancel) for name in names}
+    channel_opts = {name: channel_options(opts, name, request.channel_compounding) for name in names}
+    channels = {name: compound(sweep, grid, channel_opts[name], channel=name, progress=_stage(progress, name),
+                               should_cancel=should_cancel) for name in names}  # the B-mode poses, every channel
+    for name, res in channels.items():
+        res.stats["compounding"] = channel_opts[name].compounding
     return ReconstructionResult(bmode, channels, grid, time.perf_counter() - t0, memory, sweep.frames.dtype,
-                                sweep, estimate)
+                                sweep, estimate, quality)
+
+
+def check_quality(sweep: Sweep, poses: PoseRequest, progress: ProgressCallback | None = None
+                  ) -> dict[str, Any] | None:
+    """Run the quality guard before learned poses: warn when the sweep is unlike the model's training data.
+
+    Returns the guard's report as JSON (None when not asked, not learned, or no guard is installed).
+    """
+    if poses.method != "learned" or not poses.check_quality:
+        return None
+    from .quality import check_sweep, guard_available
+
+    if not guard_available():
+        log.warning("The quality guard is not installed; learned poses are not checked for out-of-distribution "
+                    "sweeps.")
+        return None
+    report = check_sweep(sweep, progress=progress)
+    if report.verdict != "ok":
+        log.warning(report.message)
+    return report.to_json()
 
 
 def posed_sweep(sweep: Sweep, poses: PoseRequest, progress: ProgressCallback | None = None,
@@ -163,6 +196,7 @@ class ReconstructionLogic:
 # --- the headless job behind `freehandrecon reconstruct` -----------------------------------------
 
 OUTPUT_FILES = ("volume.nrrd", "coverage.nrrd", "scene.mrb", "render.png", "report.json")
+FUSED_RENDER = "render_fused.png"  # B-mode grey + photoacoustic hot / Doppler red, when the sweep has channels
 
 
 def _jsonable(value: Any) -> Any:
@@ -179,6 +213,16 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def _against_tracked(sweep: Sweep, estimate: PoseEstimate | None) -> dict[str, float] | None:
+    """When estimated poses replace tracked ones the input had, how far apart they are (metrics.py)."""
+    if estimate is None or sweep.image_to_world is None:
+        return None
+    from .metrics import evaluate_poses
+
+    m = evaluate_poses(sweep.image_to_world, estimate.image_to_world, sweep.frame_shape, sweep.pixel_spacing)
+    return {k: round(float(v), 4) for k, v in m.items() if np.isscalar(v)}
 
 
 def check_outputs_free(out_dir: Path, names: tuple[str, ...], force: bool) -> None:
@@ -200,8 +244,12 @@ def run_reconstruct_job(sweep: Sweep, request: ReconstructionRequest, out_dir: P
     """
     out_dir = Path(out_dir)
     names = tuple(n for n in OUTPUT_FILES if (render or n != "render.png") and (mrb or n != "scene.mrb"))
+    has_channels = bool(sweep.channels if request.channels is None else request.channels)
+    if render and has_channels:
+        names += (FUSED_RENDER,)
     check_outputs_free(out_dir, names, force)
     result = reconstruct_sweep(sweep, request, progress, should_cancel)
+    pose_check = _against_tracked(sweep, result.pose_estimate)
     sweep = result.sweep if result.sweep is not None else sweep
     logic = ReconstructionLogic()
     mrml = logic.mrml
@@ -225,6 +273,12 @@ def run_reconstruct_job(sweep: Sweep, request: ReconstructionRequest, out_dir: P
             if progress:
                 progress("render", 0.0)
             render_stats = render_mod.render_volume_png(logic.scene, nodes["volume"], tmp / "render.png")
+            channel_nodes = {k: v for k, v in nodes.items() if k.startswith("channel:")}
+            if channel_nodes:
+                from .fusion import render_fused_png
+
+                render_stats = dict(render_stats, fused=render_fused_png(logic.scene, nodes["volume"],
+                                                                          channel_nodes, tmp / FUSED_RENDER))
             if progress:
                 progress("render", 1.0)
         if mrb:
@@ -254,10 +308,18 @@ def run_reconstruct_job(sweep: Sweep, request: ReconstructionRequest, out_dir: P
             "compound_seconds": round(result.seconds, 3),
             "frames_per_second": round(sweep.num_frames / max(result.seconds, 1e-9), 1),
             "channels": sorted(result.channels),
+            "channel_volumes": {c: {"file": f"volume_{c}.nrrd", "compounding": r.stats.get("compounding"),
+                                    "max": float(r.volume.max()) if r.volume.size else None}
+                                for c, r in sorted(result.channels.items())},
+            "bmode_compounding": request.options.compounding,
             "render": render_stats,
             "outputs": list(names) + [f"volume_{c}.nrrd" for c in sorted(result.channels)],
             "browser_node": browser.GetName(),
         }
+        if pose_check is not None:
+            report["poses_against_tracked"] = pose_check
+        if result.quality is not None:
+            report["quality"] = result.quality
         report.update(extra_report or {})
         report["write_seconds"] = round(time.perf_counter() - t_write, 3)
         (tmp / "report.json").write_text(json.dumps(_jsonable(report), indent=2))

@@ -91,6 +91,15 @@ def learnedModelAvailable() -> bool:
     return stem.with_suffix(".json").is_file() and stem.with_suffix(".safetensors").is_file()
 
 
+def qualityGuardAvailable() -> bool:
+    """Whether the quality guard's files are installed (the checksum is checked when it loads)."""
+    try:
+        from .quality.guard import guard_available
+    except ImportError:
+        return False
+    return guard_available()
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -126,6 +135,7 @@ class FreehandReconLogic:
         self._geometryCache: dict[str, tuple[tuple, Any]] = {}
         self.lastReport: dict[str, Any] = {}
         self.lastNodes: dict[str, Any] = {}
+        self.lastQuality: Any = None
 
     # --- scene and inputs -------------------------------------------------------------------------
 
@@ -312,14 +322,16 @@ class FreehandReconLogic:
                     device: str = "cpu", progress: ProgressCallback | None = None,
                     shouldCancel: Callable[[], bool] | None = None, *, imageSequence: Any = None,
                     channels: Any = None, pixelSpacingMm: tuple[float, float] | None = None,
-                    calibrationNode: Any = None, transformSequence: bool = False) -> Any:
+                    calibrationNode: Any = None, transformSequence: bool = False, checkQuality: bool = True) -> Any:
         """Reconstruct the sweep in ``browserNode`` (a sequence browser, or an image sequence) into a volume.
 
         ``poses``: "tracked" (the transforms above the images), "learned" or "speckle" (estimated).
         ``outputVolumeNode`` is replaced on success; otherwise a new volume node is created.
         ``channels``: None for every extra image sequence of the browser (photoacoustic, Doppler),
         or a list of sequence nodes / channel names (``[]`` for B-mode only). ``transformSequence``
-        adds estimated poses to the browser as a transform sequence. ``progress(stage, fraction)``
+        adds estimated poses to the browser as a transform sequence. With learned poses and
+        ``checkQuality`` the quality guard runs first; its verdict goes to ``lastReport["quality"]``
+        and ``lastQuality`` (a warning is logged when the sweep is out of distribution). ``progress(stage, fraction)``
         and ``shouldCancel()`` serve a progress bar and a Cancel button (Cancelled is raised).
         Returns the volume node; ``lastNodes`` and ``lastReport`` hold the other nodes and figures.
         """
@@ -343,6 +355,7 @@ class FreehandReconLogic:
 
         browser, _ = self._browserAndSequence(browserNode, imageSequence)
         sweep = self.readSweep(browserNode, imageSequence, pixelSpacingMm, calibrationNode)
+        quality = self._learnedQuality(sweep, progress) if poses == "learned" and checkQuality else None
         sweep = self._sweepWithPoses(sweep, poses, model, sweepDirection, device, progress, shouldCancel)
         fan = None
         if fanMask == "auto":
@@ -379,6 +392,8 @@ class FreehandReconLogic:
             "memory_estimate_mb": round(result.memory_estimate_bytes / 2**20, 1),
             "channels": sorted(result.channels), "fan_detected": fan is not None,
         }
+        if quality is not None:
+            self.lastReport["quality"] = quality.to_json()
         logging.info("FreehandRecon: %d frames compounded in %.2f s, grid %s, coverage %.1f %%", sweep.num_frames,
                      result.seconds, "x".join(map(str, grid.dims)), 100 * result.coverage_fraction)
         return nodes["volume"]
@@ -409,6 +424,98 @@ class FreehandReconLogic:
         except BaseException:
             self._removeNewNodes(scene, before)
             raise
+
+    def checkSweep(self, browserNode: Any, guard: Any = None, progress: ProgressCallback | None = None, *,
+                   imageSequence: Any = None, pixelSpacingMm: tuple[float, float] | None = None,
+                   addNodes: bool = True) -> Any:
+        """Run the quality guard on the sweep: is it like the data the learned pose model was trained on?
+
+        Returns a :class:`freehandrecon.quality.QualityReport` (per-frame OOD score and reconstruction
+        error, thresholds, verdict "ok" | "warning" | "out-of-distribution" and a message). With
+        ``addNodes`` it adds a table node ``<images>_Quality`` (one row per frame) and a plot chart
+        ``<images>_QualityPlot`` (OOD score and threshold against frame), kept in ``lastNodes``
+        under "qualityTable" and "qualityChart". ``guard`` is a guard .json path or a loaded guard
+        (default: the shipped one).
+        """
+        self._requireTorch()
+        from .quality import Guard, check_sweep, load_guard
+
+        sweep = self.readSweep(browserNode, imageSequence, pixelSpacingMm)
+        loaded = guard if isinstance(guard, Guard) else load_guard(None if guard in (None, "", ".") else guard)
+        report = check_sweep(sweep, guard=loaded, progress=progress)
+        self.lastQuality = report
+        if addNodes:
+            base = sweep.metadata.get("image_sequence") or "Sweep"
+            scene = self.scene
+            before = _node_ids(scene)
+            try:
+                self.lastNodes = {**self.lastNodes, **self._addQualityNodes(scene, report, base)}
+            except BaseException:
+                self._removeNewNodes(scene, before)
+                raise
+        logging.info("FreehandRecon: quality check %s: %s", report.verdict, report.message)
+        return report
+
+    @staticmethod
+    def _addQualityNodes(scene: Any, report: Any, base: str) -> dict[str, Any]:
+        """A table node (frame, scores, thresholds, flag) and a plot chart of the OOD score against frame."""
+        import vtk
+
+        from . import mrml
+
+        table = scene.AddNewNodeByClass("vtkMRMLTableNode", mrml.unique_name(scene, f"{base}_Quality"))
+        n = report.num_frames
+        columns = (("Frame", vtk.vtkIntArray, np.arange(n)),
+                   ("OOD score", vtk.vtkDoubleArray, report.ood_score),
+                   ("OOD threshold", vtk.vtkDoubleArray, np.full(n, report.thresholds["ood"])),
+                   ("Reconstruction error", vtk.vtkDoubleArray, report.recon_error),
+                   ("Out of distribution", vtk.vtkIntArray, report.frame_out.astype(int)))
+        for name, cls, values in columns:
+            arr = cls()
+            arr.SetName(name)
+            arr.SetNumberOfValues(n)
+            for i, v in enumerate(values):  # n frames: a short loop over table rows
+                arr.SetValue(i, v.item() if hasattr(v, "item") else v)
+            table.AddColumn(arr)
+        table.SetAttribute("FreehandRecon.QualityVerdict", report.verdict)
+        table.SetAttribute("FreehandRecon.QualityMessage", report.message)
+        chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", mrml.unique_name(scene, f"{base}_QualityPlot"))
+        chart.SetTitle(f"Quality guard: {report.verdict}")
+        chart.SetXAxisTitle("Frame")
+        chart.SetYAxisTitle("OOD score (Mahalanobis)")
+        series = []
+        for column, colour, style in (("OOD score", (0.1, 0.3, 0.8), 0), ("OOD threshold", (0.85, 0.1, 0.1), 1)):
+            s = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", mrml.unique_name(scene, f"{base}_{column}"))
+            s.SetAndObserveTableNodeID(table.GetID())
+            s.SetXColumnName("Frame")
+            s.SetYColumnName(column)
+            s.SetPlotType(s.PlotTypeScatter)
+            s.SetMarkerStyle(s.MarkerStyleNone)
+            s.SetLineStyle(s.LineStyleDash if style else s.LineStyleSolid)
+            s.SetColor(*colour)
+            chart.AddAndObservePlotSeriesNodeID(s.GetID())
+            series.append(s)
+        return {"qualityTable": table, "qualityChart": chart, "qualitySeries": series}
+
+    def _learnedQuality(self, sweep: Any, progress: ProgressCallback | None) -> Any:
+        """The guard's report before learned poses, or None when no guard is installed."""
+        from .quality import check_sweep, guard_available
+
+        if not guard_available():
+            logging.info("FreehandRecon: no quality guard installed; learned poses run unchecked.")
+            return None
+        report = check_sweep(sweep, progress=progress)
+        self.lastQuality = report
+        if report.verdict != "ok":
+            logging.warning("FreehandRecon: %s", self.qualityWarning(report))
+        return report
+
+    def qualityWarning(self, report: Any = None) -> str:
+        """The text for the panel's warning line ('' when the sweep looks fine)."""
+        report = report if report is not None else getattr(self, "lastQuality", None)
+        if report is None or report.verdict == "ok":
+            return ""
+        return f"{'Out of distribution' if report.verdict == 'out-of-distribution' else 'Warning'}: {report.message}"
 
     def memoryEstimateMb(self, browserNode: Any, spacingMm: float, roiNode: Any = None, interpolation: str = "nearest",
                          compounding: str = "mean", fillHoles: str = "none") -> float:
