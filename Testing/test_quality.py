@@ -109,6 +109,27 @@ def test_mahalanobis_uses_the_nearest_site_and_auroc_counts_pairs():
     assert auroc([0, 1], [2, 3]) == 1.0 and auroc([2, 3], [0, 1]) == 0.0 and auroc([1, 1], [1]) == 0.5
 
 
+def test_texture_layer_is_the_log_laplacian_energy_per_scale_and_rises_most_at_the_finest_for_noise():
+    from freehandrecon.quality.texture import EPS, laplacian_energy
+
+    rng = np.random.default_rng(4)
+    x = rng.random((3, 16, 16))
+    p = np.pad(x, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    lap = 4 * x - p[:, :-2, 1:-1] - p[:, 2:, 1:-1] - p[:, 1:-1, :-2] - p[:, 1:-1, 2:]
+    got = laplacian_energy(torch.from_numpy(x)[:, None]).numpy()
+    assert got.shape == (3, 3)
+    np.testing.assert_allclose(got[:, 0], np.log((lap ** 2).mean(axis=(1, 2)) + EPS), rtol=1e-9)
+    flat = laplacian_energy(torch.full((1, 1, 16, 16), 0.4, dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(flat, np.log(EPS), atol=1e-6)  # a flat frame has no texture
+    # smooth structure plus white noise: the finest scale gains far more than the coarsest
+    yy, xx = np.mgrid[:64, :64]
+    smooth = 0.5 + 0.3 * np.sin(xx / 5.0) * np.cos(yy / 7.0)
+    noisy = smooth + rng.normal(0, 0.1, smooth.shape)
+    e = laplacian_energy(torch.from_numpy(np.stack([smooth, noisy]))[:, None]).numpy()
+    gain = e[1] - e[0]
+    assert gain[0] > gain[2] + 1.0 and gain[0] > 2.0
+
+
 # --- data -------------------------------------------------------------------------------------------------------
 
 def test_corruptions_change_frames_and_keep_the_fan():
@@ -217,6 +238,28 @@ def test_guard_round_trip_and_checksum(tmp_path):
         load_guard(tmp_path / "nothing.json")
 
 
+def test_guard_fitted_without_the_texture_layer_still_loads_and_scores(tmp_path):
+    torch.manual_seed(0)
+    net = build_guard(GuardConfig(widths=(4, 4, 4, 4), latent=8)).eval()
+    feats, recon = encode_frames(net, np.random.default_rng(0).random((60, 64, 64)).astype(np.float32))
+    names = feature_names(net)
+    assert names[-2:] == ["texture", "latent"] and len(feats) == len(names) and feats[-2].shape == (60, 3)
+    keep = [i for i, n in enumerate(names) if n != "texture"]  # the layers of guards written before it
+    stats = fit_ensemble([feats[i] for i in keep], np.repeat([0, 1, 2], 20), [feats[i] for i in keep],
+                         [names[i] for i in keep])
+    thr = calibrate_thresholds(stats.score([feats[i] for i in keep]), recon)
+    _, js = save_guard(net, stats, thr, ["a", "b", "c"], tmp_path, "old")
+    guard = load_guard(js)
+    assert guard.stats.names == [names[i] for i in keep]
+    s = guard.score(np.random.default_rng(0).random((60, 64, 64)).astype(np.float32))
+    np.testing.assert_allclose(s["ood"], stats.score([feats[i] for i in keep]), atol=1e-4)  # float32 files
+    meta = json.loads(js.read_text())
+    meta["feature_layers"][0]["name"] = "level9"
+    js.write_text(json.dumps(meta))
+    with pytest.raises(ResourceError, match="does not fit"):
+        load_guard(js)
+
+
 def test_verdict_follows_the_fraction_of_flagged_frames(tmp_path):
     guard, _ = _tiny_guard(tmp_path)
     sweep = Sweep(frames=np.random.default_rng(2).integers(0, 255, (10, 64, 64), dtype=np.uint8),
@@ -252,7 +295,8 @@ def test_shipped_guard_accepts_new_in_distribution_sweeps_and_flags_the_unseen_s
         assert check_sweep(sweep, guard=guard).verdict == "ok"
     unseen = check_sweep(random_sweep("site-f", 782, num_frames=12), guard=guard)
     assert unseen.verdict == "out-of-distribution"
-    for kind in ("saturated-gain", "no-contact", "shadowing"):
+    assert "texture" in guard.stats.names and guard.stats.names[-1] == "latent"
+    for kind in ("saturated-gain", "no-contact", "shadowing", "heavy-noise"):
         bad = Sweep(frames=qdata.corrupt(seen[0].frames, kind, np.random.default_rng(0)),
                     pixel_spacing=seen[0].pixel_spacing)
         r = check_sweep(bad, guard=guard)

@@ -27,8 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("quality", help="check whether a sweep looks like the learned pose model's training data "
                        "(per-frame out-of-distribution score and verdict)",
-                       description="Score every frame with the quality guard (Mahalanobis distance of its "
-                       "autoencoder latent to the training sites, and reconstruction error) and give a verdict "
+                       description="Score every frame with the quality guard (Mahalanobis feature-ensemble "
+                       "distance of its autoencoder features, input texture and latent to the training sites, "
+                       "and reconstruction error) and give a verdict "
                        "(ok, warning, out-of-distribution) against thresholds calibrated on held-out "
                        "in-distribution frames. Frames of any size and spacing are resampled to the guard grid.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)

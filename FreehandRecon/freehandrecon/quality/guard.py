@@ -7,9 +7,9 @@ loss weights, training recipe, metrics and the sha256 of the weights, checked at
 
 :func:`check_sweep` resamples the frames to the guard grid (any frame size and pixel spacing is
 accepted: the guard looks at the central 38.4 x 38.4 mm at 0.6 mm/pixel), scores every frame
-(Mahalanobis OOD score on the latent, reconstruction MAE) and compares them with thresholds
-calibrated on held-out in-distribution frames. The OOD score is the feature-ensemble Mahalanobis
-score of :mod:`.ood` (0 = a typical in-distribution frame, 1 = the 99th percentile of one layer's
+(Mahalanobis OOD score on the encoder features, the input texture and the latent; reconstruction
+MAE) and compares them with thresholds calibrated on held-out in-distribution frames. The OOD
+score is the feature-ensemble Mahalanobis score of :mod:`.ood` (0 = a typical in-distribution frame, 1 = the 99th percentile of one layer's
 in-distribution distances). A frame is *out of distribution* when its OOD score exceeds
 ``thresholds["ood"]`` (the 99th percentile of held-out in-distribution frames' scores).
 Verdict: ``"out-of-distribution"`` when at least ``thresholds["ood_fraction"]`` of the frames
@@ -63,21 +63,32 @@ class Guard:
         """Guard frames ``[N, S, S]`` in [0, 1] -> ``ood [N]`` (ensemble score), ``layer_scores [L, N]``,
         ``latent_distance [N]`` (Mahalanobis on the latent alone), ``knn [N]``, ``recon [N]``, ``latent [N, p]``."""
         feats, recon = encode_frames(self.net, x, batch, progress)
+        feats = select_layers(feats, feature_names(self.net), self.stats.names)
         layer = self.stats.layer_scores(feats)
         return {"ood": layer.max(axis=0), "layer_scores": layer, "latent_distance": self.stats.latent_distance(feats),
                 "knn": self.stats.knn(feats[-1]), "recon": recon, "latent": feats[-1], "features": feats}
 
 
 def feature_names(net: "GuardAE") -> list[str]:
-    """Names of the feature layers: ``level1..levelK`` (pooled encoder levels), then ``latent``."""
-    return [f"level{i + 1}" for i in range(len(net.config.widths))] + ["latent"]
+    """Names of the feature layers: ``level1..levelK`` (pooled encoder levels), ``texture`` (input
+    Laplacian-pyramid energy, :mod:`.texture`), then ``latent`` (always last)."""
+    return [f"level{i + 1}" for i in range(len(net.config.widths))] + ["texture", "latent"]
+
+
+def select_layers(feats: list[np.ndarray], names: list[str], wanted: list[str]) -> list[np.ndarray]:
+    """The feature layers named ``wanted`` (a guard's fitted layers; guards written before the texture layer
+    have none) out of all layers ``feats`` named ``names``."""
+    return [feats[names.index(n)] for n in wanted]
 
 
 def encode_frames(net: "GuardAE", x: np.ndarray, batch: int = 256,
                   progress: Callable[[str, float], None] | None = None) -> tuple[list[np.ndarray], np.ndarray]:
-    """Feature layers (pooled encoder levels ``[N, 2 C_l]``, then the latent ``[N, p]``) and per-frame
-    reconstruction MAE ``[N]`` of guard frames ``[N, S, S]``."""
+    """Feature layers (pooled encoder levels ``[N, 2 C_l]``, the input texture energies ``[N, 3]``, then the
+    latent ``[N, p]``; the order of :func:`feature_names`) and per-frame reconstruction MAE ``[N]`` of guard
+    frames ``[N, S, S]``."""
     import torch
+
+    from .texture import laplacian_energy
 
     net.eval()
     n = x.shape[0]
@@ -88,7 +99,8 @@ def encode_frames(net: "GuardAE", x: np.ndarray, batch: int = 256,
             t = torch.from_numpy(np.ascontiguousarray(x[s:s + batch], dtype=np.float32))[:, None]
             pooled, z = net.features(t)
             x_hat = net.decoder(z)
-            parts.append([p.double().numpy() for p in pooled] + [z.double().numpy()])
+            parts.append([p.double().numpy() for p in pooled] + [laplacian_energy(t).double().numpy(),
+                                                                 z.double().numpy()])
             errs.append((x_hat - t).abs().flatten(1).mean(dim=1).double().numpy())
             if progress is not None:
                 progress("quality", min(1.0, (s + batch) / n))
@@ -100,7 +112,7 @@ def encode_frames(net: "GuardAE", x: np.ndarray, batch: int = 256,
 class QualityReport:
     """Per-frame guard scores of one sweep and the verdict."""
 
-    ood_score: np.ndarray            # [N] Mahalanobis distance on the latent
+    ood_score: np.ndarray            # [N] feature-ensemble Mahalanobis score (see module docstring)
     recon_error: np.ndarray          # [N] mean absolute reconstruction error (intensity 0-1)
     thresholds: dict[str, float]
     frame_out: np.ndarray            # [N] bool: OOD score above its threshold
@@ -286,8 +298,9 @@ def load_guard(path: str | Path | None = None) -> Guard:
             [f["name"] for f in layers], np.array([f["median"] for f in layers], np.float64),
             np.array([f["scale"] for f in layers], np.float64), tensors["stats.bank"].double().numpy(),
             int(meta.get("knn_k", 5)))
-        if stats.names != feature_names(net):
-            raise ValueError(f"feature layers {stats.names} do not match the architecture")
+        known = feature_names(net)
+        if not stats.names or stats.names[-1] != "latent" or any(n not in known for n in stats.names):
+            raise ValueError(f"feature layers {stats.names} do not match the architecture ({known})")
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ResourceError(f"The quality guard in {js} does not fit this FreehandRecon version ({str(exc)[:200]}).",
                             "Use the .json written together with these weights, update FreehandRecon or retrain."

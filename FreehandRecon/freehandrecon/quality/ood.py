@@ -6,11 +6,12 @@ site-centred training features, shrunk towards ``(tr S / p) I`` by the Ledoit-Wo
 distance is ``d(f) = min_c sqrt((f - mu_c)^T Sigma^-1 (f - mu_c))``.
 
 Feature ensemble (the same paper's multi-layer variant): one such distance per feature layer
-``l`` (the channel means and standard deviations after each encoder level, and the 128-d latent),
+``l`` (the channel means and standard deviations after each encoder level, the input's
+Laplacian-pyramid energies of :mod:`.texture`, and the 128-d latent),
 each normalised on held-out in-distribution calibration frames, ``s_l = (d_l - median_l) /
 (q99_l - median_l)``, and the frame's OOD score is ``max_l s_l``: a frame is unusual as soon as one
-level finds it so (pixel-level texture such as noise shows in the first level, anatomy and scanner
-geometry in the deeper ones). kNN: Euclidean distance from the unit-normalised latent to its k-th
+level finds it so (pixel-level texture such as noise shows in the first level and the texture
+layer, anatomy and scanner geometry in the deeper ones). kNN: Euclidean distance from the unit-normalised latent to its k-th
 nearest unit-normalised training latent.
 """
 
