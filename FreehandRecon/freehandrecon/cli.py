@@ -372,7 +372,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMAND_MODULES = (".simulate.command", ".evaluate", ".train.command", ".vessels")
+_COMMAND_MODULES = (".simulate.command", ".evaluate", ".train.command", ".quality.command", ".vessels")
 
 
 def build_parser() -> argparse.ArgumentParser:
