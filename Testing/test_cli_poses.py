@@ -104,3 +104,17 @@ def test_calibrate_speckle_then_use_the_curve(tmp_path, capsys):
     untracked = tmp_path / "untracked.npz"
     write_sweep(Sweep(sweep.frames, sweep.pixel_spacing), untracked)
     assert main(["--quiet", "calibrate-speckle", str(untracked), "--out", str(tmp_path / "c2.json")]) == 2
+
+
+def test_every_documented_command_is_wired_and_has_help(capsys):
+    from freehandrecon.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    expected = {"reconstruct", "estimate-poses", "calibrate-speckle", "simulate", "train", "evaluate", "quality",
+                "quality-eval", "quality-train", "info", "convert", "bench"}
+    assert expected <= set(sub.choices)
+    for name in expected:
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: freehandrecon" in capsys.readouterr().out
