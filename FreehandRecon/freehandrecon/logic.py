@@ -273,6 +273,7 @@ def run_reconstruct_job(sweep: Sweep, request: ReconstructionRequest, out_dir: P
             if progress:
                 progress("render", 0.0)
             render_stats = render_mod.render_volume_png(logic.scene, nodes["volume"], tmp / "render.png")
+            render_stats["path"] = str(out_dir / "render.png")  # where it ends up, not the staging folder
             channel_nodes = {k: v for k, v in nodes.items() if k.startswith("channel:")}
             if channel_nodes:
                 from .fusion import render_fused_png

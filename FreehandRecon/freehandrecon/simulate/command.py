@@ -40,6 +40,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="elevational sweep direction; random draws it per sweep (default: %(default)s)")
     p.add_argument("--size", type=int, nargs=2, default=(128, 128), metavar=("H", "W"),
                    help="image rows and columns (default: 128 128)")
+    p.add_argument("--channels", nargs="+", choices=["photoacoustic", "doppler"], default=[], metavar="NAME",
+                   help="also simulate co-registered extra channels: photoacoustic (vessel absorption, "
+                   "depth-dependent fluence, band-limited limited-view detection) and/or doppler (power Doppler of "
+                   "the flow in the vessels); same pixel grid and poses as the B-mode frames (default: none)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.set_defaults(func=cmd_simulate)
 
@@ -72,8 +76,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from . import random_sweep
 
     jobs = _check(args)
-    if args.count is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
+    (args.out if args.count is not None else args.out.parent).mkdir(parents=True, exist_ok=True)
     bar = None
     if not getattr(args, "quiet", False):  # the global --quiet of the freehandrecon command
         from tqdm import tqdm
@@ -91,11 +94,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 done[0] = n
 
             sweep = random_sweep(args.site, seed, args.frames, None if args.trajectory == "random" else args.trajectory,
-                                 tuple(args.size), direction=_DIRECTIONS[args.direction], progress=progress)
+                                 tuple(args.size), direction=_DIRECTIONS[args.direction], progress=progress,
+                                 channels=tuple(getattr(args, "channels", ()) or ()))
             write_sweep(sweep, path, force=args.force)
             written.append({"path": str(path), "seed": seed, "trajectory": sweep.metadata["trajectory"],
                             "sweep_direction": sweep.metadata["sweep_direction"],
-                            "pixel_spacing_mm": [round(v, 4) for v in sweep.pixel_spacing]})
+                            "pixel_spacing_mm": [round(v, 4) for v in sweep.pixel_spacing],
+                            "channels": sorted(sweep.channels)})
     finally:
         if bar is not None:
             bar.close()
