@@ -439,3 +439,26 @@ def test_learned_reconstruction_runs_the_guard_first_and_records_it(scene):
     quality = logic.lastReport["quality"]
     assert quality["verdict"] == logic.lastQuality.verdict and quality["num_frames"] == 40
     assert "qualityTable" not in logic.lastNodes  # reconstruct records the check; the panel's button adds nodes
+
+
+def test_paus_sweep_reconstructs_every_channel_and_shows_them_fused_in_3d(scene):
+    from freehandrecon.io import read_sweep
+
+    paus = read_sweep(Path(__file__).parent / "Data" / "paus" / "paus_sample.npz")
+    assert {"photoacoustic", "doppler"} <= set(paus.channels)
+    browser = mrml.sweep_to_browser(scene, paus, name="PAUS")
+    logic = FreehandReconLogic(scene)
+    volume = logic.reconstruct(browser, poses="tracked", spacingMm=0.5, showIn3D=True)
+    nodes = logic.lastNodes
+    pa, doppler = nodes["channel:photoacoustic"], nodes["channel:doppler"]
+    assert slicer.util.arrayFromVolume(pa).shape == slicer.util.arrayFromVolume(volume).shape
+    assert float(slicer.util.arrayFromVolume(pa).max()) > 0
+    vr = mrml.get_logic(scene, "volumerendering")
+    for node in (volume, pa, doppler):  # B-mode and both channels rendered in the same 3D view
+        display = vr.GetFirstVolumeRenderingDisplayNode(node)
+        assert display is not None and display.GetVisibility()
+    # each channel gets its own colour preset, not the B-mode grey
+    colours = {n.GetName(): vr.GetFirstVolumeRenderingDisplayNode(n).GetVolumePropertyNode().GetVolumeProperty()
+               .GetRGBTransferFunction().GetColor(200.0) for n in (volume, pa)}
+    grey, hot = colours[volume.GetName()], colours[pa.GetName()]
+    assert abs(grey[0] - grey[2]) < 0.05 and hot[0] - hot[2] > 0.3

@@ -403,6 +403,19 @@ def _timestamps(browser: Any, count: int) -> np.ndarray | None:
         return None
 
 
+def _check_channel_index(image_seq: Any, seq: Any) -> None:
+    """Channel items must sit at the image items' index values (timestamps), frame by frame."""
+    if seq.GetIndexType() != seq.NumericIndex or image_seq.GetIndexType() != image_seq.NumericIndex:
+        return
+    from .fusion import check_channel_timestamps
+
+    try:
+        values = [[float(s.GetNthIndexValue(n)) for n in range(s.GetNumberOfDataNodes())] for s in (image_seq, seq)]
+    except ValueError:
+        return
+    check_channel_timestamps(np.array(values[0]), np.array(values[1]), seq.GetName())
+
+
 def sweep_from_browser(browser: Any, image_sequence: Any = None,
                        pixel_spacing: tuple[float, float] | None = None) -> Sweep:
     """Read a sweep back from a sequence browser through its proxy nodes.
@@ -427,6 +440,7 @@ def sweep_from_browser(browser: Any, image_sequence: Any = None,
                              f"image sequence '{image_seq.GetName()}' has {image_seq.GetNumberOfDataNodes()}.",
                              "Record or import the channels together so that every frame has a partner, or remove "
                              "the extra sequence from the browser.")
+        _check_channel_index(image_seq, seq)
     logic = get_logic(scene, "sequences")
     logic.UpdateProxyNodesFromSequences(browser)
     image_proxy = browser.GetProxyNode(image_seq)

@@ -134,7 +134,8 @@ def _image_stats(rgb: np.ndarray, background: tuple[float, float, float]) -> dic
 def render_volume_png(scene: Any, volume_node: Any, path: str | os.PathLike, width: int = 800, height: int = 600,
                       preset: str = "US-BMode", extra_volumes: Iterable[Any] = (), *,
                       background: tuple[float, float, float] = (0.0, 0.0, 0.0), azimuth: float = 30.0,
-                      elevation: float = 20.0, method: str = "gpu") -> dict[str, Any]:
+                      elevation: float = 20.0, method: str = "gpu",
+                      opacity_scale: dict[str, float] | None = None) -> dict[str, Any]:
     """Render ``volume_node`` (and ``extra_volumes``) in an offscreen Slicer 3D view to a PNG.
 
     The volumes get volume rendering display nodes with the named presets (see
@@ -142,6 +143,8 @@ def render_volume_png(scene: Any, volume_node: Any, path: str | os.PathLike, wid
     scene opens with the same rendering); other volume renderings are hidden for the
     picture only. The camera is reset to the box of visible (not fully transparent)
     voxels, then turned by ``azimuth``/``elevation`` degrees from Slicer's default view.
+    ``opacity_scale`` maps volume node IDs to a factor on their display's scalar opacity
+    (e.g. a faint B-mode around photoacoustic vessels, see :mod:`freehandrecon.fusion`).
     The PNG is written atomically. Returns image statistics: ``foreground_fraction``
     (pixels differing from the background colour), ``mean_intensity`` (0..255),
     ``mean_foreground_intensity``, plus size, seconds and the OpenGL renderer used.
@@ -155,6 +158,12 @@ def render_volume_png(scene: Any, volume_node: Any, path: str | os.PathLike, wid
                          "Use a name like render.png.")
     pairs = _volumes(volume_node, preset, extra_volumes)
     displays = [mrml.show_volume_rendering(scene, node, p, method=method) for node, p in pairs]
+    if opacity_scale:
+        from .fusion import scale_opacity
+
+        for (node, _), display in zip(pairs, displays):
+            if node.GetID() in opacity_scale:
+                scale_opacity(display, float(opacity_scale[node.GetID()]))
     # Only the requested volumes: hide other volume renderings for this picture.
     hidden = [d for d in _all_volume_renderings(scene) if d.GetVisibility() and
               all(d.GetID() != own.GetID() for own in displays)]

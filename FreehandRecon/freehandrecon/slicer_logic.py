@@ -380,6 +380,10 @@ class FreehandReconLogic:
                                                             browser)
             if showIn3D:
                 nodes["display"] = self._showVolume(scene, nodes["volume"], preset)
+                if result.channels:  # B-mode faded, photoacoustic hot / Doppler red on top, in the same 3D view
+                    from .fusion import show_result_fused
+
+                    show_result_fused(scene, nodes)
         except BaseException:
             self._removeNewNodes(scene, before)
             raise

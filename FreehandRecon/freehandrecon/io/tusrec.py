@@ -13,7 +13,8 @@ taken at (i * sx, j * sy) as everywhere in FreehandRecon; pass ``one_based=True`
 follow the challenge's evaluation code, which numbers pixels from 1 (a shift of one
 pixel in the image plane). Extra datasets named ``<x>_frames`` become channels:
 ``pa_frames`` -> ``"photoacoustic"``, ``doppler_frames`` -> ``"doppler"``, others ``"<x>"``.
-An optional ``timestamps`` dataset [N] is read too.
+An optional ``timestamps`` dataset [N] is read too; a channel's own ``<x>_timestamps`` (e.g.
+``pa_timestamps``) must agree with it frame by frame (InputError otherwise).
 """
 
 from __future__ import annotations
@@ -93,15 +94,26 @@ def sweep_from_tusrec(path: str | os.PathLike, calibration: str | os.PathLike | 
         tforms = _dataset(f, "tforms", p).astype(np.float64) if "tforms" in f else None
         stamps = _dataset(f, "timestamps", p).astype(np.float64) if "timestamps" in f else None
         channels = {}
+        channel_stamps = {}
         for key in f.keys():
             if key.endswith("_frames") and key != "frames":
                 prefix = key[: -len("_frames")]
-                channels[CHANNEL_NAMES.get(prefix, prefix)] = grey_frames(_dataset(f, key, p), f"{p}:{key}")
+                name = CHANNEL_NAMES.get(prefix, prefix)
+                channels[name] = grey_frames(_dataset(f, key, p), f"{p}:{key}")
+                if f"{prefix}_timestamps" in f:  # a channel with its own clock must agree with the B-mode one
+                    channel_stamps[name] = _dataset(f, f"{prefix}_timestamps", p).astype(np.float64)
     meta: dict = {"source": str(p), "format": "tusrec"}
     for name, ch in channels.items():
         if ch.shape != frames.shape:
             raise InputError(f"'{p}': channel '{name}' frames are {ch.shape} but B-mode 'frames' are {frames.shape}.",
                              "Store every channel with the same number and size of frames as 'frames'.")
+    for name, ch_stamps in channel_stamps.items():
+        if stamps is None:
+            raise InputError(f"'{p}': channel '{name}' has timestamps but the B-mode frames have none.",
+                             "Store the B-mode 'timestamps' too, or drop the channel's timestamps.")
+        from ..fusion import check_channel_timestamps
+
+        check_channel_timestamps(stamps, ch_stamps, name)
     if tforms is not None and tforms.shape != (frames.shape[0], 4, 4):
         raise InputError(f"'{p}': 'tforms' has shape {tforms.shape} for {frames.shape[0]} frames.",
                          "Store one 4x4 tool->camera transform per frame.")

@@ -3,7 +3,9 @@
 ``random_sweep(site, seed)`` is the one-call entry point; the pieces are :mod:`.sites`
 (acquisition settings), :mod:`.beam` (PSF and elevation profile), :mod:`.phantom`
 (scatterers and structure), :mod:`.trajectory` (freehand poses) and :mod:`.imaging`
-(IQ image formation). See ``benchmark_simulator`` for the speed.
+(IQ image formation). See ``benchmark_simulator`` for the speed. ``channels=("photoacoustic",
+"doppler")`` adds co-registered photoacoustic (:mod:`.photoacoustic`) and Doppler
+(:mod:`.doppler`) frames; :func:`random_paus_sweep` is the PAUS preset.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from ..sweep import Sweep
 from .beam import (axial_sigma_mm, elevation_sigma_mm, image_psf_sigma_mm, lateral_sigma_mm, resolution_cell_mm3,
                    theoretical_correlation, wavelength_mm)
 from .imaging import Imager, frame_box, simulate_sweep
+from .doppler import doppler_frames
 from .phantom import Phantom, echogenicity, make_phantom, random_structure, vessel_mask
+from .photoacoustic import photoacoustic_frames
 from .sites import HELDOUT_SITE, SITES, TRAIN_SITES, AcquisitionSettings, check_site, site_settings
 from .trajectory import BASE, KINDS, WORLD_DEPTH_AXIS, make_trajectory
 
@@ -29,7 +33,10 @@ __all__ = ["AcquisitionSettings", "SITES", "TRAIN_SITES", "HELDOUT_SITE", "KINDS
            "make_phantom", "phantom_for", "simulate_sweep", "random_sweep", "benchmark_simulator", "Imager",
            "Phantom", "elevation_sigma_mm", "theoretical_correlation", "vessel_mask", "echogenicity",
            "axial_sigma_mm", "lateral_sigma_mm", "image_psf_sigma_mm", "resolution_cell_mm3", "wavelength_mm",
-           "random_structure", "frame_box", "scatterer_density", "BASE"]
+           "random_structure", "frame_box", "scatterer_density", "BASE", "CHANNELS", "add_channels",
+           "random_paus_sweep", "photoacoustic_frames", "doppler_frames"]
+
+CHANNELS = ("photoacoustic", "doppler")
 
 
 def scatterer_density(settings: AcquisitionSettings, per_cell: float = SCATTERERS_PER_CELL, *,
@@ -78,7 +85,8 @@ def _rng(site: str, seed: int) -> np.random.Generator:
 def random_sweep(site: str, seed: int, num_frames: int = 100, kind: str | None = None,
                  image_size: tuple[int, int] = (128, 128), *, direction: int | None = None,
                  step_mm: float | None = None, structure: bool = True,
-                 progress: Callable[[str, float], None] | None = None) -> Sweep:
+                 progress: Callable[[str, float], None] | None = None,
+                 channels: tuple[str, ...] = (), doppler_mode: str = "power") -> Sweep:
     """A simulated sweep, fully determined by its arguments.
 
     ``site`` picks the settings distribution (:data:`SITES`), ``kind`` the trajectory (random from
@@ -101,7 +109,48 @@ def random_sweep(site: str, seed: int, num_frames: int = 100, kind: str | None =
     step = np.linalg.norm(np.diff(poses @ centre, axis=0)[:, :3], axis=1)
     meta = {"site": site, "seed": int(seed), "trajectory": kind, "sweep_direction": direction,
             "mean_step_mm": round(float(step.mean()), 4)}
-    return simulate_sweep(settings, poses, phantom, rng, progress, metadata=meta)
+    sweep = simulate_sweep(settings, poses, phantom, rng, progress, metadata=meta)
+    if channels:
+        sweep = add_channels(sweep, channels, _rng(f"{site}/channels", seed), doppler_mode=doppler_mode)
+    return sweep
+
+
+def _check_channels(channels: tuple[str, ...]) -> None:
+    unknown = [c for c in channels if c not in CHANNELS]
+    if unknown:
+        raise InputError(f"Unknown simulated channel(s): {', '.join(unknown)}.", f"Use any of: {', '.join(CHANNELS)}.")
+
+
+def add_channels(sweep: Sweep, channels: tuple[str, ...], rng: np.random.Generator, *,
+                 doppler_mode: str = "power") -> Sweep:
+    """``sweep`` (simulated: its metadata holds ``settings`` and ``vessels``) with photoacoustic
+    and/or Doppler frames on the same pixel grid and poses; the drawn channel parameters go to
+    ``metadata["channel_params"]``."""
+    _check_channels(channels)
+    meta = sweep.metadata
+    if "settings" not in meta or "vessels" not in meta or sweep.image_to_world is None:
+        raise InputError("Channels can only be simulated for a simulated sweep with poses.",
+                         "Make the sweep with random_sweep(..., channels=...).")
+    settings = AcquisitionSettings.from_dict(meta["settings"])
+    out = dict(sweep.channels)
+    params = dict(meta.get("channel_params", {}))
+    for name in channels:
+        if name == "photoacoustic":
+            out[name], params[name] = photoacoustic_frames(settings, sweep.image_to_world, meta["vessels"], rng)
+        else:
+            out[name], params[name] = doppler_frames(settings, sweep.image_to_world, meta["vessels"], rng,
+                                                     mode=doppler_mode)
+    return Sweep(frames=sweep.frames, pixel_spacing=sweep.pixel_spacing, image_to_world=sweep.image_to_world,
+                 timestamps=sweep.timestamps, channels=out, metadata=dict(meta, channel_params=params))
+
+
+def random_paus_sweep(site: str, seed: int, num_frames: int = 80, kind: str | None = None,
+                      image_size: tuple[int, int] = (128, 128), *, direction: int | None = None,
+                      step_mm: float | None = None, doppler_mode: str = "power",
+                      progress: Callable[[str, float], None] | None = None) -> Sweep:
+    """A simulated photoacoustic + ultrasound sweep: :func:`random_sweep` with both channels."""
+    return random_sweep(site, seed, num_frames, kind, image_size, direction=direction, step_mm=step_mm,
+                        progress=progress, channels=CHANNELS, doppler_mode=doppler_mode)
 
 
 def benchmark_simulator(num_frames: int = 60, sites: tuple[str, ...] = TRAIN_SITES, threads: int = 1,
