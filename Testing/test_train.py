@@ -125,7 +125,6 @@ def test_option_errors():
 
 # --- training runs ---------------------------------------------------------------------------------
 
-@pytest.mark.slow
 def test_tiny_run_learns_exports_and_resumes(tmp_path):
     from freehandrecon.train.trainer import train
 

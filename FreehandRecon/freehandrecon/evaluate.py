@@ -103,7 +103,8 @@ def evaluate_sweep(sweep: Sweep, methods: Iterable[str], *, model: str | Path | 
             from .poses.speckle import curve_for
 
             curve_for(sweep, None)
-        est = estimate_poses(sweep, method, model=model, device=device, sweep_direction="auto",
+        est = estimate_poses(sweep, method, model=model if method == "learned" else None, device=device,
+                             sweep_direction="auto",
                              progress=progress, should_cancel=should_cancel)
         r = metrics.evaluate_poses(sweep.image_to_world, est.image_to_world, sweep.frame_shape, sweep.pixel_spacing,
                                    per_frame=True)

@@ -62,14 +62,20 @@ def sha256_file(path: str | Path) -> str:
 
 
 def save_model(net: PoseNet, scales: np.ndarray, out_dir: str | Path, name: str,
-               extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
-    """Write ``<name>.safetensors`` and ``<name>.json`` (with the weights' sha256) into ``out_dir``."""
+               extra: dict[str, Any] | None = None, half: bool = False) -> tuple[Path, Path]:
+    """Write ``<name>.safetensors`` and ``<name>.json`` (with the weights' sha256) into ``out_dir``.
+
+    ``half`` stores floating-point tensors as float16 (half the file size); loading casts them
+    back to the network's float32.
+    """
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{name}.safetensors"
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     save_file(state, str(weights), metadata={"format": FORMAT})
     meta = {
         "format": FORMAT,
@@ -83,6 +89,7 @@ def save_model(net: PoseNet, scales: np.ndarray, out_dir: str | Path, name: str,
         "input_spacing_mm": net.config.input_spacing,
         "input_size": net.config.input_size,
         "window": net.config.window,
+        "weights_dtype": "float16" if half else "float32",
         "output": "relative motion of frame t+1 in frame t, centre frame, forward-canonical; "
                   "[tx,ty,tz mm, rx,ry,rz deg] (R = Rz Ry Rx) divided by scales",
     }
