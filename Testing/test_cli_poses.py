@@ -118,3 +118,13 @@ def test_every_documented_command_is_wired_and_has_help(capsys):
             main([name, "--help"])
         assert exit_info.value.code == 0
         assert "usage: freehandrecon" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_sensorless_prints_a_row_per_component(capsys):
+    assert main(["--quiet", "bench", "sensorless", "--quick"]) == 0
+    out = capsys.readouterr().out
+    for what in ("learned network, 2 thread(s)", "estimate-poses --method learned", "estimate-poses --method speckle",
+                 "quality guard", "simulator"):
+        line = next(line for line in out.splitlines() if what in line)
+        assert float(line.split("|")[2]) > 0  # a figure, not a timed assertion

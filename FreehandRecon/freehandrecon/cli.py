@@ -366,6 +366,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
 # --- bench ---------------------------------------------------------------------------------------
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "sensorless":
+        from .bench_sensorless import format_sensorless_table, run_sensorless_benchmark
+
+        print(format_sensorless_table(run_sensorless_benchmark(quick=args.quick)))
+        return 0
     from .bench import format_table, run_compound_benchmark
 
     print(format_table(run_compound_benchmark(device=args.device, quick=args.quick)))
@@ -395,7 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.set_defaults(func=cmd_convert)
     p = sub.add_parser("bench", help="print speed and memory figures")
-    p.add_argument("what", choices=["compound"], help="what to benchmark")
+    p.add_argument("what", choices=["compound", "sensorless"],
+                   help="compound: the compounder (frames/s, MP/s, peak memory); sensorless: the learned network, "
+                   "both pose estimators end to end, the quality guard and the simulator (frames/s)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run (default: cpu)")
     p.add_argument("--quick", action="store_true", help="smaller cases (a smoke run)")
     p.set_defaults(func=cmd_bench)
