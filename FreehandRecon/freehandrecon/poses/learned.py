@@ -9,7 +9,6 @@ forward-canonical relative motions in the centre frame (see :mod:`freehandrecon.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -20,11 +19,11 @@ import numpy as np
 
 from .. import geometry
 from ..errors import Cancelled, InputError, ResourceError
+from ..model_files import MODEL_DIR, resolve_model_files, sha256_file, verify_weights  # noqa: F401 (MODEL_DIR is public here)
 from ..sweep import Sweep
 from . import common
 from .network import PoseNet, PoseNetConfig, build_pose_net
 
-MODEL_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
 DEFAULT_MODEL_NAME = "posenet_sim_v1"
 FORMAT = "freehandrecon-posenet"
 DOF_NAMES = ("tx_mm", "ty_mm", "tz_mm", "rx_deg", "ry_deg", "rz_deg")
@@ -50,15 +49,6 @@ class LoadedModel:
     def min_frames(self) -> int:
         """Shortest sweep accepted: one full window of pairs."""
         return self.config.window + 1
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_model(net: PoseNet, scales: np.ndarray, out_dir: str | Path, name: str,
@@ -99,30 +89,8 @@ def save_model(net: PoseNet, scales: np.ndarray, out_dir: str | Path, name: str,
     return weights, js
 
 
-def _resolve_paths(path: str | Path | None) -> tuple[Path, Path]:
-    if path is None:
-        path = MODEL_DIR / f"{DEFAULT_MODEL_NAME}.json"
-    p = Path(path)
-    if p.is_dir():
-        candidates = sorted(p.glob("*.json"))
-        if not candidates:
-            raise ResourceError(f"No model (.json + .safetensors) in {p}.",
-                                "Give the model's .json file, reinstall FreehandRecon, or train one with "
-                                "`freehandrecon train`.")
-        p = p / f"{DEFAULT_MODEL_NAME}.json" if (p / f"{DEFAULT_MODEL_NAME}.json").exists() else candidates[0]
-    if p.suffix == ".safetensors":
-        p = p.with_suffix(".json")
-    if not p.exists():
-        raise ResourceError(f"The model description {p} does not exist.",
-                            "Give an existing model .json (beside its .safetensors), reinstall FreehandRecon "
-                            "to restore the shipped model, or train one with `freehandrecon train`.")
-    try:
-        meta = json.loads(p.read_text())
-    except (OSError, ValueError) as exc:
-        raise ResourceError(f"The model description {p} is not readable JSON ({exc}).",
-                            "Re-download/reinstall the model files or retrain.") from exc
-    weights = p.parent / meta.get("weights", p.with_suffix(".safetensors").name)
-    return p, weights
+_FIX = ("Re-download/reinstall FreehandRecon to restore the shipped model, or retrain with `freehandrecon train` "
+        "(which writes matching files).")
 
 
 def load_model(path: str | Path | None = None, device: str = "cpu") -> LoadedModel:
@@ -134,21 +102,8 @@ def load_model(path: str | Path | None = None, device: str = "cpu") -> LoadedMod
     import torch
     from safetensors.torch import load_file
 
-    js, weights = _resolve_paths(path)
-    meta = json.loads(js.read_text())
-    if meta.get("format") != FORMAT:
-        raise ResourceError(f"{js} is not a FreehandRecon pose model (format {meta.get('format')!r}).",
-                            "Give the .json written by `freehandrecon train`.")
-    if not weights.exists():
-        raise ResourceError(f"The model weights {weights} are missing.",
-                            "Re-download/reinstall FreehandRecon or retrain the model.")
-    digest = sha256_file(weights)
-    if digest != meta.get("sha256"):
-        raise ResourceError(f"The model weights {weights} do not match the checksum in {js.name} "
-                            f"(sha256 {digest[:12]}..., expected {str(meta.get('sha256'))[:12]}...): the file is "
-                            "corrupt, truncated or from another model.",
-                            "Re-download/reinstall FreehandRecon to restore the file, or retrain with "
-                            "`freehandrecon train` (which writes matching files).")
+    js, weights, meta = resolve_model_files(path, DEFAULT_MODEL_NAME, FORMAT, "pose model", _FIX)
+    verify_weights(js, weights, meta, "pose model", _FIX)
     try:
         config = PoseNetConfig.from_dict(meta["config"])
         net = build_pose_net(config)

@@ -18,7 +18,6 @@ are, ``"warning"`` when at least ``thresholds["warning_fraction"]`` are, else ``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from ..errors import InputError, ResourceError
+from ..model_files import MODEL_DIR, resolve_model_files, sha256_file, verify_weights  # noqa: F401 (MODEL_DIR is public here)
 from ..sweep import Sweep
 from .data import guard_frames
 from .ood import EnsembleStats, LatentStats
@@ -35,7 +35,6 @@ from .ood import EnsembleStats, LatentStats
 if TYPE_CHECKING:  # torch is imported only when a guard is built or loaded
     from .model import GuardAE, GuardConfig
 
-MODEL_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
 DEFAULT_GUARD_NAME = "quality_guard_v1"
 FORMAT = "freehandrecon-quality-guard"
 VERDICTS = ("ok", "warning", "out-of-distribution")
@@ -203,15 +202,6 @@ def check_sweep(sweep: Sweep, *, guard: Guard | None = None,
 
 # --- files ------------------------------------------------------------------------------------------------------
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file (the same scheme as the pose model files)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_guard(net: "GuardAE", stats: EnsembleStats, thresholds: dict[str, float], sites: list[str], out_dir: str | Path,
                name: str = DEFAULT_GUARD_NAME, phase1_state: dict[str, Any] | None = None,
                extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
@@ -247,25 +237,11 @@ def save_guard(net: "GuardAE", stats: EnsembleStats, thresholds: dict[str, float
     return weights, js
 
 
+_FIX = "Reinstall FreehandRecon to restore the shipped guard, or retrain with `freehandrecon quality-train`."
+
+
 def _resolve(path: str | Path | None) -> tuple[Path, Path, dict[str, Any]]:
-    p = Path(MODEL_DIR / f"{DEFAULT_GUARD_NAME}.json" if path is None else path)
-    if p.is_dir():
-        p = p / f"{DEFAULT_GUARD_NAME}.json"
-    if p.suffix == ".safetensors":
-        p = p.with_suffix(".json")
-    if not p.exists():
-        raise ResourceError(f"The quality guard description {p} does not exist.",
-                            "Give an existing guard .json (beside its .safetensors), reinstall FreehandRecon to "
-                            "restore the shipped guard, or train one with `freehandrecon quality-train`.")
-    try:
-        meta = json.loads(p.read_text())
-    except (OSError, ValueError) as exc:
-        raise ResourceError(f"The quality guard description {p} is not readable JSON ({exc}).",
-                            "Reinstall FreehandRecon or retrain with `freehandrecon quality-train`.") from exc
-    if meta.get("format") != FORMAT:
-        raise ResourceError(f"{p} is not a FreehandRecon quality guard (format {meta.get('format')!r}).",
-                            "Give the .json written by `freehandrecon quality-train`.")
-    return p, p.parent / meta.get("weights", p.with_suffix(".safetensors").name), meta
+    return resolve_model_files(path, DEFAULT_GUARD_NAME, FORMAT, "quality guard", _FIX)
 
 
 def load_guard(path: str | Path | None = None) -> Guard:
@@ -275,16 +251,7 @@ def load_guard(path: str | Path | None = None) -> Guard:
     from .model import GuardConfig, build_guard
 
     js, weights, meta = _resolve(path)
-    if not weights.exists():
-        raise ResourceError(f"The quality guard weights {weights} are missing.",
-                            "Reinstall FreehandRecon or retrain with `freehandrecon quality-train`.")
-    digest = sha256_file(weights)
-    if digest != meta.get("sha256"):
-        raise ResourceError(f"The quality guard weights {weights} do not match the checksum in {js.name} "
-                            f"(sha256 {digest[:12]}..., expected {str(meta.get('sha256'))[:12]}...): the file is "
-                            "corrupt, truncated or from another guard.",
-                            "Reinstall FreehandRecon to restore the file, or retrain with "
-                            "`freehandrecon quality-train` (which writes matching files).")
+    verify_weights(js, weights, meta, "quality guard", _FIX)
     tensors = load_file(str(weights))
     try:
         config = GuardConfig.from_dict(meta["config"])
