@@ -266,7 +266,7 @@ def cmd_estimate_poses(args: argparse.Namespace) -> int:
 
     from .io.common import check_output
     from .io.pose_file import write_pose_output
-    from .metrics import evaluate_poses
+    from .logic import compare_with_tracked
     from .poses import estimate_poses, sweep_with_poses
 
     check_output(args.out, args.force)
@@ -283,9 +283,9 @@ def cmd_estimate_poses(args: argparse.Namespace) -> int:
                "path_length_mm": round(float(np.linalg.norm(np.diff(est.image_to_world[:, :3, 3], axis=0),
                                                             axis=1).sum()), 2),
                "warnings": est.warnings, "outputs": [str(p) for p in written]}
-    if sweep.image_to_world is not None:  # the input was tracked: say how far the estimate is from it
-        m = evaluate_poses(sweep.image_to_world, est.image_to_world, sweep.frame_shape, sweep.pixel_spacing)
-        summary["against_tracked"] = {k: round(float(v), 3) for k, v in m.items() if np.isscalar(v)}
+    against = compare_with_tracked(sweep, est, digits=3)  # the input was tracked: how far the estimate is
+    if against is not None:
+        summary["against_tracked"] = against
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -103,7 +103,8 @@ def reconstruct_sweep(sweep: Sweep, request: ReconstructionRequest, progress: Pr
                       should_cancel: Callable[[], bool] | None = None) -> ReconstructionResult:
     """Estimate poses when asked, then compound the B-mode frames and every requested channel."""
     t0 = time.perf_counter()
-    quality = check_quality(sweep, request.poses, progress)
+    report = check_quality(sweep, request.poses, progress)
+    quality = None if report is None else report.to_json()
     sweep, estimate = posed_sweep(sweep, request.poses, progress, should_cancel)
     opts = request.options
     if request.roi is not None:
@@ -125,11 +126,11 @@ def reconstruct_sweep(sweep: Sweep, request: ReconstructionRequest, progress: Pr
                                 sweep, estimate, quality)
 
 
-def check_quality(sweep: Sweep, poses: PoseRequest, progress: ProgressCallback | None = None
-                  ) -> dict[str, Any] | None:
+def check_quality(sweep: Sweep, poses: PoseRequest, progress: ProgressCallback | None = None) -> Any:
     """Run the quality guard before learned poses: warn when the sweep is unlike the model's training data.
 
-    Returns the guard's report as JSON (None when not asked, not learned, or no guard is installed).
+    Returns the guard's :class:`~freehandrecon.quality.QualityReport` (None when not asked, not
+    learned, or no guard is installed).
     """
     if poses.method != "learned" or not poses.check_quality:
         return None
@@ -142,7 +143,7 @@ def check_quality(sweep: Sweep, poses: PoseRequest, progress: ProgressCallback |
     report = check_sweep(sweep, progress=progress)
     if report.verdict != "ok":
         log.warning(report.message)
-    return report.to_json()
+    return report
 
 
 def posed_sweep(sweep: Sweep, poses: PoseRequest, progress: ProgressCallback | None = None,
@@ -215,14 +216,14 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _against_tracked(sweep: Sweep, estimate: PoseEstimate | None) -> dict[str, float] | None:
+def compare_with_tracked(sweep: Sweep, estimate: PoseEstimate | None, digits: int = 4) -> dict[str, float] | None:
     """When estimated poses replace tracked ones the input had, how far apart they are (metrics.py)."""
     if estimate is None or sweep.image_to_world is None:
         return None
     from .metrics import evaluate_poses
 
     m = evaluate_poses(sweep.image_to_world, estimate.image_to_world, sweep.frame_shape, sweep.pixel_spacing)
-    return {k: round(float(v), 4) for k, v in m.items() if np.isscalar(v)}
+    return {k: round(float(v), digits) for k, v in m.items() if np.isscalar(v)}
 
 
 def check_outputs_free(out_dir: Path, names: tuple[str, ...], force: bool) -> None:
@@ -249,7 +250,7 @@ def run_reconstruct_job(sweep: Sweep, request: ReconstructionRequest, out_dir: P
         names += (FUSED_RENDER,)
     check_outputs_free(out_dir, names, force)
     result = reconstruct_sweep(sweep, request, progress, should_cancel)
-    pose_check = _against_tracked(sweep, result.pose_estimate)
+    pose_check = compare_with_tracked(sweep, result.pose_estimate)
     sweep = result.sweep if result.sweep is not None else sweep
     logic = ReconstructionLogic()
     mrml = logic.mrml

@@ -280,11 +280,8 @@ class FreehandReconLogic:
     @staticmethod
     def _estimate(sweep: Any, method: str, model: Any, sweepDirection: str, device: str,
                   progress: ProgressCallback | None, shouldCancel: Callable[[], bool] | None) -> np.ndarray:
-        try:
-            from .poses import estimate_poses
-        except ImportError as err:
-            raise InputError(f"Sensorless poses ('{method}') are not available in this FreehandRecon build.",
-                             "Use poses='tracked' with a tracked sweep, or update FreehandRecon.") from err
+        from .poses import estimate_poses
+
         model_path = None
         if model is not None and str(model) not in ("", "."):
             model_path = Path(model)
@@ -293,8 +290,7 @@ class FreehandReconLogic:
                                  "Choose a .safetensors model file, or leave it empty for the bundled model.")
         estimate = estimate_poses(sweep, method, model=model_path, sweep_direction=sweepDirection, device=device,
                                   progress=progress, should_cancel=shouldCancel)
-        mats = getattr(estimate, "image_to_world", estimate)
-        return np.asarray(mats, dtype=np.float64)
+        return estimate.image_to_world
 
     def _sweepWithPoses(self, sweep: Any, poses: str, model: Any, sweepDirection: str, device: str,
                         progress: ProgressCallback | None, shouldCancel: Callable[[], bool] | None) -> Any:
@@ -498,15 +494,11 @@ class FreehandReconLogic:
 
     def _learnedQuality(self, sweep: Any, progress: ProgressCallback | None) -> Any:
         """The guard's report before learned poses, or None when no guard is installed."""
-        from .quality import check_sweep, guard_available
+        from .logic import PoseRequest, check_quality
 
-        if not guard_available():
-            logging.info("FreehandRecon: no quality guard installed; learned poses run unchecked.")
-            return None
-        report = check_sweep(sweep, progress=progress)
-        self.lastQuality = report
-        if report.verdict != "ok":
-            logging.warning("FreehandRecon: %s", self.qualityWarning(report))
+        report = check_quality(sweep, PoseRequest(method="learned"), progress)
+        if report is not None:
+            self.lastQuality = report
         return report
 
     def qualityWarning(self, report: Any = None) -> str:

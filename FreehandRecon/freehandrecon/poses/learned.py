@@ -99,7 +99,6 @@ def load_model(path: str | Path | None = None, device: str = "cpu") -> LoadedMod
     Raises :class:`ResourceError` for missing files, a checksum mismatch or weights that do not
     fit the architecture described in the json.
     """
-    import torch
     from safetensors.torch import load_file
 
     js, weights, meta = resolve_model_files(path, DEFAULT_MODEL_NAME, FORMAT, "pose model", _FIX)
