@@ -92,27 +92,9 @@ def train_guard(train: FrameSet, cfg: TrainConfig, config: GuardConfig | None = 
                 raise Cancelled("Quality-guard training was cancelled.")
 
         # --- phase 1: global MS-SSIM
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr1)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs1, 1))
-        t0, losses = time.perf_counter(), []
-        for epoch in range(cfg.epochs1):
-            net.train()
-            total, count = 0.0, 0
-            for idx in _batches(len(train), cfg.batch, rng):
-                cancel_check()
-                x, _ = _tensors(train, idx, rng)
-                x_hat, _ = net(x)
-                loss = ms_ssim_loss(x_hat, x)
-                if _step(opt, loss, net):
-                    total, count = total + loss.item(), count + 1
-            sched.step()
-            losses.append(total / max(count, 1))
-            if progress is not None:
-                progress("phase 1", (epoch + 1) / cfg.epochs1)
-            log.info("phase 1 epoch %d loss %.4f (%.0f s)", epoch, losses[-1], time.perf_counter() - t0)
-            if time.perf_counter() - t0 > cfg.budget1_s:
-                break
-        history["phase1"] = {"epochs": len(losses), "loss": losses, "seconds": round(time.perf_counter() - t0, 1)}
+        losses, seconds = _run_phase(net, train, rng, lambda x_hat, x, r: ms_ssim_loss(x_hat, x), cfg.epochs1,
+                                     cfg.lr1, cfg.budget1_s, cfg.batch, "phase 1", progress, cancel_check)
+        history["phase1"] = {"epochs": len(losses), "loss": losses, "seconds": seconds}
         phase1_state = copy.deepcopy(net.state_dict())
         if checkpoint_dir is not None:
             Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
@@ -130,34 +112,46 @@ def train_guard(train: FrameSet, cfg: TrainConfig, config: GuardConfig | None = 
                 break
         weights = calibrate_weights(calib, lambda x: net(x)[0], last)
         lam_roi, lam_edge = weights["lambda_roi"], weights["lambda_edge"]
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr2)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs2, 1))
-        t0, losses = time.perf_counter(), []
-        for epoch in range(cfg.epochs2):
-            net.train()
-            total, count = 0.0, 0
-            for idx in _batches(len(train), cfg.batch, rng):
-                cancel_check()
-                x, r = _tensors(train, idx, rng)
-                x_hat, _ = net(x)
-                loss = ms_ssim_loss(x_hat, x) + lam_roi * roi_l1(x_hat, x, r) + lam_edge * roi_edge(x_hat, x, r)
-                if _step(opt, loss, net):
-                    total, count = total + loss.item(), count + 1
-            sched.step()
-            losses.append(total / max(count, 1))
-            if progress is not None:
-                progress("phase 2", (epoch + 1) / cfg.epochs2)
-            log.info("phase 2 epoch %d loss %.4f (%.0f s)", epoch, losses[-1], time.perf_counter() - t0)
-            if time.perf_counter() - t0 > cfg.budget2_s:
-                break
-        history["phase2"] = {"epochs": len(losses), "loss": losses, "seconds": round(time.perf_counter() - t0, 1),
-                             "weights": weights}
+        losses, seconds = _run_phase(
+            net, train, rng,
+            lambda x_hat, x, r: ms_ssim_loss(x_hat, x) + lam_roi * roi_l1(x_hat, x, r) + lam_edge * roi_edge(x_hat, x, r),
+            cfg.epochs2, cfg.lr2, cfg.budget2_s, cfg.batch, "phase 2", progress, cancel_check)
+        history["phase2"] = {"epochs": len(losses), "loss": losses, "seconds": seconds, "weights": weights}
         if checkpoint_dir is not None:
             torch.save(net.state_dict(), Path(checkpoint_dir) / "phase2.pt")
         net.eval()
         return net, phase1_state, history
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _run_phase(net: GuardAE, train: FrameSet, rng: np.random.Generator,
+               loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], epochs: int, lr: float,
+               budget_s: float, batch: int, name: str, progress: Callable[[str, float], None] | None,
+               cancel_check: Callable[[], None]) -> tuple[list[float], float]:
+    """One training phase: Adam with cosine decay over ``epochs``, stopped early after ``budget_s`` seconds.
+    ``loss_fn(x_hat, x, roi)``. Returns the mean loss per epoch and the seconds taken."""
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    t0, losses = time.perf_counter(), []
+    for epoch in range(epochs):
+        net.train()
+        total, count = 0.0, 0
+        for idx in _batches(len(train), batch, rng):
+            cancel_check()
+            x, r = _tensors(train, idx, rng)
+            x_hat, _ = net(x)
+            loss = loss_fn(x_hat, x, r)
+            if _step(opt, loss, net):
+                total, count = total + loss.item(), count + 1
+        sched.step()
+        losses.append(total / max(count, 1))
+        if progress is not None:
+            progress(name, (epoch + 1) / epochs)
+        log.info("%s epoch %d loss %.4f (%.0f s)", name, epoch, losses[-1], time.perf_counter() - t0)
+        if time.perf_counter() - t0 > budget_s:
+            break
+    return losses, round(time.perf_counter() - t0, 1)
 
 
 def with_state(state: dict[str, Any], config: GuardConfig) -> GuardAE:
