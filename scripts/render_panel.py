@@ -144,7 +144,8 @@ def render(out: Path, width: int = 460, with_sample: bool = True, spacing_mm: fl
 
     QtCore.qInstallMessageHandler(quiet)
     loader = QtUiTools.QUiLoader()
-    for cls in make_standins():
+    standins = make_standins()  # keep the classes alive: the loader holds only borrowed references to them
+    for cls in standins:
         loader.registerCustomWidget(cls)
     ui_file = QtCore.QFile(str(UI_FILE))
     if not ui_file.open(QtCore.QFile.ReadOnly):
