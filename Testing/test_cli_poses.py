@@ -106,6 +106,30 @@ def test_calibrate_speckle_then_use_the_curve(tmp_path, capsys):
     assert main(["--quiet", "calibrate-speckle", str(untracked), "--out", str(tmp_path / "c2.json")]) == 2
 
 
+def test_learned_poses_use_the_given_probe_curve(tmp_path, capsys):
+    """The shipped learned model reads the probe's decorrelation curve (architecture v2): a curve file given with
+    --curve is used and recorded; without settings or a curve the typical probe's curve is used; a missing
+    curve file is a clear input error."""
+    from freehandrecon.poses import learned
+    from freehandrecon.poses.speckle import DecorrelationCurve
+
+    sweep = random_sweep("site-b", 9, 20, kind="linear", direction=1)
+    curve = DecorrelationCurve.from_settings(sweep.metadata.pop("settings")).save(tmp_path / "probe.json")
+    test = tmp_path / "t.npz"
+    write_sweep(sweep, test)
+    uses_curve = bool(learned.load_model().config.decorrelation_lags)
+    sources = []
+    for extra in ([], ["--curve", str(curve)]):
+        out = tmp_path / f"p{len(extra)}.npz"
+        assert main(["--quiet", "estimate-poses", str(test), "--method", "learned", *extra, "--out", str(out)]) == 0
+        sources.append(json.loads(capsys.readouterr().out).get("decorrelation_curve"))
+    if uses_curve:
+        assert sources[0].startswith("default") and "beam model" in sources[1]
+    rc = main(["--quiet", "estimate-poses", str(test), "--method", "learned", "--curve", str(tmp_path / "none.json"),
+               "--out", str(tmp_path / "x.npz")])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
 def test_every_documented_command_is_wired_and_has_help(capsys):
     from freehandrecon.cli import build_parser
 

@@ -84,8 +84,9 @@ def test_window_dataset_is_deterministic_per_epoch(sim_records):
     recs, _ = sim_records
     scales = datasets.label_scales(recs)
     ds = datasets.WindowDataset(recs, 4, 10, scales, seed=3)
-    x, y = ds[2]
+    x, y, d = ds[2]
     assert x.shape == (5, 64, 64) and y.shape == (4, 6) and 0 <= x.min() and x.max() <= 1
+    assert d.shape == (0,)  # v1 records carry no decorrelation features
     assert np.array_equal(ds[2][0], x)
     ds.set_epoch(1)
     assert any(not np.array_equal(ds[i][0], datasets.WindowDataset(recs, 4, 10, scales, seed=3)[i][0])
@@ -147,6 +148,25 @@ def test_tiny_run_learns_exports_and_resumes(tmp_path):
     assert len((out / "log.jsonl").read_text().splitlines()) == len(rows) + 1
     with pytest.raises(InputError, match="does not exist"):
         train(options_from_args(_args(*base, "--out", str(tmp_path / "new"), "--resume")))
+
+
+def test_v2_run_from_a_v1_model_keeps_its_start_and_exports_v2(tmp_path):
+    from freehandrecon.train.trainer import train
+
+    cache = ["--cache", str(tmp_path / "cache"), "--steps-per-epoch", "3", "--epochs", "1"]
+    train(options_from_args(_args(*TINY, *cache, "--out", str(tmp_path / "v1"), "--name", "v1")))
+    v2 = [*TINY, *cache, "--out", str(tmp_path / "v2"), "--name", "v2", "--decorrelation-lags", "2", "1",
+          "--decorrelation-floor-lag", "4", "--init", str(tmp_path / "v1" / "v1.json")]
+    summary = train(options_from_args(_args(*v2)))
+    m = learned.load_model(tmp_path / "v2" / "v2.json")
+    assert m.config.decorrelation_lags == (1, 2) and m.config.decorrelation_floor_lag == 4
+    assert m.meta["config"]["architecture"] == "moglo-lite-v2" and m.meta["recipe"]["init"] == "v1.json"
+    assert np.allclose(m.scales, learned.load_model(tmp_path / "v1" / "v1.json").scales)
+    assert np.isfinite(summary["history"][0]["val_loss"])
+    with pytest.raises(InputError, match="cannot be combined"):
+        options_from_args(_args(*v2, "--resume"))
+    with pytest.raises(InputError, match="below 1"):
+        options_from_args(_args(*TINY, "--out", str(tmp_path / "x"), "--decorrelation-lags", "0"))
 
 
 @pytest.mark.slow

@@ -137,6 +137,10 @@ def _add_pose_args(p: argparse.ArgumentParser, with_tracked: bool) -> None:
                    help="learned: the pose model (.json with its .safetensors beside it; default: the shipped "
                    "model); speckle: a decorrelation curve from 'freehandrecon calibrate-speckle' (default: a "
                    "typical probe's curve, or the simulator's for simulated sweeps)")
+    p.add_argument("--curve", type=Path, metavar="JSON",
+                   help="the probe's speckle decorrelation curve from 'freehandrecon calibrate-speckle', for speckle "
+                   "and for learned models that use it (architecture v2, e.g. the shipped one); default: the "
+                   "simulated probe's beam model for simulated sweeps, else a typical probe's curve")
     if with_tracked:
         p.add_argument("--no-quality-check", action="store_true",
                        help="with --poses learned, skip the quality guard that otherwise checks first whether the "
@@ -218,6 +222,7 @@ def build_request(args: argparse.Namespace, sweep):
     from .logic import PoseRequest
 
     poses = PoseRequest(method=args.poses, model=str(args.model) if args.model else None,
+                        curve=str(args.curve) if args.curve else None,
                         sweep_direction=args.sweep_direction, device=args.device or "cpu",
                         check_quality=not args.no_quality_check)
     from .fusion import parse_channel_compounding
@@ -273,7 +278,8 @@ def cmd_estimate_poses(args: argparse.Namespace) -> int:
     sweep = _read(args)
     progress = _Progress(args.quiet)
     try:
-        est = estimate_poses(sweep, args.method, model=args.model, sweep_direction=args.sweep_direction,
+        est = estimate_poses(sweep, args.method, model=args.model, curve=args.curve,
+                             sweep_direction=args.sweep_direction,
                              device=args.device, progress=progress)
     finally:
         progress.close()
@@ -283,6 +289,8 @@ def cmd_estimate_poses(args: argparse.Namespace) -> int:
                "path_length_mm": round(float(np.linalg.norm(np.diff(est.image_to_world[:, :3, 3], axis=0),
                                                             axis=1).sum()), 2),
                "warnings": est.warnings, "outputs": [str(p) for p in written]}
+    if est.info.get("decorrelation_curve"):
+        summary["decorrelation_curve"] = est.info["decorrelation_curve"]
     against = compare_with_tracked(sweep, est, digits=3)  # the input was tracked: how far the estimate is
     if against is not None:
         summary["against_tracked"] = against

@@ -49,6 +49,7 @@ class PoseRequest:
 
     method: str = "tracked"  # tracked | learned | speckle
     model: str | None = None  # learned-model file; None: the shipped model
+    curve: str | None = None  # probe decorrelation curve JSON (speckle; learned v2); None: probe model or typical
     sweep_direction: str = "auto"  # auto | forward | backward
     device: str = "cpu"
     check_quality: bool = True  # run the quality guard before learned poses (when it is installed)
@@ -154,7 +155,7 @@ def posed_sweep(sweep: Sweep, poses: PoseRequest, progress: ProgressCallback | N
             sweep.pixel_to_world()  # raises the no-poses error with its fix
         return sweep, None
     estimate = estimate_poses(sweep, poses.method, model=poses.model, sweep_direction=poses.sweep_direction,
-                              device=poses.device, progress=progress, should_cancel=should_cancel)
+                              device=poses.device, progress=progress, should_cancel=should_cancel, curve=poses.curve)
     return sweep_with_poses(sweep, estimate), estimate
 
 

@@ -279,7 +279,8 @@ class FreehandReconLogic:
 
     @staticmethod
     def _estimate(sweep: Any, method: str, model: Any, sweepDirection: str, device: str,
-                  progress: ProgressCallback | None, shouldCancel: Callable[[], bool] | None) -> np.ndarray:
+                  progress: ProgressCallback | None, shouldCancel: Callable[[], bool] | None,
+                  curve: Any = None) -> np.ndarray:
         from .poses import estimate_poses
 
         model_path = None
@@ -288,12 +289,19 @@ class FreehandReconLogic:
             if not model_path.is_file():
                 raise InputError(f"The model file '{model_path}' does not exist.",
                                  "Choose a .safetensors model file, or leave it empty for the bundled model.")
+        curve_path = None
+        if curve is not None and str(curve) not in ("", "."):
+            curve_path = Path(curve)
+            if not curve_path.is_file():
+                raise InputError(f"The decorrelation curve file '{curve_path}' does not exist.",
+                                 "Give a curve JSON from 'freehandrecon calibrate-speckle', or none for the default.")
         estimate = estimate_poses(sweep, method, model=model_path, sweep_direction=sweepDirection, device=device,
-                                  progress=progress, should_cancel=shouldCancel)
+                                  progress=progress, should_cancel=shouldCancel, curve=curve_path)
         return estimate.image_to_world
 
     def _sweepWithPoses(self, sweep: Any, poses: str, model: Any, sweepDirection: str, device: str,
-                        progress: ProgressCallback | None, shouldCancel: Callable[[], bool] | None) -> Any:
+                        progress: ProgressCallback | None, shouldCancel: Callable[[], bool] | None,
+                        curve: Any = None) -> Any:
         if poses == "tracked":
             if sweep.image_to_world is None:
                 raise CalibrationError(
@@ -301,7 +309,7 @@ class FreehandReconLogic:
                     "Put the image sequence under its (probe/image-to-reference) transform, select a calibration, "
                     "or choose learned or speckle poses.")
             return sweep
-        mats = self._estimate(sweep, poses, model, sweepDirection, device, progress, shouldCancel)
+        mats = self._estimate(sweep, poses, model, sweepDirection, device, progress, shouldCancel, curve)
         return sweep.with_poses(mats, poses=poses)
 
     # --- console API ------------------------------------------------------------------------------
@@ -313,7 +321,8 @@ class FreehandReconLogic:
                     device: str = "cpu", progress: ProgressCallback | None = None,
                     shouldCancel: Callable[[], bool] | None = None, *, imageSequence: Any = None,
                     channels: Any = None, pixelSpacingMm: tuple[float, float] | None = None,
-                    calibrationNode: Any = None, transformSequence: bool = False, checkQuality: bool = True) -> Any:
+                    calibrationNode: Any = None, transformSequence: bool = False, checkQuality: bool = True,
+                    curve: Any = None) -> Any:
         """Reconstruct the sweep in ``browserNode`` (a sequence browser, or an image sequence) into a volume.
 
         ``poses``: "tracked" (the transforms above the images), "learned" or "speckle" (estimated).
@@ -321,7 +330,9 @@ class FreehandReconLogic:
         ``channels``: None for every extra image sequence of the browser (photoacoustic, Doppler),
         or a list of sequence nodes / channel names (``[]`` for B-mode only). ``transformSequence``
         adds estimated poses to the browser as a transform sequence. With learned poses and
-        ``checkQuality`` the quality guard runs first; its verdict goes to ``lastReport["quality"]``
+        ``checkQuality`` the quality guard runs first. ``curve``: the probe's decorrelation curve JSON
+        (``freehandrecon calibrate-speckle``) for speckle and for learned models that use it (default: a
+        typical probe's curve, or the simulated probe's); its verdict goes to ``lastReport["quality"]``
         and ``lastQuality`` (a warning is logged when the sweep is out of distribution). ``progress(stage, fraction)``
         and ``shouldCancel()`` serve a progress bar and a Cancel button (Cancelled is raised).
         Returns the volume node; ``lastNodes`` and ``lastReport`` hold the other nodes and figures.
@@ -347,7 +358,7 @@ class FreehandReconLogic:
         browser, _ = self._browserAndSequence(browserNode, imageSequence)
         sweep = self.readSweep(browserNode, imageSequence, pixelSpacingMm, calibrationNode)
         quality = self._learnedQuality(sweep, progress) if poses == "learned" and checkQuality else None
-        sweep = self._sweepWithPoses(sweep, poses, model, sweepDirection, device, progress, shouldCancel)
+        sweep = self._sweepWithPoses(sweep, poses, model, sweepDirection, device, progress, shouldCancel, curve)
         fan = None
         if fanMask == "auto":
             fan = detect_fan(sweep.frames)
@@ -396,7 +407,7 @@ class FreehandReconLogic:
     def estimatePoses(self, browserNode: Any, method: str = "learned", model: Any = None, sweepDirection: str = "auto",
                       device: str = "cpu", progress: ProgressCallback | None = None,
                       shouldCancel: Callable[[], bool] | None = None, *, imageSequence: Any = None,
-                      pixelSpacingMm: tuple[float, float] | None = None) -> Any:
+                      pixelSpacingMm: tuple[float, float] | None = None, curve: Any = None) -> Any:
         """Estimate per-frame image-to-world transforms without a tracker.
 
         Returns a linear transform sequence node ``<images>_ImageToReference_<method>``, synchronised
@@ -408,7 +419,7 @@ class FreehandReconLogic:
         self._requireTorch()
         browser, _ = self._browserAndSequence(browserNode, imageSequence)
         sweep = self.readSweep(browserNode, imageSequence, pixelSpacingMm)
-        mats = self._estimate(sweep, method, model, sweepDirection, device, progress, shouldCancel)
+        mats = self._estimate(sweep, method, model, sweepDirection, device, progress, shouldCancel, curve)
         if shouldCancel is not None and shouldCancel():
             raise Cancelled("Pose estimation cancelled by the user.", "Run it again when ready; nothing was changed.")
         scene = self.scene

@@ -42,7 +42,7 @@ def estimate_poses(sweep: Sweep, method: str = "learned", *, model: str | Path |
                    sweep_direction: str = "auto", device: str = "cpu",
                    progress: Callable[[str, float], None] | None = None,
                    should_cancel: Callable[[], bool] | None = None,
-                   first: np.ndarray | None = None) -> PoseEstimate:
+                   first: np.ndarray | None = None, curve: str | Path | None = None) -> PoseEstimate:
     """Estimate (or take) the image-to-world pose of every frame of ``sweep``.
 
     Args:
@@ -51,6 +51,8 @@ def estimate_poses(sweep: Sweep, method: str = "learned", *, model: str | Path |
             for speckle, a decorrelation-curve JSON from ``freehandrecon calibrate-speckle`` (default: the
             simulator's curve for simulated sweeps, else a typical probe's curve).
         sweep_direction: ``"auto"``, ``"forward"`` or ``"backward"`` (see :func:`common.resolve_direction`).
+        curve: the probe's decorrelation curve (JSON from ``freehandrecon calibrate-speckle``), used by speckle
+            and by learned models of architecture v2; default as for ``model`` with speckle.
         first: pose of the first frame; default the sweep's first tracked pose, else
             :func:`common.default_first_pose`.
     """
@@ -63,18 +65,23 @@ def estimate_poses(sweep: Sweep, method: str = "learned", *, model: str | Path |
         rel = common.relative_centre(sweep.image_to_world, sweep.frame_shape, sweep.pixel_spacing)
         return PoseEstimate(sweep.image_to_world.copy(), rel, "tracked", direction=common.net_elevation_sign(rel))
     common.check_pixel_spacing_known(sweep)
+    if curve is not None:  # read it first: a bad curve file is an input error whichever estimator runs
+        from .speckle import DecorrelationCurve
+
+        curve = curve if isinstance(curve, DecorrelationCurve) else DecorrelationCurve.load(curve)
     warnings = common.check_speckle(sweep.frames)
     direction = common.resolve_direction(sweep, sweep_direction)
     t0 = time.perf_counter()
     if method == "speckle":
         from . import speckle
 
-        rel, info = speckle.estimate_relative(sweep, curve=model, progress=progress, should_cancel=should_cancel)
+        rel, info = speckle.estimate_relative(sweep, curve=curve if curve is not None else model, progress=progress,
+                                              should_cancel=should_cancel)
     else:
         from . import learned
 
         rel, info = learned.estimate_relative(sweep, model=model, device=device, progress=progress,
-                                              should_cancel=should_cancel)
+                                              should_cancel=should_cancel, curve=curve)
     seconds = time.perf_counter() - t0
     if direction < 0:
         rel = common.mirror_elevation(rel)

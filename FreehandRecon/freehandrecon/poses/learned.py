@@ -135,8 +135,10 @@ def _window_starts(pairs: int, window: int, stride: int) -> list[int]:
 
 def predict_scaled(net: PoseNet, frames: np.ndarray, *, window: int, mode: str = "window", device: str = "cpu",
                    batch: int = 64, progress: Callable[[str, float], None] | None = None,
-                   should_cancel: Callable[[], bool] | None = None) -> np.ndarray:
-    """Model-input frames ``[N, S, S]`` in [0, 1] -> scaled predictions ``[N-1, 6]``.
+                   should_cancel: Callable[[], bool] | None = None,
+                   decor: np.ndarray | None = None) -> np.ndarray:
+    """Model-input frames ``[N, S, S]`` in [0, 1] (and, for a v2 network, the decorrelation features
+    ``[N-1, 2L, g, g]`` of :func:`decorrelation_inputs`) -> scaled predictions ``[N-1, 6]``.
 
     The frame encoder runs once per frame, the pair encoder once per pair; then the LSTMs run
     over overlapping windows of ``window`` pairs (stride ``window // 2``), averaging the overlaps
@@ -162,6 +164,7 @@ def predict_scaled(net: PoseNet, frames: np.ndarray, *, window: int, mode: str =
     was_training = net.training
     net.eval()
     x_all = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))[:, None]
+    d_all = None if decor is None else torch.from_numpy(np.ascontiguousarray(decor, dtype=np.float32))
     with torch.inference_mode():
         feats = []
         for s in range(0, n, batch):
@@ -171,7 +174,8 @@ def predict_scaled(net: PoseNet, frames: np.ndarray, *, window: int, mode: str =
         loc, glo = [], []
         for s in range(0, pairs, batch):
             e = min(pairs, s + batch)
-            lo, gl = net.pair_features(f[s:e], f[s + 1:e + 1], x_all[s:e].to(device), x_all[s + 1:e + 1].to(device))
+            lo, gl = net.pair_features(f[s:e], f[s + 1:e + 1], x_all[s:e].to(device), x_all[s + 1:e + 1].to(device),
+                                       None if d_all is None else d_all[s:e].to(device))
             loc.append(lo)
             glo.append(gl)
             tick()
@@ -198,11 +202,30 @@ def params_to_relative(params: np.ndarray) -> np.ndarray:
     return geometry.params_to_matrix(params)
 
 
+def decorrelation_inputs(config: PoseNetConfig, frames: np.ndarray, frame_shape: tuple[int, int],
+                         spacing: tuple[float, float], curve) -> np.ndarray | None:
+    """The v2 network's decorrelation features for model-input ``frames`` (None for a v1 network).
+    ``curve`` is a :class:`~freehandrecon.poses.speckle.DecorrelationCurve`."""
+    if not config.decorrelation_lags:
+        return None
+    from . import decorrelation
+
+    grid = config.input_size // 16
+    depths = decorrelation.row_depths_mm(frame_shape, spacing, config.input_spacing, config.input_size, grid)
+    return decorrelation.elevation_features(frames, curve, depths, input_spacing=config.input_spacing,
+                                            lags=config.decorrelation_lags, grid=grid,
+                                            floor_lag=config.decorrelation_floor_lag)
+
+
 def estimate_relative(sweep: Sweep, *, model: LoadedModel | str | Path | None = None, device: str = "cpu",
                       progress: Callable[[str, float], None] | None = None,
                       should_cancel: Callable[[], bool] | None = None,
-                      mode: str = "window") -> tuple[np.ndarray, dict[str, Any]]:
-    """Forward-canonical relative motions ``[N-1, 4, 4]`` in the centre frame, and an info dict."""
+                      mode: str = "window", curve=None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Forward-canonical relative motions ``[N-1, 4, 4]`` in the centre frame, and an info dict.
+
+    ``curve`` (v2 models): the probe's decorrelation curve, a ``DecorrelationCurve`` or a curve JSON
+    from ``freehandrecon calibrate-speckle``; default :func:`decorrelation.curve_for_sweep`.
+    """
     common.check_pixel_spacing_known(sweep)
     m = model if isinstance(model, LoadedModel) else load_model(model, device=device)
     common.require_min_frames(sweep.num_frames, m.min_frames, "the learned pose estimator")
@@ -211,14 +234,22 @@ def estimate_relative(sweep: Sweep, *, model: LoadedModel | str | Path | None = 
     frames = common.resample_frames(sweep.frames, sweep.pixel_spacing, m.config.input_spacing, m.config.input_size)
     if should_cancel is not None and should_cancel():
         raise Cancelled("Pose estimation was cancelled.")
+    decor = curve_source = None
+    if m.config.decorrelation_lags:
+        from .decorrelation import curve_for_sweep
+
+        c = curve_for_sweep(sweep, curve)
+        curve_source = c.source
+        decor = decorrelation_inputs(m.config, frames, sweep.frame_shape, sweep.pixel_spacing, c)
     scaled = predict_scaled(m.net, frames, window=m.window, mode=mode, device=m.device, progress=progress,
-                            should_cancel=should_cancel)
+                            should_cancel=should_cancel, decor=decor)
     params = scaled * m.scales[None]
     seconds = time.perf_counter() - t0
     info = {
         "model": str(m.path) if m.path else None,
         "model_name": m.meta.get("name"),
         "inference_mode": mode,
+        **({"decorrelation_curve": curve_source} if curve_source else {}),
         "frames_per_second": round(sweep.num_frames / max(seconds, 1e-9), 1),
         "warnings": warnings,
     }
@@ -245,10 +276,16 @@ def benchmark_inference(num_frames: int = 256, threads: int = 2, model: LoadedMo
                 model = LoadedModel(net, net.config, np.ones(6), device=device)
         s = model.config.input_size
         frames = np.random.default_rng(0).random((num_frames, s, s), dtype=np.float32)
+        curve = None
+        if model.config.decorrelation_lags:
+            from .speckle import DecorrelationCurve
+
+            curve = DecorrelationCurve.default()
         best = float("inf")
         for _ in range(repeats):
             t0 = time.perf_counter()
-            predict_scaled(model.net, frames, window=model.window, device=device)
+            decor = decorrelation_inputs(model.config, frames, (s, s), (model.config.input_spacing,) * 2, curve)
+            predict_scaled(model.net, frames, window=model.window, device=device, decor=decor)
             best = min(best, time.perf_counter() - t0)
         return {"frames": num_frames, "threads": threads, "device": device, "seconds": best,
                 "frames_per_second": num_frames / best, "input_size": s}

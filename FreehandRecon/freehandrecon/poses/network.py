@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHITECTURE = "moglo-lite-v1"
+ARCHITECTURE = "moglo-lite-v1"          # frames only
+ARCHITECTURE_V2 = "moglo-lite-v2"       # frames + calibrated decorrelation features (decorrelation_lags)
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,26 @@ class PoseNetConfig:
     hidden: int = 128              # LSTM hidden size
     bidirectional: bool = True     # LSTMs see the whole window in both directions
     window: int = 8                # pairs per training window / inference window
+    decorrelation_lags: tuple[int, ...] = ()  # v2: lags of the calibrated decorrelation features (poses.decorrelation)
+    decorrelation_floor_lag: int = 0          # v2: lag of the structure-floor channels (0: none)
+
+    @property
+    def architecture(self) -> str:
+        return ARCHITECTURE_V2 if self.decorrelation_lags else ARCHITECTURE
+
+    @property
+    def decorrelation_channels(self) -> int:
+        if not self.decorrelation_lags:
+            return 0
+        from .decorrelation import feature_channels
+
+        return feature_channels(self.decorrelation_lags, self.decorrelation_floor_lag)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["widths"] = list(self.widths)
-        d["architecture"] = ARCHITECTURE
+        d["decorrelation_lags"] = list(self.decorrelation_lags)
+        d["architecture"] = self.architecture
         return d
 
     @classmethod
@@ -61,18 +77,25 @@ class PoseNetConfig:
         unknown = sorted(set(d) - known - {"architecture"})
         if unknown:
             raise ValueError(f"unknown PoseNetConfig fields: {unknown}")
-        if d.get("architecture", ARCHITECTURE) != ARCHITECTURE:
-            raise ValueError(f"architecture '{d.get('architecture')}' is not '{ARCHITECTURE}'")
         kw = {k: v for k, v in d.items() if k in known}
         if "widths" in kw:
             kw["widths"] = tuple(int(v) for v in kw["widths"])
-        return cls(**kw)
+        if "decorrelation_lags" in kw:
+            kw["decorrelation_lags"] = tuple(int(v) for v in kw["decorrelation_lags"])
+        cfg = cls(**kw)
+        if d.get("architecture", cfg.architecture) != cfg.architecture:
+            raise ValueError(f"architecture '{d.get('architecture')}' does not match its fields ('{cfg.architecture}')")
+        return cfg
 
     def validate(self) -> None:
         if self.input_size % 32:
             raise ValueError(f"input_size must be a multiple of 32, got {self.input_size}")
         if len(self.widths) != 4 or min(self.widths) < 1:
             raise ValueError(f"widths must be 4 positive ints, got {self.widths}")
+        if any(int(j) < 1 for j in self.decorrelation_lags):
+            raise ValueError(f"decorrelation_lags must be positive, got {self.decorrelation_lags}")
+        if self.decorrelation_floor_lag < 0:
+            raise ValueError(f"decorrelation_floor_lag must be >= 0, got {self.decorrelation_floor_lag}")
 
 
 class ResBlock(nn.Module):
@@ -192,7 +215,7 @@ class PoseNet(nn.Module):
         self.stage3 = ResBlock(w2, w3, 2)
         n_corr = (2 * config.corr_radius + 1) ** 2
         n_ncc = (2 * config.ncc_radius + 1) ** 2
-        self.stage4 = ResBlock(w3 + n_corr + n_ncc + 2, config.global_width, 2)
+        self.stage4 = ResBlock(w3 + n_corr + n_ncc + 2 + config.decorrelation_channels, config.global_width, 2)
         g = config.global_width
         grid4 = config.input_size // 32
         self.global_fc = nn.Sequential(nn.Linear(g * grid4 * grid4, config.feature_dim), nn.SiLU())
@@ -208,15 +231,21 @@ class PoseNet(nn.Module):
         """``[M, 1, S, S]`` frames -> stage-1 maps ``[M, w1, S/4, S/4]``."""
         return self.stage1(self.stem(x))
 
-    def pair_features(self, f1: torch.Tensor, f2: torch.Tensor, x1: torch.Tensor,
-                      x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stage-1 maps and raw frames of pairs -> (local, global) feature vectors ``[P, F]`` each."""
+    def pair_features(self, f1: torch.Tensor, f2: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor,
+                      decor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage-1 maps and raw frames of pairs (and, for v2, their decorrelation features
+        ``[P, 2L, S/16, S/16]``) -> (local, global) feature vectors ``[P, F]`` each."""
         corr = feature_correlation(f1, f2, self.config.corr_radius)
         ncc = raw_ncc(x1, x2, self.config.ncc_radius, 16)
         local = self.stage2(torch.cat([f1, f2], 1))
         s3 = self.stage3(local)
         coords = self.coords.expand(s3.shape[0], -1, -1, -1)
-        s4 = self.stage4(torch.cat([s3, corr, ncc, coords], 1))
+        parts = [s3, corr, ncc, coords]
+        if self.config.decorrelation_lags:
+            if decor is None:
+                raise ValueError("this network (moglo-lite-v2) needs the decorrelation features")
+            parts.append(F.interpolate(decor, size=s3.shape[-2:]) if decor.shape[-2:] != s3.shape[-2:] else decor)
+        s4 = self.stage4(torch.cat(parts, 1))
         global_vec = self.global_fc(s4.flatten(1))
         return self.attention(local, global_vec), global_vec
 
@@ -226,16 +255,18 @@ class PoseNet(nn.Module):
         glo = self.head_global(global_seq)
         return {"local": loc, "global": glo, "pred": (loc + glo) / 2}
 
-    def forward(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``[B, T+1, S, S]`` frames -> dict with ``pred``/``local``/``global`` ``[B, T, 6]`` (scaled
-        parameters) and ``embed`` ``[B, T, F]`` (fused local features, for the triplet loss)."""
+    def forward(self, frames: torch.Tensor, decor: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``[B, T+1, S, S]`` frames (and for v2 ``[B, T, 2L, g, g]`` decorrelation features) -> dict with
+        ``pred``/``local``/``global`` ``[B, T, 6]`` (scaled parameters) and ``embed`` ``[B, T, F]``
+        (fused local features, for the triplet loss)."""
         b, t1, s, _ = frames.shape
         x = frames.reshape(b * t1, 1, s, s)
         f = self.encode_frames(x).view(b, t1, -1, s // 4, s // 4)
         xs = x.view(b, t1, 1, s, s)
         f1, f2 = f[:, :-1].flatten(0, 1), f[:, 1:].flatten(0, 1)
         x1, x2 = xs[:, :-1].flatten(0, 1), xs[:, 1:].flatten(0, 1)
-        loc, glo = self.pair_features(f1, f2, x1, x2)
+        d = None if decor is None else decor.flatten(0, 1)
+        loc, glo = self.pair_features(f1, f2, x1, x2, d)
         loc, glo = loc.view(b, t1 - 1, -1), glo.view(b, t1 - 1, -1)
         out = self.motion(loc, glo)
         out["embed"] = loc

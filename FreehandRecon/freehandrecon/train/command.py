@@ -79,6 +79,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"model pixel spacing in mm (default: {d.input_spacing})")
     g.add_argument("--widths", type=int, nargs=4, default=list(d.widths), metavar="C",
                    help=f"encoder widths stem/stage1/stage2/stage3 (default: {' '.join(map(str, d.widths))})")
+    g.add_argument("--decorrelation-lags", type=int, nargs="*", default=list(d.decorrelation_lags), metavar="J",
+                   help="architecture v2: give the network calibrated speckle-decorrelation features at these frame "
+                   "lags, e.g. 1 2 3 4 (default: none, architecture v1)")
+    g.add_argument("--decorrelation-floor-lag", type=int, default=d.decorrelation_floor_lag, metavar="F",
+                   help="with --decorrelation-lags: add structure-floor channels from the correlation at lag F "
+                   "frames, e.g. 16 (default: 0, none)")
+    g.add_argument("--curve", type=Path, metavar="JSON",
+                   help="v2 with tracked files: the probe's decorrelation curve (freehandrecon calibrate-speckle); "
+                   "simulated sweeps use their probe's beam model (default: a typical probe's curve)")
+    g.add_argument("--init", type=Path, metavar="MODEL",
+                   help="start from this model's weights (.json or .safetensors) and scales; input channels that "
+                   "a v2 network adds start at zero")
     g = p.add_argument_group("run")
     g.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder for checkpoints and model")
     g.add_argument("--name", default="posenet", help="exported model name (default: posenet)")
@@ -109,8 +121,15 @@ def options_from_args(args: argparse.Namespace):
         read_options["plus_config"] = args.plus_config
     if args.calibration:
         read_options["calibration"] = args.calibration
+    if any(j < 1 for j in args.decorrelation_lags):
+        raise InputError(f"--decorrelation-lags {args.decorrelation_lags} has a lag below 1.", "Use lags like 1 2 3 4.")
+    if args.decorrelation_floor_lag < 0:
+        raise InputError(f"--decorrelation-floor-lag {args.decorrelation_floor_lag} is negative.", "Use 0 or e.g. 16.")
+    if args.resume and args.init:
+        raise InputError("--resume and --init cannot be combined.", "Resume a run, or start a new one from --init.")
     cfg = PoseNetConfig(input_size=args.input_size, input_spacing=args.input_spacing, widths=tuple(args.widths),
-                        window=args.window)
+                        window=args.window, decorrelation_lags=tuple(sorted(set(args.decorrelation_lags))),
+                        decorrelation_floor_lag=args.decorrelation_floor_lag if args.decorrelation_lags else 0)
     return TrainOptions(
         out=args.out, name=args.name, data=list(args.data), sites=args.sites, train_seeds=tuple(args.train_seeds),
         val_seeds=tuple(args.val_seeds), frames=args.frames, kinds=list(args.kinds), cache=args.cache,
@@ -118,7 +137,7 @@ def options_from_args(args: argparse.Namespace):
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, augment=not args.no_augment,
         loss=weights, config=cfg, device=args.device, amp=args.amp, threads=args.threads, resume=args.resume,
-        seed=args.seed, drift_sweeps=args.drift_sweeps, quiet=bool(getattr(args, "quiet", False)),
+        seed=args.seed, drift_sweeps=args.drift_sweeps, init=args.init, curve=args.curve, quiet=bool(getattr(args, "quiet", False)),
         command="freehandrecon train " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []) or []))
 
 

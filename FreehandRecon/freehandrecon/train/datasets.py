@@ -47,14 +47,18 @@ class SweepRecord:
     image_to_world: np.ndarray    # [N, 4, 4] original poses (for drift)
     frame_shape: tuple[int, int]  # original (H, W)
     spacing: tuple[float, float]  # original (sx, sy)
+    decor: np.ndarray | None = None  # float16 [N-1, 2L, g, g] decorrelation features (v2 networks)
 
     @property
     def num_pairs(self) -> int:
         return int(self.params.shape[0])
 
 
-def prepare_record(sweep: Sweep, input_spacing: float, input_size: int, name: str, group: str) -> SweepRecord:
-    """Resample a tracked sweep to the model input and compute forward-canonical labels."""
+def prepare_record(sweep: Sweep, input_spacing: float, input_size: int, name: str, group: str,
+                   lags: Sequence[int] = (), curve=None, floor_lag: int = 0) -> SweepRecord:
+    """Resample a tracked sweep to the model input and compute forward-canonical labels (and, when
+    ``lags`` are given, the v2 decorrelation features with ``curve``, default
+    :func:`poses.decorrelation.curve_for_sweep`)."""
     if sweep.image_to_world is None:
         raise InputError(f"Training sweep {name} has no poses.",
                          "Train on tracked sweeps (with calibration) or simulated ones.")
@@ -63,9 +67,20 @@ def prepare_record(sweep: Sweep, input_spacing: float, input_size: int, name: st
     if direction < 0:
         rel = common.mirror_elevation(rel)
     frames = common.resample_frames(sweep.frames, sweep.pixel_spacing, input_spacing, input_size)
-    return SweepRecord(name, group, np.round(frames * 255).astype(np.uint8),
-                       geometry.matrix_to_params(rel).astype(np.float32), direction,
-                       np.asarray(sweep.image_to_world, dtype=np.float64), sweep.frame_shape, sweep.pixel_spacing)
+    frames_u8 = np.round(frames * 255).astype(np.uint8)
+    decor = None
+    if lags:
+        from ..poses import decorrelation
+
+        grid = input_size // 16
+        depths = decorrelation.row_depths_mm(sweep.frame_shape, sweep.pixel_spacing, input_spacing, input_size, grid)
+        decor = decorrelation.elevation_features(frames_u8.astype(np.float32) / 255.0,
+                                                 decorrelation.curve_for_sweep(sweep, curve), depths,
+                                                 input_spacing=input_spacing, lags=lags, grid=grid,
+                                                 floor_lag=floor_lag).astype(np.float16)
+    return SweepRecord(name, group, frames_u8, geometry.matrix_to_params(rel).astype(np.float32), direction,
+                       np.asarray(sweep.image_to_world, dtype=np.float64), sweep.frame_shape, sweep.pixel_spacing,
+                       decor)
 
 
 # --- simulated data ------------------------------------------------------------------------------
@@ -109,14 +124,16 @@ def simulated_sweep(site: str, seed: int, num_frames: int, kind: str, cache: Pat
 
 def simulated_records(sites: Sequence[str], seeds: Iterable[int], num_frames: int, kinds: Sequence[str],
                       input_spacing: float, input_size: int, cache: Path | None = None,
-                      progress: Callable[[str, float], None] | None = None) -> list[SweepRecord]:
+                      progress: Callable[[str, float], None] | None = None,
+                      lags: Sequence[int] = (), floor_lag: int = 0) -> list[SweepRecord]:
     """Records for every (site, seed): the kind cycles with the seed (:func:`sim_kind`)."""
     jobs = [(site, int(seed)) for seed in seeds for site in sites]
     out = []
     for k, (site, seed) in enumerate(jobs):
         kind = sim_kind(seed, kinds)
         sweep = simulated_sweep(site, seed, num_frames, kind, cache)
-        out.append(prepare_record(sweep, input_spacing, input_size, f"{site}/seed{seed}/{kind}", site))
+        out.append(prepare_record(sweep, input_spacing, input_size, f"{site}/seed{seed}/{kind}", site, lags,
+                                  floor_lag=floor_lag))
         if progress is not None:
             progress("simulate", (k + 1) / len(jobs))
     return out
@@ -142,7 +159,8 @@ def group_key(sweep: Sweep, path: Path, split_by: str) -> str:
 
 
 def file_records(paths: Sequence[Path], split_by: str, input_spacing: float, input_size: int,
-                 read_options: dict[str, Any] | None = None) -> list[SweepRecord]:
+                 read_options: dict[str, Any] | None = None, lags: Sequence[int] = (),
+                 curve=None, floor_lag: int = 0) -> list[SweepRecord]:
     """Read tracked sweeps (any format :func:`freehandrecon.io.read_sweep` supports) into records."""
     from ..io import read_sweep
 
@@ -150,7 +168,8 @@ def file_records(paths: Sequence[Path], split_by: str, input_spacing: float, inp
     for p in paths:
         p = Path(p)
         sweep = read_sweep(p, **(read_options or {}))
-        out.append(prepare_record(sweep, input_spacing, input_size, str(p), group_key(sweep, p, split_by)))
+        out.append(prepare_record(sweep, input_spacing, input_size, str(p), group_key(sweep, p, split_by), lags, curve,
+                                  floor_lag))
     return out
 
 
@@ -191,7 +210,8 @@ class WindowDataset:
     Item i of epoch e is drawn from ``default_rng([seed, e, i])``: a record chosen with
     probability proportional to its number of windows, a uniform start, and (when
     ``augment``) a lateral flip and a time reversal, each with probability 1/2.
-    Returns ``(frames float32 [W+1, S, S] in [0, 1], scaled labels float32 [W, 6])``.
+    Returns ``(frames float32 [W+1, S, S] in [0, 1], scaled labels float32 [W, 6], decorrelation
+    features float32 [W, 2L, g, g])`` (the last is ``[0]``-shaped when the records have none).
     """
 
     def __init__(self, records: Sequence[SweepRecord], window: int, length: int, scales: np.ndarray,
@@ -218,32 +238,41 @@ class WindowDataset:
         start = int(rng.integers(0, rec.num_pairs - self.window + 1))
         frames = rec.frames[start:start + self.window + 1]
         params = rec.params[start:start + self.window]
+        decor = None if rec.decor is None else rec.decor[start:start + self.window]
         if self.augment:
             if rng.random() < 0.5:
                 frames = frames[:, :, ::-1]
                 params = params * FLIP_SIGNS.astype(np.float32)
+                decor = None if decor is None else decor[..., ::-1]
             if rng.random() < 0.5:
                 frames = frames[::-1]
                 params = reverse_params(params)
+                decor = None if decor is None else decor[::-1]  # correlations are symmetric in time
         x = np.ascontiguousarray(frames, dtype=np.float32) / 255.0
-        return x, (params / self.scales).astype(np.float32)
+        d = np.zeros(0, np.float32) if decor is None else np.ascontiguousarray(decor, dtype=np.float32)
+        return x, (params / self.scales).astype(np.float32), d
 
 
 def fixed_windows(records: Sequence[SweepRecord], window: int, scales: np.ndarray,
-                  max_windows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic, non-overlapping validation windows: frames ``[K, W+1, S, S]``, scaled labels."""
-    xs, ys = [], []
+                  max_windows: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Deterministic, non-overlapping validation windows: frames ``[K, W+1, S, S]``, scaled labels and
+    decorrelation features ``[K, W, 2L, g, g]`` (None when the records have none)."""
+    xs, ys, ds = [], [], []
     for r in records:
         for s in range(0, r.num_pairs - window + 1, window):
             xs.append(r.frames[s:s + window + 1])
             ys.append(r.params[s:s + window] / scales)
+            if r.decor is not None:
+                ds.append(r.decor[s:s + window])
     if not xs:
         raise InputError(f"No validation sweep has the {window + 1} frames a window needs.",
                          "Use longer validation sweeps or a smaller --window.")
     if max_windows is not None and len(xs) > max_windows:
         pick = np.linspace(0, len(xs) - 1, max_windows).round().astype(int)
         xs, ys = [xs[i] for i in pick], [ys[i] for i in pick]
-    return np.stack(xs).astype(np.float32) / 255.0, np.stack(ys).astype(np.float32)
+        ds = [ds[i] for i in pick] if ds else ds
+    d = np.stack(ds).astype(np.float32) if len(ds) == len(xs) else None
+    return np.stack(xs).astype(np.float32) / 255.0, np.stack(ys).astype(np.float32), d
 
 
 def records_digest(records: Sequence[SweepRecord]) -> str:

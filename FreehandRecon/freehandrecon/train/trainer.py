@@ -62,6 +62,8 @@ class TrainOptions:
     resume: bool = False
     seed: int = 0
     max_val_windows: int = 64
+    init: Path | None = None                     # start from this model's weights (new input channels at zero)
+    curve: Path | None = None                    # decorrelation curve for tracked files (v2 networks)
     drift_sweeps: int = 4
     quiet: bool = False                          # no progress bar (the per-epoch JSON lines still print)
     command: str = ""
@@ -70,6 +72,8 @@ class TrainOptions:
         d = asdict(self)
         d["out"] = str(self.out)
         d["cache"] = None if self.cache is None else str(self.cache)
+        d["init"] = None if self.init is None else Path(self.init).name
+        d["curve"] = None if self.curve is None else Path(self.curve).name
         d["config"] = self.config.to_dict()
         for k in ("data", "sites", "kinds"):
             d[k] = None if d[k] is None else list(d[k])
@@ -114,7 +118,8 @@ def load_records(opts: TrainOptions, rank_main: bool, barrier: Callable[[], None
 
             sites = list(opts.sites or TRAIN_SITES)
             kw = dict(num_frames=opts.frames, kinds=list(opts.kinds), input_spacing=cfg.input_spacing,
-                      input_size=cfg.input_size, cache=opts.cache)
+                      input_size=cfg.input_size, cache=opts.cache, lags=cfg.decorrelation_lags,
+                      floor_lag=cfg.decorrelation_floor_lag)
             if opts.cache is not None and not rank_main:
                 barrier()  # rank 0 fills the cache first
             train += datasets.simulated_records(sites, range(*opts.train_seeds), progress=progress, **kw)
@@ -127,7 +132,8 @@ def load_records(opts: TrainOptions, rank_main: bool, barrier: Callable[[], None
             if not files:
                 raise InputError(f"No sweep files found in {p}.",
                                  "Give 'sim' or sweep files/folders (.igs.mha, .mha, .h5, .seq.nrrd, .npz).")
-            recs = datasets.file_records(files, opts.split_by, cfg.input_spacing, cfg.input_size, opts.read_options)
+            recs = datasets.file_records(files, opts.split_by, cfg.input_spacing, cfg.input_size, opts.read_options,
+                                         cfg.decorrelation_lags, opts.curve, cfg.decorrelation_floor_lag)
             tr, va = datasets.split_records(recs, opts.val_fraction)
             train += tr
             val += va
@@ -151,7 +157,7 @@ def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
 
 
 def validate(net, val_x: np.ndarray, val_y: np.ndarray, scales, opts: TrainOptions, device: str,
-             drift_records: Sequence[datasets.SweepRecord]) -> dict[str, Any]:
+             drift_records: Sequence[datasets.SweepRecord], val_d: np.ndarray | None = None) -> dict[str, Any]:
     """Validation loss, mean relative error per DoF (MAE / mean |label|) and drift on whole sweeps."""
     import torch
 
@@ -165,7 +171,7 @@ def validate(net, val_x: np.ndarray, val_y: np.ndarray, scales, opts: TrainOptio
         for s in range(0, len(val_x), 16):
             x = torch.from_numpy(val_x[s:s + 16]).to(device)
             y = torch.from_numpy(val_y[s:s + 16]).to(device)
-            out = net(x)
+            out = net(x, None if val_d is None else torch.from_numpy(val_d[s:s + 16]).to(device))
             loss, _ = total_loss(out, y, scales, half, opts.loss)
             losses.append(float(loss) * len(x))
             preds.append(out["pred"].float().cpu().numpy())
@@ -180,7 +186,8 @@ def validate(net, val_x: np.ndarray, val_y: np.ndarray, scales, opts: TrainOptio
     }
     drifts, lpes = [], []
     for r in drift_records:
-        est = predict_scaled(net, r.frames.astype(np.float32) / 255.0, window=cfg.window, device=device)
+        est = predict_scaled(net, r.frames.astype(np.float32) / 255.0, window=cfg.window, device=device,
+                             decor=None if r.decor is None else r.decor.astype(np.float32))
         rel_c = geometry.params_to_matrix(est * scales.cpu().numpy())
         if r.direction < 0:
             rel_c = common.mirror_elevation(rel_c)
@@ -231,6 +238,8 @@ def train(opts: TrainOptions, progress: Callable[[str, float], None] | None = No
         net.load_state_dict(ckpt["model"])
         scales_np = np.asarray(ckpt["scales"])
         start_epoch, best_val, history = ckpt["epoch"], ckpt["best_val"], ckpt["history"]
+    elif opts.init is not None:
+        scales_np = init_from_model(net, opts.init)
     scales = torch.tensor(scales_np, dtype=torch.float32, device=device)
     model = net
     if ddp.world > 1:
@@ -250,10 +259,10 @@ def train(opts: TrainOptions, progress: Callable[[str, float], None] | None = No
                                      scales_np, seed=opts.seed, augment=opts.augment)
     sampler = DistributedSampler(dataset, ddp.world, ddp.rank, shuffle=False) if ddp.world > 1 else None
     loader = DataLoader(dataset, batch_size=opts.batch_size, sampler=sampler, shuffle=False, num_workers=0)
-    val_x = val_y = None
+    val_x = val_y = val_d = None
     drift_recs: list = []
     if val_recs:
-        val_x, val_y = datasets.fixed_windows(val_recs, cfg.window, scales_np, opts.max_val_windows)
+        val_x, val_y, val_d = datasets.fixed_windows(val_recs, cfg.window, scales_np, opts.max_val_windows)
         drift_recs = val_recs[:opts.drift_sweeps]
     half = (cfg.input_size * cfg.input_spacing / 2,) * 2
     if ddp.main:
@@ -273,10 +282,11 @@ def train(opts: TrainOptions, progress: Callable[[str, float], None] | None = No
             from tqdm import tqdm
 
             bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{opts.epochs}", leave=False)
-        for x, y in loader:
+        for x, y, d in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            d = d.to(device, non_blocking=True) if d.numel() else None
             with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                outd = model(x)
+                outd = model(x, d)
             outd = {k: v.float() for k, v in outd.items()}
             loss, terms = total_loss(outd, y, scales, half, opts.loss)
             optim.zero_grad(set_to_none=True)
@@ -307,7 +317,7 @@ def train(opts: TrainOptions, progress: Callable[[str, float], None] | None = No
                                "lr": sched.get_last_lr()[0], **{k: v / max(n, 1) for k, v in sums.items()}}
         if ddp.main:
             if val_x is not None:
-                row.update(validate(net, val_x, val_y, scales, opts, device, drift_recs))
+                row.update(validate(net, val_x, val_y, scales, opts, device, drift_recs, val_d))
             history.append(row)
             score = row.get("val_loss", row["loss"])
             state = {"model": net.state_dict(), "optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
@@ -331,6 +341,33 @@ def train(opts: TrainOptions, progress: Callable[[str, float], None] | None = No
     if ddp.world > 1:
         dist.destroy_process_group()
     return summary
+
+
+def init_from_model(net, path: Path) -> np.ndarray:
+    """Copy a trained model's weights into ``net`` (fine-tuning start); returns its per-DoF scales.
+
+    Tensors of the same shape are copied; a convolution that gained input channels (v1 -> v2: the
+    decorrelation features) keeps the old channels and starts the new ones at zero, so the network
+    begins as the old model did.
+    """
+    import torch
+
+    from ..poses.learned import load_model
+
+    src = load_model(path)
+    own = net.state_dict()
+    for k, v in src.net.state_dict().items():
+        if k not in own:
+            continue
+        if own[k].shape == v.shape:
+            own[k] = v.clone()
+        elif own[k].dim() == v.dim() == 4 and own[k].shape[0] == v.shape[0] and own[k].shape[2:] == v.shape[2:] \
+                and own[k].shape[1] > v.shape[1]:
+            w = torch.zeros_like(own[k])
+            w[:, :v.shape[1]] = v
+            own[k] = w
+    net.load_state_dict(own)
+    return np.asarray(src.scales, dtype=np.float64)
 
 
 def _atomic_save(state: dict, path: Path) -> None:
