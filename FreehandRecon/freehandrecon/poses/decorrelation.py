@@ -127,6 +127,32 @@ def _shifted_correlation(a, b, shift_px, patch: int):
     return torch.minimum(torch.maximum(height, best), torch.ones_like(best))
 
 
+def _rigid_in_plane(a, b, grid, spacing: float):
+    """Rigid in-plane motion (theta, t mm) of frames ``b`` in ``a``: one block-matching pass and a weighted
+    rigid fit (the first pass of :func:`blockmatch.in_plane_motion`, without its per-patch correlation)."""
+    import torch
+
+    from . import blockmatch
+
+    h, w = a.shape[-2:]
+    q = torch.as_tensor(grid.centres_px() - [(w - 1) / 2, (h - 1) / 2], dtype=a.dtype) * spacing
+    disp, peak = blockmatch.match(blockmatch.extract_patches(a, grid), blockmatch.extract_patches(b, grid))
+    qq = q.expand(a.shape[0], -1, -1)
+    return blockmatch.fit_rigid(qq, qq + disp * spacing, peak.clamp_min(0) ** 2)
+
+
+def _distance_by_row(curve, rho: np.ndarray, depths_mm: np.ndarray, grid: int) -> np.ndarray:
+    """``curve.distance`` for correlations ``[M, grid * grid]`` whose patch rows lie at ``depths_mm``: the
+    curve row of each depth is inverted once (the correlation falls with distance)."""
+    out = np.empty(rho.shape, np.float64)
+    table = curve._rows(np.asarray(depths_mm, np.float64))  # [grid, D], non-increasing
+    dist = curve.distances_mm
+    for r in range(grid):
+        cols = slice(r * grid, (r + 1) * grid)
+        out[:, cols] = np.interp(-rho[:, cols], -table[r], dist)
+    return out
+
+
 def elevation_features(frames: np.ndarray, curve, depths_mm: np.ndarray, *, input_spacing: float,
                        lags: Sequence[int], grid: int, batch: int = 256, per_patch: bool = False,
                        floor_lag: int = 0) -> np.ndarray:
@@ -149,17 +175,14 @@ def elevation_features(frames: np.ndarray, curve, depths_mm: np.ndarray, *, inpu
         return np.zeros((0, feature_channels(lags, floor_lag), grid, grid), np.float32)
     p = patch_size(s, grid)
     coarse = blockmatch.patch_grid((s, s), max(1, grid // 2), max(1, grid // 2), size=2 * p, margin=0)
-    sp = (input_spacing, input_spacing)
     cells = blockmatch.patch_grid((s, s), grid, grid, size=p, margin=0)
     q = torch.as_tensor(cells.centres_px() - (s - 1) / 2, dtype=torch.float32) * input_spacing  # [P, 2] mm
     th = torch.empty(n - 1)
     tr = torch.empty(n - 1, 2)
     for a in range(0, n - 1, batch):  # lag-1 in-plane motion (frame k+1 in frame k)
         e = min(n - 1, a + batch)
-        r = blockmatch.in_plane_motion(x[a:e], x[a + 1:e + 1], coarse, sp, refine=False)
-        th[a:e], tr[a:e] = r.theta, r.t
+        th[a:e], tr[a:e] = _rigid_in_plane(x[a:e], x[a + 1:e + 1], coarse, input_spacing)
     row_curve = curve.patch_averaged(p * input_spacing)
-    depth_per_cell = np.repeat(np.asarray(depths_mm, np.float64), grid)
     all_lags = list(lags) + ([floor_lag] if floor_lag else [])
     out = np.zeros((n - 1, 2 * len(all_lags), grid * grid), np.float32)
     for li, j in enumerate(all_lags):
@@ -183,7 +206,7 @@ def elevation_features(frames: np.ndarray, curve, depths_mm: np.ndarray, *, inpu
             else:
                 rho[a:e] = _shifted_correlation(x[a:e], x[a + j:e + j], tj[a:e] / input_spacing, p).numpy()
         rho = np.clip(rho, 0.0, 1.0)
-        dist = row_curve.distance(rho, np.broadcast_to(depth_per_cell, rho.shape)) / j
+        dist = _distance_by_row(row_curve, rho, depths_mm, grid) / j
         idx = np.clip(np.arange(n - 1) - (j - 1) // 2, 0, m - 1)
         out[:, 2 * li] = rho[idx]
         out[:, 2 * li + 1] = np.minimum(dist[idx], MAX_DISTANCE_MM) / DISTANCE_UNIT_MM
@@ -193,7 +216,7 @@ def elevation_features(frames: np.ndarray, curve, depths_mm: np.ndarray, *, inpu
         extra = [rho_far, np.broadcast_to(np.repeat(sigma, grid) / DISTANCE_UNIT_MM, rho_far.shape)]
         for li, j in enumerate(lags):
             rho_c = np.clip((out[:, 2 * li] - rho_far) / np.maximum(1.0 - rho_far, 1e-3), 0.0, 1.0)
-            dist = row_curve.distance(rho_c, np.broadcast_to(depth_per_cell, rho_c.shape)) / min(int(j), n - 1)
+            dist = _distance_by_row(row_curve, rho_c, depths_mm, grid) / min(int(j), n - 1)
             extra.append(np.minimum(dist, MAX_DISTANCE_MM) / DISTANCE_UNIT_MM)
         out = np.concatenate([out[:, :2 * len(lags)], np.stack(extra, 1).astype(np.float32)], 1)
     return out.reshape(n - 1, feature_channels(lags, floor_lag), grid, grid)
