@@ -224,8 +224,8 @@ def _mean_steps(m, step_mm: float, seed: int) -> tuple[float, float, float]:
 def test_shipped_model_measures_the_elevational_step():
     """Unseen sweeps from the held-out site (site-f): at 0.5 mm/frame the mean elevational step is
     within 15 % of the truth and the per-pair tz error below 20 % of the step; a 0.15 mm/frame sweep
-    reads at least 1.5x smaller. (Known limit, stated in the model card: at 0.15-0.3 mm/frame the
-    model over-reads this site's steps by up to ~50 %.) An untrained network fails these checks."""
+    reads within 25 % of its truth (v2 measured 0.513 and 0.165 mm). (Known limits are in the model card:
+    fans and tilt bias.) An untrained network fails these checks."""
     m = learned.load_model()
     assert m.meta["sha256"] == learned.sha256_file(m.path.parent / m.meta["weights"])
     true_big, est_big, err_big = _mean_steps(m, 0.5, 20_002)
@@ -235,3 +235,4 @@ def test_shipped_model_measures_the_elevational_step():
     assert abs(est_big - true_big) < 0.15 * true_big
     assert err_big < 0.2 * true_big
     assert est_big > 1.5 * est_small > 0
+    assert abs(est_small - true_small) < 0.25 * true_small

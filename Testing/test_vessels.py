@@ -74,6 +74,9 @@ def test_centreline_error_measures_a_known_shift():
     missing[30:] = False  # vessel not found in the last slices
     e = centreline_errors([VESSEL], GRID, missing, region)
     assert e["centreline_detected"] == pytest.approx(30 / 41, abs=0.03)
+    # nothing segmented near the vessel (badly drifted poses): every sample is missed, no crash
+    e = centreline_errors([VESSEL], GRID, np.zeros_like(truth), region)
+    assert e["centreline_detected"] == 0.0 and e["centreline_samples"] == 41
 
 
 def test_score_tracked_reconstruction_of_the_sample():

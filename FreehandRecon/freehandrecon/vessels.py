@@ -21,7 +21,7 @@ photoacoustic channel, which is max-compounded) and is scored on its own output 
   segmented voxel are misses (``centreline_detected`` = detected / counted slabs).
 
 Targets (issue 6): Dice >= 0.7 and centre-line error <= 1 mm with learned poses on held-out
-sweeps. Seeds default to 20000+, never used in training (0-59) or validation (10000-10003).
+sweeps. Seeds default to 20000+, never used in training (0-89) or validation (10000-10004).
 """
 
 from __future__ import annotations
@@ -161,7 +161,9 @@ def centreline_errors(vessels: list[dict[str, Any]], grid: OutputGrid, segmented
         ok = (tb >= 0) & (tb < n_bins)
         tb, rad = tb[ok], radial[near][ok]
         count = np.bincount(tb, minlength=n_bins)
-        centroid = np.stack([np.bincount(tb, weights=rad[:, a], minlength=n_bins) for a in range(3)], axis=1)
+        # float even when nothing was segmented near this vessel (bincount of nothing is integer)
+        centroid = np.stack([np.bincount(tb, weights=rad[:, a], minlength=n_bins) for a in range(3)],
+                            axis=1).astype(np.float64)
         centroid /= np.maximum(count, 1)[:, None]
         hit = valid & (count > 0)
         counted += int(valid.sum())
