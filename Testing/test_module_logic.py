@@ -261,6 +261,8 @@ def test_missing_model_file_is_named(scene):
     browser = logic.loadSample()
     with pytest.raises(InputError, match="model file"):
         logic.reconstruct(browser, poses="learned", model="/no/such/model.safetensors")
+    with pytest.raises(InputError, match="decorrelation curve file"):
+        logic.estimatePoses(browser, method="learned", curve="/no/such/curve.json")
 
 
 def test_check_inputs_explains_what_is_missing(scene):

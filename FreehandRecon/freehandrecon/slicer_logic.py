@@ -283,18 +283,17 @@ class FreehandReconLogic:
                   curve: Any = None) -> np.ndarray:
         from .poses import estimate_poses
 
-        model_path = None
-        if model is not None and str(model) not in ("", "."):
-            model_path = Path(model)
-            if not model_path.is_file():
-                raise InputError(f"The model file '{model_path}' does not exist.",
-                                 "Choose a .safetensors model file, or leave it empty for the bundled model.")
-        curve_path = None
-        if curve is not None and str(curve) not in ("", "."):
-            curve_path = Path(curve)
-            if not curve_path.is_file():
-                raise InputError(f"The decorrelation curve file '{curve_path}' does not exist.",
-                                 "Give a curve JSON from 'freehandrecon calibrate-speckle', or none for the default.")
+        def optional_file(value: Any, what: str, fix: str) -> Path | None:
+            if value is None or str(value) in ("", "."):  # an empty path widget gives "" or "."
+                return None
+            if not Path(value).is_file():
+                raise InputError(f"The {what} '{value}' does not exist.", fix)
+            return Path(value)
+
+        model_path = optional_file(model, "model file",
+                                   "Choose a .safetensors model file, or leave it empty for the bundled model.")
+        curve_path = optional_file(curve, "decorrelation curve file",
+                                   "Give a curve JSON from 'freehandrecon calibrate-speckle', or none for the default.")
         estimate = estimate_poses(sweep, method, model=model_path, sweep_direction=sweepDirection, device=device,
                                   progress=progress, should_cancel=shouldCancel, curve=curve_path)
         return estimate.image_to_world
