@@ -21,7 +21,7 @@ photoacoustic channel, which is max-compounded) and is scored on its own output 
   segmented voxel are misses (``centreline_detected`` = detected / counted slabs).
 
 Targets (issue 6): Dice >= 0.7 and centre-line error <= 1 mm with learned poses on held-out
-sweeps. Seeds default to 20000+, never used in training (0-89) or validation (10000-10004).
+sweeps. Seeds default to 20000+, never used in training (0-124) or validation (10000-10004).
 """
 
 from __future__ import annotations
