@@ -13,7 +13,10 @@ Data flow for a window of ``T + 1`` frames (``[B, T+1, S, S]`` in [0, 1], isotro
    physical speckle-decorrelation signal from which elevational distance follows.
 4. **Pair encoder**: the concatenated stage-1 maps go through stage 2 ("local" features,
    1/8), stage 3 (1/16, concatenated with both correlation volumes and a depth/lateral
-   coordinate map) and stage 4 (1/32, "global" features).
+   coordinate map) and stage 4 (1/32, "global" features). Architecture v2
+   (``decorrelation_lags``) also concatenates, at 1/16, the calibrated multi-lag
+   decorrelation features of :mod:`freehandrecon.poses.decorrelation`, computed outside the
+   network from the frames and the probe's decorrelation curve.
 5. **Global-local attention**: channel + spatial attention on the local map, cut into a
    4x4 grid of patches; each patch is re-weighted by ``(cos(patch, global) + 1) / 2``.
 6. **Motion estimator**: two LSTMs (local and global features) over the sequence of pairs,
