@@ -226,6 +226,18 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.value = 0
         self._onParameterNodeModified()
 
+    def _showFailure(self, err: Exception, what: str, statusText: str, dialogText: str) -> None:
+        """Tell the user a job failed: a FreehandRecon error shows its problem and fix; anything else shows
+        ``statusText``/``dialogText`` with the error as detail. The traceback goes to the log either way."""
+        logging.exception(f"FreehandRecon: {what} failed")
+        if isinstance(err, FreehandReconError):
+            self.ui.statusLabel.text = err.problem
+            slicer.util.errorDisplay(f"{err.problem}\n\n{err.fix}" if err.fix else err.problem,
+                                     windowTitle=_("Freehand Reconstruction"))
+        else:
+            self.ui.statusLabel.text = statusText
+            slicer.util.errorDisplay(dialogText, windowTitle=_("Freehand Reconstruction"), detailedText=str(err))
+
     def _showQuality(self, report) -> None:
         """Verdict in the panel: plain when ok, a highlighted warning otherwise."""
         warning = self.logic.qualityWarning(report)
@@ -255,16 +267,10 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             report = self._checkSweep(p, spacing)
             self.ui.statusLabel.text = _("Quality check: {verdict} ({frames} frames).").format(
                 verdict=report.verdict, frames=report.num_frames)
-        except FreehandReconError as err:
-            logging.exception("FreehandRecon: quality check failed")
-            self.ui.statusLabel.text = err.problem
-            slicer.util.errorDisplay(f"{err.problem}\n\n{err.fix}" if err.fix else err.problem,
-                                     windowTitle=_("Freehand Reconstruction"))
         except Exception as err:  # noqa: BLE001 - show every failure to the user, with the traceback in the log
-            logging.exception("FreehandRecon: quality check failed")
-            self.ui.statusLabel.text = _("Quality check failed (see the Python console / log for details).")
-            slicer.util.errorDisplay(_("Quality check failed: {error}").format(error=err),
-                                     windowTitle=_("Freehand Reconstruction"), detailedText=str(err))
+            self._showFailure(err, "quality check",
+                              _("Quality check failed (see the Python console / log for details)."),
+                              _("Quality check failed: {error}").format(error=err))
         finally:
             self._setRunning(False)
 
@@ -305,16 +311,9 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                      spacing=r["spacing_mm"][0], coverage=100 * r["coverage_fraction"])
         except Cancelled:
             self.ui.statusLabel.text = _("Cancelled; the scene was left as it was.")
-        except FreehandReconError as err:
-            logging.exception("FreehandRecon: reconstruction failed")
-            self.ui.statusLabel.text = err.problem
-            slicer.util.errorDisplay(f"{err.problem}\n\n{err.fix}" if err.fix else err.problem,
-                                     windowTitle=_("Freehand Reconstruction"))
         except Exception as err:  # noqa: BLE001 - show every failure to the user, with the traceback in the log
-            logging.exception("FreehandRecon: reconstruction failed")
-            self.ui.statusLabel.text = _("Failed (see the Python console / log for details).")
-            slicer.util.errorDisplay(_("Reconstruction failed: {error}").format(error=err),
-                                     windowTitle=_("Freehand Reconstruction"), detailedText=str(err))
+            self._showFailure(err, "reconstruction", _("Failed (see the Python console / log for details)."),
+                              _("Reconstruction failed: {error}").format(error=err))
         finally:
             self._setRunning(False)
 

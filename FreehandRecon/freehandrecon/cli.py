@@ -335,8 +335,8 @@ def _calibrate_speckle_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate-speckle", help="fit the speckle decorrelation curve of a probe from a tracked sweep",
                        description="Fit the depth-dependent speckle decorrelation curve (correlation against "
                        "elevational distance) of your probe and settings from a tracked sweep of a speckle phantom "
-                       "or tissue, mostly elevational motion. Use the JSON with 'estimate-poses --method speckle "
-                       "--model FILE' or 'reconstruct --poses speckle --model FILE'.")
+                       "or tissue, mostly elevational motion. Use the JSON with 'estimate-poses --curve FILE' or "
+                       "'reconstruct --curve FILE' (speckle and learned poses).")
     _add_input_args(p)
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="curve JSON to write")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")

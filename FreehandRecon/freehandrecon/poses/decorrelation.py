@@ -29,8 +29,6 @@ lag the distance of the floor-corrected correlation ``(rho - rho_far) / (1 - rho
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -58,23 +56,22 @@ def row_depths_mm(frame_shape: tuple[int, int], spacing: tuple[float, float], in
 
 
 def curve_for_sweep(sweep, curve=None):
-    """The decorrelation curve the learned estimator uses for ``sweep``.
+    """The decorrelation curve the learned estimator uses for ``sweep``: the given one (a
+    :class:`DecorrelationCurve` or a curve JSON from ``freehandrecon calibrate-speckle``), else the beam
+    model of the simulated probe, else the typical-probe curve (:func:`speckle.curve_for` with ``beam_model``)."""
+    from .speckle import curve_for
 
-    ``curve``: a :class:`DecorrelationCurve` or a curve JSON (``freehandrecon calibrate-speckle``);
-    default: the beam model of the probe when the sweep carries simulator settings
-    (:meth:`DecorrelationCurve.from_settings`), else the typical-probe curve
-    (:meth:`DecorrelationCurve.default`).
-    """
-    from .speckle import DecorrelationCurve
+    return curve_for(sweep, curve, beam_model=True)
 
-    if isinstance(curve, DecorrelationCurve):
-        return curve
-    if curve is not None:
-        return DecorrelationCurve.load(Path(os.fspath(curve)))
-    settings = (sweep.metadata or {}).get("settings")
-    if isinstance(settings, dict) and "elevation_focus_mm" in settings:
-        return DecorrelationCurve.from_settings(settings)
-    return DecorrelationCurve.default()
+
+def model_features(frames: np.ndarray, frame_shape: tuple[int, int], spacing: tuple[float, float], curve, *,
+                   input_spacing: float, input_size: int, lags: Sequence[int], floor_lag: int = 0) -> np.ndarray:
+    """:func:`elevation_features` of model-input ``frames`` on the network's 1/16 grid, for a sweep whose
+    original frames are ``frame_shape`` pixels of ``spacing`` mm."""
+    grid = input_size // 16
+    depths = row_depths_mm(frame_shape, spacing, input_spacing, input_size, grid)
+    return elevation_features(frames, curve, depths, input_spacing=input_spacing, lags=lags, grid=grid,
+                              floor_lag=floor_lag)
 
 
 def _compose(th1, t1, th2, t2):

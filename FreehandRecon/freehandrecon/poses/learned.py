@@ -208,13 +208,11 @@ def decorrelation_inputs(config: PoseNetConfig, frames: np.ndarray, frame_shape:
     ``curve`` is a :class:`~freehandrecon.poses.speckle.DecorrelationCurve`."""
     if not config.decorrelation_lags:
         return None
-    from . import decorrelation
+    from .decorrelation import model_features
 
-    grid = config.input_size // 16
-    depths = decorrelation.row_depths_mm(frame_shape, spacing, config.input_spacing, config.input_size, grid)
-    return decorrelation.elevation_features(frames, curve, depths, input_spacing=config.input_spacing,
-                                            lags=config.decorrelation_lags, grid=grid,
-                                            floor_lag=config.decorrelation_floor_lag)
+    return model_features(frames, frame_shape, spacing, curve, input_spacing=config.input_spacing,
+                          input_size=config.input_size, lags=config.decorrelation_lags,
+                          floor_lag=config.decorrelation_floor_lag)
 
 
 def estimate_relative(sweep: Sweep, *, model: LoadedModel | str | Path | None = None, device: str = "cpu",

@@ -247,7 +247,7 @@ class PoseNet(nn.Module):
         if self.config.decorrelation_lags:
             if decor is None:
                 raise ValueError("this network (moglo-lite-v2) needs the decorrelation features")
-            parts.append(F.interpolate(decor, size=s3.shape[-2:]) if decor.shape[-2:] != s3.shape[-2:] else decor)
+            parts.append(decor)
         s4 = self.stage4(torch.cat(parts, 1))
         global_vec = self.global_fc(s4.flatten(1))
         return self.attention(local, global_vec), global_vec

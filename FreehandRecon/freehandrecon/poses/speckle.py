@@ -324,17 +324,19 @@ class DecorrelationCurve:
         return cls.from_dict(d)
 
 
-def curve_for(sweep, curve: DecorrelationCurve | str | os.PathLike | None) -> DecorrelationCurve:
-    """The curve to use: the given one (object or JSON path), else one calibrated on a simulation of the
-    probe when the sweep's metadata carries simulator settings (:meth:`DecorrelationCurve.from_simulation`),
-    else :meth:`DecorrelationCurve.default`."""
+def curve_for(sweep, curve: DecorrelationCurve | str | os.PathLike | None,
+              beam_model: bool = False) -> DecorrelationCurve:
+    """The curve to use: the given one (object or JSON path), else, when the sweep's metadata carries simulator
+    settings, the probe's curve - calibrated on a simulation of the probe
+    (:meth:`DecorrelationCurve.from_simulation`), or its beam model (:meth:`DecorrelationCurve.from_settings`)
+    with ``beam_model`` - else :meth:`DecorrelationCurve.default`."""
     if isinstance(curve, DecorrelationCurve):
         return curve
     if curve is not None:
         return DecorrelationCurve.load(curve)
     settings = (sweep.metadata or {}).get("settings")
     if isinstance(settings, dict) and "elevation_focus_mm" in settings:
-        return DecorrelationCurve.from_simulation(settings)
+        return DecorrelationCurve.from_settings(settings) if beam_model else DecorrelationCurve.from_simulation(settings)
     return DecorrelationCurve.default()
 
 

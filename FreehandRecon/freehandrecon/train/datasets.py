@@ -30,6 +30,7 @@ from .. import geometry
 from ..errors import InputError
 from ..sweep import Sweep
 from ..poses import common
+from ..poses.decorrelation import mirror_lateral
 
 FLIP_SIGNS = np.array([-1.0, 1.0, 1.0, 1.0, -1.0, -1.0])  # lateral mirror: tx, ry, rz change sign
 TRAJECTORY_KINDS = ("linear", "fan", "tilt", "s-curve", "mixed")
@@ -72,12 +73,10 @@ def prepare_record(sweep: Sweep, input_spacing: float, input_size: int, name: st
     if lags:
         from ..poses import decorrelation
 
-        grid = input_size // 16
-        depths = decorrelation.row_depths_mm(sweep.frame_shape, sweep.pixel_spacing, input_spacing, input_size, grid)
-        decor = decorrelation.elevation_features(frames_u8.astype(np.float32) / 255.0,
-                                                 decorrelation.curve_for_sweep(sweep, curve), depths,
-                                                 input_spacing=input_spacing, lags=lags, grid=grid,
-                                                 floor_lag=floor_lag).astype(np.float16)
+        decor = decorrelation.model_features(frames_u8.astype(np.float32) / 255.0, sweep.frame_shape,
+                                             sweep.pixel_spacing, decorrelation.curve_for_sweep(sweep, curve),
+                                             input_spacing=input_spacing, input_size=input_size, lags=lags,
+                                             floor_lag=floor_lag).astype(np.float16)
     return SweepRecord(name, group, frames_u8, geometry.matrix_to_params(rel).astype(np.float32), direction,
                        np.asarray(sweep.image_to_world, dtype=np.float64), sweep.frame_shape, sweep.pixel_spacing,
                        decor)
@@ -243,7 +242,7 @@ class WindowDataset:
             if rng.random() < 0.5:
                 frames = frames[:, :, ::-1]
                 params = params * FLIP_SIGNS.astype(np.float32)
-                decor = None if decor is None else decor[..., ::-1]
+                decor = None if decor is None else mirror_lateral(decor)
             if rng.random() < 0.5:
                 frames = frames[::-1]
                 params = reverse_params(params)
