@@ -78,6 +78,7 @@ def test_losses_zero_for_perfect_predictions():
     assert float(losses.motion_weighted_mae(y, y)) == 0.0
     assert abs(float(losses.correlation_loss(y, y))) < 1e-5
     assert float(losses.corner_loss(y, y, (10.0, 10.0))) < 1e-5
+    assert float(losses.drift_rate_loss(y, y, (10.0, 10.0))) < 1e-5
 
 
 def test_loss_hand_values():
@@ -97,6 +98,25 @@ def test_loss_hand_values():
     pred[0, 0, 3] = 10.0
     expected = 2 * 15.0 * math.sin(math.radians(5.0))
     assert math.isclose(float(losses.corner_loss(pred, torch.zeros(1, 1, 6), (20.0, 15.0))), expected, rel_tol=1e-5)
+
+
+def test_drift_rate_loss_is_drift_over_path_so_slow_windows_count_as_much():
+    # two 0.5 mm elevational steps; the prediction reads 0.6 mm: drift 0.1 then 0.2 mm (every point moves
+    # the same), path 0.5 then 1.0 mm, so the rate is mean(0.1, 0.2) / (mean(0.5, 1.0) + eps)
+    true = torch.zeros(1, 2, 6)
+    true[..., 2] = 0.5
+    pred = true * 1.2
+    rate = float(losses.drift_rate_loss(pred, true, (20.0, 15.0), eps_mm=0.0))
+    assert math.isclose(rate, 0.15 / 0.75, rel_tol=1e-5)
+    # the same 20 % over-read of a ten times slower window gives the same rate (a corner loss would be 10x smaller)
+    assert math.isclose(float(losses.drift_rate_loss(pred / 10, true / 10, (20.0, 15.0), eps_mm=0.0)), rate,
+                        rel_tol=1e-5)
+    assert math.isclose(float(losses.corner_loss(pred / 10, true / 10, (20.0, 15.0))),
+                        float(losses.corner_loss(pred, true, (20.0, 15.0))) / 10, rel_tol=1e-5)
+    weights = losses.LossWeights(drift_rate=1.0)
+    total, terms = losses.total_loss({"pred": pred, "local": pred, "global": pred}, true, torch.ones(6),
+                                     (20.0, 15.0), weights)
+    assert "drift_rate" in terms and terms["drift_rate"] > 0
 
 
 def test_total_loss_gradient_flows_to_the_encoder():

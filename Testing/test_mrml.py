@@ -448,3 +448,14 @@ def test_register_presets_adds_ours_to_a_logic_with_its_own_presets():
     assert mrml.register_presets(logic) == ["PA-Hot"]
     assert mrml.register_presets(logic) == []
     assert logic.GetPresetByName("CT-Bone") is not None and logic.GetPresetByName("PA-Hot") is not None
+
+
+def test_a_headless_scene_removes_its_cache_folder_when_it_goes():
+    import gc
+
+    scene = mrml.new_scene()
+    folder = Path(scene.GetCacheManager().GetRemoteCacheDirectory())
+    assert folder.is_dir()
+    del scene
+    gc.collect()
+    assert not folder.exists()

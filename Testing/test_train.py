@@ -122,6 +122,10 @@ def test_option_errors():
         options_from_args(_args("--out", "x", "--input-size", "100"))
     with pytest.raises(InputError, match="window"):
         options_from_args(_args("--out", "x", "--window", "1"))
+    with pytest.raises(InputError, match="--ema"):
+        options_from_args(_args("--out", "x", "--ema", "1.5"))
+    with pytest.raises(InputError, match="negative"):
+        options_from_args(_args("--out", "x", "--drift-rate-weight", "-1"))
 
 
 # --- training runs ---------------------------------------------------------------------------------
@@ -167,6 +171,27 @@ def test_v2_run_from_a_v1_model_keeps_its_start_and_exports_v2(tmp_path):
         options_from_args(_args(*v2, "--resume"))
     with pytest.raises(InputError, match="below 1"):
         options_from_args(_args(*TINY, "--out", str(tmp_path / "x"), "--decorrelation-lags", "0"))
+
+
+def test_ema_run_saves_the_averaged_weights_and_resumes_both(tmp_path):
+    import torch
+
+    from freehandrecon.train.trainer import train
+
+    out = tmp_path / "ema"
+    args = [*TINY, "--cache", str(tmp_path / "cache"), "--steps-per-epoch", "4", "--out", str(out), "--name", "e",
+            "--ema", "0.9", "--drift-rate-weight", "0.5"]
+    summary = train(options_from_args(_args(*args, "--epochs", "1")))
+    assert "drift_rate" in summary["history"][0]
+    ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    # the saved (and exported) weights are the average, which differs from the raw weights being trained
+    key = next(k for k, v in ckpt["model"].items() if v.is_floating_point() and "bn" not in k)
+    assert not torch.equal(ckpt["model"][key], ckpt["raw_model"][key])
+    exported = learned.load_model(out / "e.json").net.state_dict()[key]
+    assert torch.allclose(exported.float(), ckpt["model"][key].float(), atol=1e-6)
+    summary2 = train(options_from_args(_args(*args, "--epochs", "2", "--resume")))
+    assert [r["epoch"] for r in summary2["history"]] == [1, 2]
+    assert learned.load_model(out / "e.json").meta["recipe"]["ema"] == 0.9
 
 
 @pytest.mark.slow

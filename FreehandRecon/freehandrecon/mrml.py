@@ -18,7 +18,9 @@ This module (with :mod:`freehandrecon.render`) is the only one that imports ``sl
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib import metadata
@@ -98,6 +100,8 @@ def new_scene() -> Any:
     data_io.SetCacheManager(cache)
     scene.SetDataIOManager(data_io)
     setattr(scene, _LOGICS_ATTRIBUTE, logics)
+    # the cache folder goes with the scene (or at exit), so headless runs leave no temporary folders behind
+    weakref.finalize(scene, shutil.rmtree, cache_dir, True)
     return scene
 
 

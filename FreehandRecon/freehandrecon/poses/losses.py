@@ -12,6 +12,10 @@ rz (deg)]`` of frame t+1 in frame t (centre frame, ``R = Rz Ry Rx`` as in
 * :func:`corner_loss` - the 4 corners of the model frame (centre frame, ``+-half_extent`` mm)
   mapped by the ACCUMULATED predicted vs true motions over the window (``A_t = R_0 ... R_t``),
   mean Euclidean distance in mm.
+* :func:`drift_rate_loss` - the training analogue of the final drift rate: mean displacement of
+  the frame centre and corners under the accumulated predicted vs true motion, divided by the true
+  centre path length over the window. Slow sweeps (fans) count as much as fast ones, as they do
+  in the drift-rate metric.
 * :func:`triplet_loss` - optional margin triplet on pair embeddings: for each anchor the positive
   is the pair with the closest label, the negative the one with the farthest label.
 """
@@ -91,6 +95,20 @@ def corner_loss(pred_params: torch.Tensor, true_params: torch.Tensor,
     return diff.norm(dim=-2).mean()
 
 
+def drift_rate_loss(pred_params: torch.Tensor, true_params: torch.Tensor, half_extent: tuple[float, float],
+                    eps_mm: float = 0.1) -> torch.Tensor:
+    """Window drift rate (see the module docstring) of UNSCALED ``[B, T, 6]`` motions, averaged over windows.
+
+    ``eps_mm`` keeps a motionless window from dividing by zero.
+    """
+    points = torch.cat([frame_corners(half_extent), torch.tensor([[0.0, 0.0, 0.0, 1.0]])]).to(pred_params)
+    a_pred = accumulate(params_to_matrix(pred_params))
+    a_true = accumulate(params_to_matrix(true_params))
+    err = ((a_pred - a_true)[..., :3, :] @ points.T).norm(dim=-2).mean(-1)   # [B, T] mm
+    path = true_params[..., :3].norm(dim=-1).cumsum(-1)                       # [B, T] mm travelled by the centre
+    return (err.mean(-1) / (path.mean(-1) + eps_mm)).mean()
+
+
 def triplet_loss(embed: torch.Tensor, labels: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
     """Margin triplet on L2-normalised pair embeddings ``[B, T, F]`` with scaled labels ``[B, T, 6]``."""
     e = F.normalize(embed.reshape(-1, embed.shape[-1]), dim=-1)
@@ -114,6 +132,7 @@ class LossWeights:
     corner: float = 0.1
     triplet: float = 0.0
     heads: float = 0.5  # extra MAE weight on each of the local and global heads
+    drift_rate: float = 0.0
 
 
 def total_loss(out: dict[str, torch.Tensor], target: torch.Tensor, scales: torch.Tensor,
@@ -130,6 +149,8 @@ def total_loss(out: dict[str, torch.Tensor], target: torch.Tensor, scales: torch
     }
     if weights.heads:
         terms["heads"] = motion_weighted_mae(out["local"], target) + motion_weighted_mae(out["global"], target)
+    if weights.drift_rate:
+        terms["drift_rate"] = drift_rate_loss(pred * scales, target * scales, half_extent)
     if weights.triplet and "embed" in out:
         terms["triplet"] = triplet_loss(out["embed"], target)
     loss = sum(getattr(weights, k) * v for k, v in terms.items())

@@ -70,6 +70,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    f"losses (default: {w.mae} {w.correlation} {w.corner} {w.triplet})")
     g.add_argument("--triplet", action="store_true", help="enable the margin-triplet loss with weight 0.005 "
                    "(when --loss-weights gives it 0)")
+    g.add_argument("--drift-rate-weight", type=float, default=w.drift_rate, metavar="W",
+                   help="weight of the drift-rate loss: frame drift over a window divided by the true path length, "
+                   f"so slow sweeps (fans) count as much as fast ones (default: {w.drift_rate}, off)")
+    g.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="keep an exponential moving average of the weights with this decay per step (e.g. 0.998) "
+                   "and validate, save and export it; 0 turns it off (default: 0)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     g = p.add_argument_group("model")
     g.add_argument("--window", type=int, default=d.window, help=f"frame pairs per window (default: {d.window})")
@@ -114,6 +120,11 @@ def options_from_args(args: argparse.Namespace):
     if args.input_size % 32:
         raise InputError(f"--input-size {args.input_size} is not a multiple of 32.", "Use e.g. 96, 128 or 160.")
     weights = LossWeights(*args.loss_weights)
+    weights.drift_rate = args.drift_rate_weight
+    if weights.drift_rate < 0:
+        raise InputError(f"--drift-rate-weight {weights.drift_rate} is negative.", "Use 0 (off) or a positive weight.")
+    if not 0.0 <= args.ema < 1.0:
+        raise InputError(f"--ema {args.ema} is not a decay in [0, 1).", "Use e.g. 0.998, or 0 to turn it off.")
     if args.triplet and not weights.triplet:
         weights.triplet = 0.005
     read_options = {}
@@ -137,7 +148,7 @@ def options_from_args(args: argparse.Namespace):
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, augment=not args.no_augment,
         loss=weights, config=cfg, device=args.device, amp=args.amp, threads=args.threads, resume=args.resume,
-        seed=args.seed, drift_sweeps=args.drift_sweeps, init=args.init, curve=args.curve, quiet=bool(getattr(args, "quiet", False)),
+        seed=args.seed, drift_sweeps=args.drift_sweeps, ema=args.ema, init=args.init, curve=args.curve, quiet=bool(getattr(args, "quiet", False)),
         command="freehandrecon train " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []) or []))
 
 

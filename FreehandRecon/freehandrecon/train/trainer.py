@@ -65,6 +65,7 @@ class TrainOptions:
     init: Path | None = None                     # start from this model's weights (new input channels at zero)
     curve: Path | None = None                    # decorrelation curve for tracked files (v2 networks)
     drift_sweeps: int = 4
+    ema: float = 0.0                             # decay of an exponential moving average of the weights (0: off)
     quiet: bool = False                          # no progress bar (the per-epoch JSON lines still print)
     command: str = ""
 
@@ -245,6 +246,15 @@ def train(opts: TrainOptions, progress: Callable[[str, float], None] | None = No
     if ddp.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[ddp.local_rank] if device.startswith("cuda") else None)
+    ema = None
+    if opts.ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        # the averaged weights (BatchNorm statistics included) are the ones validated, saved and exported
+        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(opts.ema), use_buffers=True)
+        if ckpt is not None:
+            ema.module.load_state_dict(ckpt["model"])
+            net.load_state_dict(ckpt.get("raw_model", ckpt["model"]))
     optim = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     total_steps = opts.epochs * opts.steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(optim, _lr_lambda(opts.warmup_steps, total_steps))
@@ -297,6 +307,8 @@ def train(opts: TrainOptions, progress: Callable[[str, float], None] | None = No
             scaler.step(optim)
             scaler.update()
             sched.step()
+            if ema is not None:
+                ema.update_parameters(net)
             lv = float(loss.detach())
             if first_loss is None:
                 first_loss = lv
@@ -316,15 +328,18 @@ def train(opts: TrainOptions, progress: Callable[[str, float], None] | None = No
         row: dict[str, Any] = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - t0, 1),
                                "lr": sched.get_last_lr()[0], **{k: v / max(n, 1) for k, v in sums.items()}}
         if ddp.main:
+            kept = net if ema is None else ema.module
             if val_x is not None:
-                row.update(validate(net, val_x, val_y, scales, opts, device, drift_recs, val_d))
+                row.update(validate(kept, val_x, val_y, scales, opts, device, drift_recs, val_d))
             history.append(row)
             score = row.get("val_loss", row["loss"])
-            state = {"model": net.state_dict(), "optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
+            state = {"model": kept.state_dict(), "optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
                      "scaler": scaler.state_dict() if use_amp else None, "epoch": epoch + 1,
                      "best_val": min(best_val, score), "history": history, "config": cfg.to_dict(),
                      "scales": scales_np.tolist(), "recipe": opts.recipe(),
                      "data": {"train": datasets.records_digest(train_recs), "val": datasets.records_digest(val_recs)}}
+            if ema is not None:
+                state["raw_model"] = net.state_dict()
             _atomic_save(state, out / "last.pt")
             if score <= best_val:
                 best_val = score
