@@ -82,17 +82,21 @@ def correlation_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6
     return loss.sum() / valid.sum().clamp_min(1)
 
 
+def point_drift(pred_params: torch.Tensor, true_params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Distances ``[B, T, P]`` (mm) between homogeneous frame ``points [P, 4]`` mapped by the accumulated
+    predicted and true UNSCALED motions ``[B, T, 6]`` (mm, degrees)."""
+    a_pred = accumulate(params_to_matrix(pred_params))
+    a_true = accumulate(params_to_matrix(true_params))
+    return ((a_pred - a_true)[..., :3, :] @ points.to(pred_params).T).norm(dim=-2)
+
+
 def corner_loss(pred_params: torch.Tensor, true_params: torch.Tensor,
                 half_extent: tuple[float, float]) -> torch.Tensor:
     """Mean distance (mm) between frame corners mapped by accumulated predicted and true motions.
 
     ``pred_params``/``true_params`` are UNSCALED ``[B, T, 6]`` (mm, degrees).
     """
-    corners = frame_corners(half_extent).to(pred_params)
-    a_pred = accumulate(params_to_matrix(pred_params))
-    a_true = accumulate(params_to_matrix(true_params))
-    diff = (a_pred - a_true)[..., :3, :] @ corners.T                         # [B, T, 3, 4]
-    return diff.norm(dim=-2).mean()
+    return point_drift(pred_params, true_params, frame_corners(half_extent)).mean()
 
 
 def drift_rate_loss(pred_params: torch.Tensor, true_params: torch.Tensor, half_extent: tuple[float, float],
@@ -101,11 +105,9 @@ def drift_rate_loss(pred_params: torch.Tensor, true_params: torch.Tensor, half_e
 
     ``eps_mm`` keeps a motionless window from dividing by zero.
     """
-    points = torch.cat([frame_corners(half_extent), torch.tensor([[0.0, 0.0, 0.0, 1.0]])]).to(pred_params)
-    a_pred = accumulate(params_to_matrix(pred_params))
-    a_true = accumulate(params_to_matrix(true_params))
-    err = ((a_pred - a_true)[..., :3, :] @ points.T).norm(dim=-2).mean(-1)   # [B, T] mm
-    path = true_params[..., :3].norm(dim=-1).cumsum(-1)                       # [B, T] mm travelled by the centre
+    points = torch.cat([frame_corners(half_extent), torch.tensor([[0.0, 0.0, 0.0, 1.0]])])
+    err = point_drift(pred_params, true_params, points).mean(-1)      # [B, T] mm
+    path = true_params[..., :3].norm(dim=-1).cumsum(-1)               # [B, T] mm travelled by the centre
     return (err.mean(-1) / (path.mean(-1) + eps_mm)).mean()
 
 

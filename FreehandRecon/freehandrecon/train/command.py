@@ -148,7 +148,8 @@ def options_from_args(args: argparse.Namespace):
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, augment=not args.no_augment,
         loss=weights, config=cfg, device=args.device, amp=args.amp, threads=args.threads, resume=args.resume,
-        seed=args.seed, drift_sweeps=args.drift_sweeps, ema=args.ema, init=args.init, curve=args.curve, quiet=bool(getattr(args, "quiet", False)),
+        seed=args.seed, drift_sweeps=args.drift_sweeps, ema=args.ema, init=args.init, curve=args.curve,
+        quiet=bool(getattr(args, "quiet", False)),
         command="freehandrecon train " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []) or []))
 
 
