@@ -252,8 +252,8 @@ def train(opts: TrainOptions, progress: Callable[[str, float], None] | None = No
 
         # the averaged weights (BatchNorm statistics included) are the ones validated, saved and exported
         ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(opts.ema), use_buffers=True)
-        if ckpt is not None:
-            ema.module.load_state_dict(ckpt["model"])
+        if ckpt is not None:  # net holds the saved average, now copied into ema: keep averaging from it
+            ema.n_averaged.fill_(1)
             net.load_state_dict(ckpt.get("raw_model", ckpt["model"]))
     optim = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     total_steps = opts.epochs * opts.steps_per_epoch
