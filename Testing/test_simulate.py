@@ -183,6 +183,16 @@ def test_trajectories_are_rigid_mostly_elevational_and_directed(kind, direction)
     assert np.abs(angles).max() < 16.0  # freehand sweeps turn by ~10-15 degrees at most
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_trajectories_turn_as_smoothly_as_a_hand(kind):
+    # A hand turns a probe by well under a degree per frame at 25 frames/s (the s-curve yaw once
+    # flipped between +-7 degrees in a few frames where the lateral motion reversed).
+    for seed in range(10):
+        poses = make_trajectory(kind, 80, np.random.default_rng(seed), step_mm=0.6, pivot_mm=(19.0, 0.0, 0.0))
+        turn = np.abs(geometry.matrix_to_params(geometry.relative_transforms(poses))[:, 3:])  # degrees
+        assert turn.max() < 1.0, (kind, seed, turn.max(0))
+
+
 def test_trajectories_start_in_the_default_pose_convention():
     from freehandrecon.poses.common import default_first_pose
 

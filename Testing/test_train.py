@@ -72,7 +72,11 @@ def sim_records(tmp_path_factory):
 
 def test_simulated_records_are_cached_and_forward_canonical(sim_records):
     recs, cache = sim_records
-    assert len(list(cache.glob("*.npz"))) == 2
+    from freehandrecon.simulate import SIMULATOR_VERSION
+
+    # the simulator version is in the name, so a newer simulator never reads an older one's sweeps
+    assert sorted(p.name for p in cache.glob("*.npz")) == [
+        f"site-a_s{s}_n16_{datasets.sim_kind(s, datasets.TRAJECTORY_KINDS)}_sim{SIMULATOR_VERSION}.npz" for s in (0, 1)]
     for r in recs:
         assert r.frames.dtype == np.uint8 and r.frames.shape == (16, 64, 64)
         assert r.params.shape == (15, 6) and r.params[:, 2].sum() > 0

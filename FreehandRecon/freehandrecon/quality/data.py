@@ -137,9 +137,11 @@ def _rng(*keys: Any) -> np.random.Generator:
 
 
 def _cached(cache: Path | None, name: str, make: Callable[[], Sweep]) -> Sweep:
+    from ..simulate import SIMULATOR_VERSION
+
     if cache is None:
         return make()
-    path = Path(cache) / f"{name}.npz"
+    path = Path(cache) / f"{name}_sim{SIMULATOR_VERSION}.npz"
     if path.exists():
         try:
             with np.load(path) as z:

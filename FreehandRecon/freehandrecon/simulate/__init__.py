@@ -29,7 +29,7 @@ from .trajectory import BASE, KINDS, WORLD_DEPTH_AXIS, make_trajectory
 
 SCATTERERS_PER_CELL = 10.0
 
-__all__ = ["AcquisitionSettings", "SITES", "TRAIN_SITES", "HELDOUT_SITE", "KINDS", "site_settings", "make_trajectory",
+__all__ = ["SIMULATOR_VERSION", "AcquisitionSettings", "SITES", "TRAIN_SITES", "HELDOUT_SITE", "KINDS", "site_settings", "make_trajectory",
            "make_phantom", "phantom_for", "simulate_sweep", "random_sweep", "benchmark_simulator", "Imager",
            "Phantom", "elevation_sigma_mm", "theoretical_correlation", "vessel_mask", "echogenicity",
            "axial_sigma_mm", "lateral_sigma_mm", "image_psf_sigma_mm", "resolution_cell_mm3", "wavelength_mm",
@@ -76,6 +76,11 @@ def phantom_for(settings: AcquisitionSettings, image_to_world: np.ndarray, rng: 
     density = scatterer_density(settings, per_cell, skin=skin, depth_axis=depth_axis)
     return make_phantom(lo, hi, rng, density=density, structure=structure, depth_axis=tuple(depth_axis),
                         sweep_axis=tuple(sweep_axis), bucket_size=tuple(bucket))
+
+
+SIMULATOR_VERSION = 2
+"""Bumped whenever a (site, seed) gives a different sweep; caches of simulated sweeps put it in their
+file names so that they never serve sweeps of an older simulator (2: smooth s-curve yaw)."""
 
 
 def _rng(site: str, seed: int) -> np.random.Generator:

@@ -95,8 +95,13 @@ def make_trajectory(kind: str, num_frames: int, rng: np.random.Generator, *, dir
             cycles, ph = rng.uniform(0.8, 1.5), rng.uniform(0, 2 * np.pi)
             t = np.linspace(0.0, 1.0, n)
             path[:, 0] = amp * (np.sin(2 * np.pi * cycles * t + ph) - np.sin(ph))
+            # Yaw partly follows the path: proportional to its lateral slope, at most 7 degrees. (Clipping
+            # the slope's angle instead flipped the probe between the limits at several degrees per frame
+            # wherever the lateral motion reversed, which no hand does.)
             slope = np.gradient(path[:, 0]) / np.maximum(np.abs(np.gradient(path[:, 2])), 1e-6)
-            ang[:, 1] = np.clip(np.rad2deg(np.arctan(0.5 * slope)), -7.0, 7.0)  # yaw partly follows the path
+            peak = float(np.abs(slope).max())
+            if peak > 0:
+                ang[:, 1] = min(7.0, float(np.rad2deg(np.arctan(0.5 * peak)))) * slope / peak
             ang[:, 2] = rng.uniform(-2.0, 2.0) * _smooth(n, rng)
         elif kind == "mixed":
             path[:, 0] += rng.uniform(-4.0, 4.0) * _smooth(n, rng)

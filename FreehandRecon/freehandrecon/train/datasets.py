@@ -104,11 +104,11 @@ def sim_kind(seed: int, kinds: Sequence[str]) -> str:
 
 def simulated_sweep(site: str, seed: int, num_frames: int, kind: str, cache: Path | None) -> Sweep:
     """``random_sweep(site, seed, num_frames, kind)``, read from / written to the cache folder."""
-    from ..simulate import random_sweep
+    from ..simulate import SIMULATOR_VERSION, random_sweep
 
     path = None
     if cache is not None:
-        path = Path(cache) / f"{site}_s{seed}_n{num_frames}_{kind}.npz"
+        path = Path(cache) / f"{site}_s{seed}_n{num_frames}_{kind}_sim{SIMULATOR_VERSION}.npz"
         if path.exists():
             try:
                 return _load_sweep_npz(path)
