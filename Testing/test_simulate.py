@@ -14,8 +14,8 @@ import torch
 from freehandrecon import geometry
 from freehandrecon.errors import InputError, OutputExistsError
 from freehandrecon.io import read_sweep
-from freehandrecon.simulate import (HELDOUT_SITE, KINDS, SITES, TRAIN_SITES, AcquisitionSettings, Imager,
-                                    elevation_sigma_mm, make_phantom, make_trajectory, phantom_for, random_sweep,
+from freehandrecon.simulate import (HELDOUT_SITE, KINDS, SIMULATOR_VERSION, SITES, TRAIN_SITES, AcquisitionSettings,
+                                    Imager, elevation_sigma_mm, make_phantom, make_trajectory, phantom_for, random_sweep,
                                     simulate_sweep, site_settings, theoretical_correlation, vessel_mask)
 from freehandrecon.simulate.command import add_parser
 from freehandrecon.simulate.imaging import torch_threads
@@ -53,6 +53,7 @@ def test_random_sweep_is_deterministic_with_exact_poses(site):
     assert 20 < a.frames.mean() < 200 and a.frames.std() > 10  # an image, not blank or saturated
     meta = json.loads(json.dumps(a.metadata))  # plain JSON
     assert meta["source"] == "simulated" and meta["site"] == site and meta["seed"] == 7
+    assert meta["simulator_version"] == SIMULATOR_VERSION  # sweeps say which simulator made them
     assert meta["trajectory"] in KINDS and meta["sweep_direction"] in (1, -1)
     assert AcquisitionSettings.from_dict(meta["settings"]).pixel_spacing == pytest.approx(a.pixel_spacing)
     assert all({"point", "direction", "radius"} <= set(v) for v in meta["vessels"])

@@ -29,8 +29,8 @@ from .trajectory import BASE, KINDS, WORLD_DEPTH_AXIS, make_trajectory
 
 SCATTERERS_PER_CELL = 10.0
 
-__all__ = ["SIMULATOR_VERSION", "AcquisitionSettings", "SITES", "TRAIN_SITES", "HELDOUT_SITE", "KINDS", "site_settings", "make_trajectory",
-           "make_phantom", "phantom_for", "simulate_sweep", "random_sweep", "benchmark_simulator", "Imager",
+__all__ = ["SIMULATOR_VERSION", "AcquisitionSettings", "SITES", "TRAIN_SITES", "HELDOUT_SITE", "KINDS", "site_settings",
+           "make_trajectory", "make_phantom", "phantom_for", "simulate_sweep", "random_sweep", "benchmark_simulator", "Imager",
            "Phantom", "elevation_sigma_mm", "theoretical_correlation", "vessel_mask", "echogenicity",
            "axial_sigma_mm", "lateral_sigma_mm", "image_psf_sigma_mm", "resolution_cell_mm3", "wavelength_mm",
            "random_structure", "frame_box", "scatterer_density", "BASE", "CHANNELS", "add_channels",
@@ -113,7 +113,7 @@ def random_sweep(site: str, seed: int, num_frames: int = 100, kind: str | None =
     centre = np.array([settings.skin_point_mm[0], settings.depth_mm / 2, 0.0, 1.0])
     step = np.linalg.norm(np.diff(poses @ centre, axis=0)[:, :3], axis=1)
     meta = {"site": site, "seed": int(seed), "trajectory": kind, "sweep_direction": direction,
-            "mean_step_mm": round(float(step.mean()), 4)}
+            "mean_step_mm": round(float(step.mean()), 4), "simulator_version": SIMULATOR_VERSION}
     sweep = simulate_sweep(settings, poses, phantom, rng, progress, metadata=meta)
     if channels:
         sweep = add_channels(sweep, channels, _rng(f"{site}/channels", seed), doppler_mode=doppler_mode)
