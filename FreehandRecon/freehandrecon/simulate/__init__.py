@@ -30,8 +30,8 @@ from .trajectory import BASE, KINDS, WORLD_DEPTH_AXIS, make_trajectory
 SCATTERERS_PER_CELL = 10.0
 
 __all__ = ["SIMULATOR_VERSION", "AcquisitionSettings", "SITES", "TRAIN_SITES", "HELDOUT_SITE", "KINDS", "site_settings",
-           "make_trajectory", "make_phantom", "phantom_for", "simulate_sweep", "random_sweep", "benchmark_simulator", "Imager",
-           "Phantom", "elevation_sigma_mm", "theoretical_correlation", "vessel_mask", "echogenicity",
+           "make_trajectory", "make_phantom", "phantom_for", "simulate_sweep", "random_sweep", "benchmark_simulator",
+           "Imager", "Phantom", "elevation_sigma_mm", "theoretical_correlation", "vessel_mask", "echogenicity",
            "axial_sigma_mm", "lateral_sigma_mm", "image_psf_sigma_mm", "resolution_cell_mm3", "wavelength_mm",
            "random_structure", "frame_box", "scatterer_density", "BASE", "CHANNELS", "add_channels",
            "random_paus_sweep", "photoacoustic_frames", "doppler_frames"]
