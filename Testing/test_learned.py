@@ -244,8 +244,8 @@ def _mean_steps(m, step_mm: float, seed: int) -> tuple[float, float, float]:
 def test_shipped_model_measures_the_elevational_step():
     """Unseen sweeps from the held-out site (site-f): at 0.5 mm/frame the mean elevational step is
     within 15 % of the truth and the per-pair tz error below 20 % of the step; a 0.15 mm/frame sweep
-    reads within 25 % of its truth (the shipped v2 weights, stage 7, measured 0.467 and 0.144 mm). (Known limits are in the model card:
-    fans and tilt bias.) An untrained network fails these checks."""
+    reads within 25 % of its truth (the shipped v2 weights, stage 7, measured 0.467 and 0.144 mm). (Known
+    limits are in the model card: fans and tilt bias.) An untrained network fails these checks."""
     m = learned.load_model()
     assert m.meta["sha256"] == learned.sha256_file(m.path.parent / m.meta["weights"])
     true_big, est_big, err_big = _mean_steps(m, 0.5, 20_002)

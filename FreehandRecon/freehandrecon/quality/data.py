@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import json
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,38 +135,17 @@ def _rng(*keys: Any) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([zlib.crc32(repr(keys).encode())]))
 
 
-def _cached(cache: Path | None, name: str, make: Callable[[], Sweep]) -> Sweep:
-    from ..simulate import SIMULATOR_VERSION
-
-    if cache is None:
-        return make()
-    path = Path(cache) / f"{name}_sim{SIMULATOR_VERSION}.npz"
-    if path.exists():
-        try:
-            with np.load(path) as z:
-                return Sweep(frames=z["frames"], pixel_spacing=tuple(float(v) for v in z["pixel_spacing"]),
-                             image_to_world=z["image_to_world"], metadata=json.loads(str(z["metadata"])))
-        except (OSError, ValueError, KeyError):
-            path.unlink(missing_ok=True)  # a broken cache entry is regenerated
-    sweep = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, frames=sweep.frames, image_to_world=sweep.image_to_world,
-             pixel_spacing=np.asarray(sweep.pixel_spacing), metadata=json.dumps(sweep.metadata, default=str))
-    tmp.replace(path)
-    return sweep
-
-
 def simulated_sweeps(sites: Sequence[str], seeds: Sequence[int], num_frames: int, cache: Path | None = None,
                      progress: Callable[[str, float], None] | None = None, stage: str = "simulate"
                      ) -> list[tuple[str, Sweep]]:
     """``(site, random_sweep(site, seed, num_frames))`` for every site and seed (cached)."""
     from ..simulate import random_sweep
+    from ..simulate.cache import cached_sweep
 
     out, jobs = [], [(s, int(k)) for s in sites for k in seeds]
     for j, (site, seed) in enumerate(jobs):
-        out.append((site, _cached(cache, f"{site}_q{seed}_n{num_frames}",
-                                  lambda site=site, seed=seed: random_sweep(site, seed, num_frames=num_frames))))
+        out.append((site, cached_sweep(cache, f"{site}_q{seed}_n{num_frames}",
+                                       lambda site=site, seed=seed: random_sweep(site, seed, num_frames=num_frames))))
         if progress is not None:
             progress(stage, (j + 1) / len(jobs))
     return out
@@ -295,10 +273,12 @@ def nt_roi(sweep: Sweep) -> np.ndarray:
 def nt_frameset(seeds: Sequence[int], num_frames: int, sites: Sequence[str], cache: Path | None = None,
                 progress: Callable[[str, float], None] | None = None) -> FrameSet:
     """Fetal-like sweeps (site cycling with the seed) with their translucency ROI, labelled ``fetal-nt``."""
+    from ..simulate.cache import cached_sweep
+
     parts = []
     for j, seed in enumerate(seeds):
         site = sites[int(seed) % len(sites)]
-        sw = _cached(cache, f"nt_{site}_q{seed}_n{num_frames}", lambda: nt_sweep(int(seed), num_frames, site))
+        sw = cached_sweep(cache, f"nt_{site}_q{seed}_n{num_frames}", lambda: nt_sweep(int(seed), num_frames, site))
         parts.append(sweep_to_frameset(sw, nt_roi(sw), "fetal-nt", j))
         if progress is not None:
             progress("anatomy", (j + 1) / len(seeds))

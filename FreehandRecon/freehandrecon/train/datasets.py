@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,19 +83,6 @@ def prepare_record(sweep: Sweep, input_spacing: float, input_size: int, name: st
 
 # --- simulated data ------------------------------------------------------------------------------
 
-def _save_sweep_npz(sweep: Sweep, path: Path) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, frames=sweep.frames, image_to_world=sweep.image_to_world,
-             pixel_spacing=np.asarray(sweep.pixel_spacing), metadata=json.dumps(sweep.metadata, default=str))
-    tmp.replace(path)
-
-
-def _load_sweep_npz(path: Path) -> Sweep:
-    with np.load(path) as z:
-        return Sweep(frames=z["frames"], pixel_spacing=tuple(z["pixel_spacing"]),
-                     image_to_world=z["image_to_world"], metadata=json.loads(str(z["metadata"])))
-
-
 def sim_kind(seed: int, kinds: Sequence[str]) -> str:
     """Trajectory kind used for a seed: kinds cycle with the seed, so any seed range mixes them."""
     return kinds[seed % len(kinds)]
@@ -104,21 +90,11 @@ def sim_kind(seed: int, kinds: Sequence[str]) -> str:
 
 def simulated_sweep(site: str, seed: int, num_frames: int, kind: str, cache: Path | None) -> Sweep:
     """``random_sweep(site, seed, num_frames, kind)``, read from / written to the cache folder."""
-    from ..simulate import SIMULATOR_VERSION, random_sweep
+    from ..simulate import random_sweep
+    from ..simulate.cache import cached_sweep
 
-    path = None
-    if cache is not None:
-        path = Path(cache) / f"{site}_s{seed}_n{num_frames}_{kind}_sim{SIMULATOR_VERSION}.npz"
-        if path.exists():
-            try:
-                return _load_sweep_npz(path)
-            except (OSError, ValueError, KeyError):
-                path.unlink(missing_ok=True)  # a broken cache entry is regenerated
-    sweep = random_sweep(site, seed, num_frames=num_frames, kind=kind)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _save_sweep_npz(sweep, path)
-    return sweep
+    return cached_sweep(cache, f"{site}_s{seed}_n{num_frames}_{kind}",
+                        lambda: random_sweep(site, seed, num_frames=num_frames, kind=kind))
 
 
 def simulated_records(sites: Sequence[str], seeds: Iterable[int], num_frames: int, kinds: Sequence[str],
