@@ -130,6 +130,51 @@ def test_option_errors():
         options_from_args(_args("--out", "x", "--ema", "1.5"))
     with pytest.raises(InputError, match="negative"):
         options_from_args(_args("--out", "x", "--drift-rate-weight", "-1"))
+    with pytest.raises(InputError, match="--chain"):
+        options_from_args(_args("--out", "x", "--chain", "0"))
+    with pytest.raises(InputError, match="needs --init"):
+        options_from_args(_args("--out", "x", "--rescale-outputs"))
+
+
+def test_chain_windows_cut_a_chain_into_windows_that_share_their_end_frames():
+    import torch
+
+    from freehandrecon.train.trainer import chain_windows
+
+    b, w, k = 2, 3, 4
+    x = torch.arange(b * (k * w + 1), dtype=torch.float32).view(b, k * w + 1, 1, 1).expand(-1, -1, 5, 5)
+    y = torch.arange(b * k * w * 6, dtype=torch.float32).view(b, k * w, 6)
+    d = torch.arange(b * k * w * 2, dtype=torch.float32).view(b, k * w, 2, 1, 1)
+    xw, yw, dw = chain_windows(x, y, d, w, k)
+    assert xw.shape == (b * k, w + 1, 5, 5) and yw.shape == (b * k, w, 6) and dw.shape == (b * k, w, 2, 1, 1)
+    for i in range(b):
+        for j in range(k):
+            # window j of chain i holds frames j*w .. j*w + w and the pairs between them
+            assert torch.equal(xw[i * k + j, :, 0, 0], x[i, j * w:j * w + w + 1, 0, 0])
+            assert torch.equal(yw[i * k + j], y[i, j * w:(j + 1) * w])
+            assert torch.equal(dw[i * k + j], d[i, j * w:(j + 1) * w])
+    # the chain's predictions come back in order: windows reshaped to [B, K*W, 6] give the labels again
+    assert torch.equal(yw.reshape(y.shape), y)
+    assert chain_windows(x, y, None, w, k)[2] is None
+
+
+def test_rescaled_outputs_predict_the_same_motions():
+    import torch
+
+    from freehandrecon.poses.network import PoseNetConfig, build_pose_net, rescale_outputs
+
+    torch.manual_seed(0)
+    net = build_pose_net(PoseNetConfig(input_size=64, widths=(8, 8, 16, 16), window=4)).eval()
+    x = torch.rand(2, 5, 64, 64)
+    old = np.array([0.5, 0.07, 0.6, 0.4, 2.1, 0.2])
+    new = np.array([0.4, 0.08, 0.7, 0.4, 0.6, 0.2])
+    with torch.no_grad():
+        before = net(x)["pred"].numpy() * old
+        rescale_outputs(net, old, new)
+        after = net(x)["pred"].numpy() * new
+    assert np.allclose(before, after, atol=1e-5) and np.abs(before).max() > 1e-3
+    with pytest.raises(ValueError, match="positive"):
+        rescale_outputs(net, old, -new)
 
 
 # --- training runs ---------------------------------------------------------------------------------
@@ -175,6 +220,25 @@ def test_v2_run_from_a_v1_model_keeps_its_start_and_exports_v2(tmp_path):
         options_from_args(_args(*v2, "--resume"))
     with pytest.raises(InputError, match="below 1"):
         options_from_args(_args(*TINY, "--out", str(tmp_path / "x"), "--decorrelation-lags", "0"))
+
+
+def test_chained_run_from_a_model_with_rescaled_outputs(tmp_path):
+    from freehandrecon.train.trainer import train
+
+    cache = ["--cache", str(tmp_path / "cache"), "--steps-per-epoch", "3", "--epochs", "1"]
+    train(options_from_args(_args(*TINY, *cache, "--out", str(tmp_path / "a"), "--name", "a")))
+    start = learned.load_model(tmp_path / "a" / "a.json")
+    wrong_scales = start.scales * np.array([1.0, 1.0, 1.0, 1.0, 4.0, 1.0])  # as if fitted to much larger yaws
+    learned.save_model(start.net, wrong_scales, tmp_path / "a", "wide")
+    args = [*TINY, *cache, "--out", str(tmp_path / "b"), "--name", "b", "--init", str(tmp_path / "a" / "wide.json"),
+            "--rescale-outputs", "--chain", "2", "--batch-size", "2", "--drift-rate-weight", "0.5"]
+    summary = train(options_from_args(_args(*args)))
+    assert np.isfinite(summary["history"][0]["drift_rate"]) and summary["history"][0]["drift_rate"] > 0
+    b = learned.load_model(tmp_path / "b" / "b.json")
+    assert b.meta["recipe"]["chain"] == 2 and b.meta["recipe"]["rescale_outputs"] is True
+    # the new scales are the training data's (run "a" fitted its own to the same data), not the start model's
+    assert np.allclose(b.scales, start.scales, rtol=1e-4)
+    assert not np.allclose(b.scales, wrong_scales, rtol=1e-2)
 
 
 def test_ema_run_saves_the_averaged_weights_and_resumes_both(tmp_path):

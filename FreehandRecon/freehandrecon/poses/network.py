@@ -276,6 +276,23 @@ class PoseNet(nn.Module):
         return out
 
 
+def rescale_outputs(net: PoseNet, old_scales, new_scales) -> None:
+    """Re-express the network's outputs in ``new_scales`` without changing what it predicts.
+
+    Outputs are 6-DoF motions divided by per-DoF scales, so the losses weigh each DoF by
+    ``1 / scale``; fine-tuning on data whose motions differ from those the scales came from can
+    re-weigh the DoFs this way. Both heads' last Linear rows are multiplied by ``old / new``.
+    """
+    factor = torch.as_tensor(old_scales, dtype=torch.float64) / torch.as_tensor(new_scales, dtype=torch.float64)
+    if factor.shape != (6,) or not bool(torch.isfinite(factor).all()) or not bool((factor > 0).all()):
+        raise ValueError(f"scales must be 6 positive numbers, got {old_scales} and {new_scales}")
+    with torch.no_grad():
+        for head in (net.head_local, net.head_global):
+            f = factor.to(head.out.weight)
+            head.out.weight.mul_(f[:, None])
+            head.out.bias.mul_(f)
+
+
 def build_pose_net(config: PoseNetConfig | None = None) -> PoseNet:
     """Build a :class:`PoseNet` (default configuration when ``config`` is None)."""
     return PoseNet(config or PoseNetConfig())

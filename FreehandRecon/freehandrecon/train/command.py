@@ -76,6 +76,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="keep an exponential moving average of the weights with this decay per step (e.g. 0.998) "
                    "and validate, save and export it; 0 turns it off (default: 0)")
+    g.add_argument("--chain", type=int, default=1, metavar="K",
+                   help="draw K consecutive windows per sequence and take the drift-rate loss over the whole chain "
+                   "(K x window pairs), so small rotation biases, whose drift grows with the square of the sweep "
+                   "length, weigh as they do on whole sweeps; --batch-size then counts chains (default: 1)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     g = p.add_argument_group("model")
     g.add_argument("--window", type=int, default=d.window, help=f"frame pairs per window (default: {d.window})")
@@ -97,6 +101,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--init", type=Path, metavar="MODEL",
                    help="start from this model's weights (.json or .safetensors) and scales; input channels that "
                    "a v2 network adds start at zero")
+    g.add_argument("--rescale-outputs", action="store_true",
+                   help="with --init: compute the per-DoF output scales from this run's training data (98th "
+                   "percentile of |motion|) and re-express the model's outputs in them before training (the start "
+                   "model's predictions are unchanged; the losses then weigh the DoFs by the new scales)")
     g = p.add_argument_group("run")
     g.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder for checkpoints and model")
     g.add_argument("--name", default="posenet", help="exported model name (default: posenet)")
@@ -136,6 +144,10 @@ def options_from_args(args: argparse.Namespace):
         raise InputError(f"--decorrelation-lags {args.decorrelation_lags} has a lag below 1.", "Use lags like 1 2 3 4.")
     if args.decorrelation_floor_lag < 0:
         raise InputError(f"--decorrelation-floor-lag {args.decorrelation_floor_lag} is negative.", "Use 0 or e.g. 16.")
+    if args.chain < 1:
+        raise InputError(f"--chain {args.chain} is below 1.", "Use 1 (plain windows) or e.g. 4.")
+    if args.rescale_outputs and not args.init:
+        raise InputError("--rescale-outputs needs --init.", "Give the model to start from with --init, or drop it.")
     if args.resume and args.init:
         raise InputError("--resume and --init cannot be combined.", "Resume a run, or start a new one from --init.")
     cfg = PoseNetConfig(input_size=args.input_size, input_spacing=args.input_spacing, widths=tuple(args.widths),
@@ -149,6 +161,7 @@ def options_from_args(args: argparse.Namespace):
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, augment=not args.no_augment,
         loss=weights, config=cfg, device=args.device, amp=args.amp, threads=args.threads, resume=args.resume,
         seed=args.seed, drift_sweeps=args.drift_sweeps, ema=args.ema, init=args.init, curve=args.curve,
+        rescale_outputs=args.rescale_outputs, chain=args.chain,
         quiet=bool(getattr(args, "quiet", False)),
         command="freehandrecon train " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []) or []))
 

@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -25,8 +25,8 @@ from .. import geometry
 from ..errors import InputError
 from ..poses import common
 from ..poses.learned import DOF_NAMES, predict_scaled, save_model
-from ..poses.losses import LossWeights, total_loss
-from ..poses.network import PoseNetConfig, build_pose_net, count_parameters
+from ..poses.losses import LossWeights, drift_rate_loss, total_loss
+from ..poses.network import PoseNetConfig, build_pose_net, count_parameters, rescale_outputs
 from . import datasets
 
 
@@ -63,6 +63,8 @@ class TrainOptions:
     seed: int = 0
     max_val_windows: int = 64
     init: Path | None = None                     # start from this model's weights (new input channels at zero)
+    rescale_outputs: bool = False                # with init: output scales from this run's training data
+    chain: int = 1                               # windows per training sequence (drift-rate loss over all of them)
     curve: Path | None = None                    # decorrelation curve for tracked files (v2 networks)
     drift_sweeps: int = 4
     ema: float = 0.0                             # decay of an exponential moving average of the weights (0: off)
@@ -157,6 +159,19 @@ def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
+def chain_windows(x, y, d, window: int, chain: int):
+    """Cut chains of ``chain`` consecutive windows (``x [B, K*W+1, S, S]``, ``y [B, K*W, 6]``, ``d [B, K*W, ...]``
+    or None) into ``B*K`` windows of ``W`` pairs; window k+1 starts on the frame where window k ends."""
+    import torch
+
+    b = x.shape[0]
+    x = torch.stack([x[:, k * window:k * window + window + 1] for k in range(chain)], 1).flatten(0, 1)
+    y = y.reshape(b * chain, window, y.shape[-1])
+    if d is not None:
+        d = d.reshape(b * chain, window, *d.shape[2:])
+    return x, y, d
+
+
 def validate(net, val_x: np.ndarray, val_y: np.ndarray, scales, opts: TrainOptions, device: str,
              drift_records: Sequence[datasets.SweepRecord], val_d: np.ndarray | None = None) -> dict[str, Any]:
     """Validation loss, mean relative error per DoF (MAE / mean |label|) and drift on whole sweeps."""
@@ -240,7 +255,11 @@ def train(opts: TrainOptions, progress: Callable[[str, float], None] | None = No
         scales_np = np.asarray(ckpt["scales"])
         start_epoch, best_val, history = ckpt["epoch"], ckpt["best_val"], ckpt["history"]
     elif opts.init is not None:
-        scales_np = init_from_model(net, opts.init)
+        init_scales = init_from_model(net, opts.init)
+        if opts.rescale_outputs:
+            rescale_outputs(net, init_scales, scales_np)
+        else:
+            scales_np = init_scales
     scales = torch.tensor(scales_np, dtype=torch.float32, device=device)
     model = net
     if ddp.world > 1:
@@ -265,7 +284,8 @@ def train(opts: TrainOptions, progress: Callable[[str, float], None] | None = No
         sched.load_state_dict(ckpt["scheduler"])
         if use_amp and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
-    dataset = datasets.WindowDataset(train_recs, cfg.window, opts.steps_per_epoch * opts.batch_size * ddp.world,
+    # a chain of K windows is drawn as one window of K * W pairs and cut into K windows of W (see chain_windows)
+    dataset = datasets.WindowDataset(train_recs, cfg.window * opts.chain, opts.steps_per_epoch * opts.batch_size * ddp.world,
                                      scales_np, seed=opts.seed, augment=opts.augment)
     sampler = DistributedSampler(dataset, ddp.world, ddp.rank, shuffle=False) if ddp.world > 1 else None
     loader = DataLoader(dataset, batch_size=opts.batch_size, sampler=sampler, shuffle=False, num_workers=0)
@@ -275,6 +295,7 @@ def train(opts: TrainOptions, progress: Callable[[str, float], None] | None = No
         val_x, val_y, val_d = datasets.fixed_windows(val_recs, cfg.window, scales_np, opts.max_val_windows)
         drift_recs = val_recs[:opts.drift_sweeps]
     half = (cfg.input_size * cfg.input_spacing / 2,) * 2
+    window_weights = replace(opts.loss, drift_rate=0.0)  # with --chain the drift rate is taken over the chain
     if ddp.main:
         print(json.dumps({"event": "start", "train_sweeps": len(train_recs), "val_sweeps": len(val_recs),
                           "train_pairs": int(sum(r.num_pairs for r in train_recs)),
@@ -295,10 +316,18 @@ def train(opts: TrainOptions, progress: Callable[[str, float], None] | None = No
         for x, y, d in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             d = d.to(device, non_blocking=True) if d.numel() else None
+            y_chain = y
+            if opts.chain > 1:
+                x, y, d = chain_windows(x, y, d, cfg.window, opts.chain)
             with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
                 outd = model(x, d)
             outd = {k: v.float() for k, v in outd.items()}
-            loss, terms = total_loss(outd, y, scales, half, opts.loss)
+            loss, terms = total_loss(outd, y, scales, half, opts.loss if opts.chain == 1 else window_weights)
+            if opts.chain > 1 and opts.loss.drift_rate:
+                pred_chain = outd["pred"].reshape(y_chain.shape)
+                chain_drift = drift_rate_loss(pred_chain * scales, y_chain * scales, half)
+                loss = loss + opts.loss.drift_rate * chain_drift
+                terms["drift_rate"] = float(chain_drift.detach())
             optim.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if opts.grad_clip:
