@@ -47,7 +47,11 @@ def test_simulated_speckle_report_and_plots(tmp_path):
     assert agg["lpe_mm"]["mean"] == pytest.approx(np.mean([s["results"]["speckle"]["lpe_mm"] for s in on_disk["sweeps"]]),
                                                   rel=1e-3)
     assert on_disk["targets"]["learned_lpe_le_0.1mm"] is None and on_disk["targets"]["all_met"] is False
-    assert "| speckle |" in report["table_markdown"]
+    assert "| speckle |" in report["table_markdown"] and "| speckle |" in report["attribution_markdown"]
+    assert set(r["final_drift_rate_length_pct_with_true"]) == {"tz", "rx", "ry", "rotation", "in_plane"}
+    assert agg["fdr_length_pct_with_true_tz"]["mean"] == pytest.approx(
+        np.mean([s["results"]["speckle"]["final_drift_rate_length_pct_with_true"]["tz"] for s in on_disk["sweeps"]]),
+        rel=1e-3)
     assert sorted(on_disk["plots"]) == ["errors_s0.png", "trajectory_s0.png"]
     for name in on_disk["plots"]:
         _check_png(out / name)

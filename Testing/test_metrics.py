@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from freehandrecon import geometry, metrics
+from freehandrecon.poses import common
 from freehandrecon.errors import CalibrationError, InputError
 
 
@@ -58,6 +59,32 @@ def test_scaled_elevational_step_gives_known_drift():
     assert r["per_dof_mae"]["tz_mm"] == pytest.approx(s * e)
     assert r["per_dof_mae"]["tx_mm"] == pytest.approx(0.0, abs=1e-12)
     assert len(r["drift_mm"]) == n and len(r["gpe_per_frame_mm"]) == n - 1
+
+
+def test_drift_attribution_names_the_degree_of_freedom_that_drifts():
+    n, s, e = 21, 0.5, 0.2
+    true = _elevational(n, s)
+    # the elevational steps over-read by 20 %: correcting tz removes all drift, correcting rotations none
+    r = metrics.evaluate_poses(true, _elevational(n, s * (1 + e)), (16, 16), (0.2, 0.2))
+    with_true = r["final_drift_rate_length_pct_with_true"]
+    assert with_true["tz"] == pytest.approx(0.0, abs=1e-9)
+    assert with_true["rotation"] == pytest.approx(r["final_drift_rate_length_pct"]) == pytest.approx(100 * e)
+    assert r["elevation_step_ratio"] == pytest.approx(1 + e)
+    assert r["per_dof_bias"]["tz_mm"] == pytest.approx(s * e) and r["per_dof_bias"]["rx_deg"] == pytest.approx(0.0)
+    # a tilt bias of b degrees per frame about the lateral axis: the path curves away, and only the rotation
+    # (rx) correction removes the drift; step k goes k * b off course, so the rate is about b (rad) * (N - 2) / 2
+    b = 0.1
+    rel_est = geometry.params_to_matrix(np.tile([0.0, 0.0, s, b, 0.0, 0.0], (n - 1, 1)))
+    est = common.absolute_from_centre(rel_est, (16, 16), (0.2, 0.2), true[0])
+    r = metrics.evaluate_poses(true, est, (16, 16), (0.2, 0.2))
+    with_true = r["final_drift_rate_length_pct_with_true"]
+    assert with_true["rx"] == pytest.approx(0.0, abs=1e-6) and with_true["rotation"] == pytest.approx(0.0, abs=1e-6)
+    assert with_true["tz"] == pytest.approx(r["final_drift_rate_length_pct"], rel=1e-6)
+    assert r["final_drift_rate_length_pct"] == pytest.approx(100 * np.radians(b) * (n - 2) / 2, rel=0.01)
+    assert r["per_dof_bias"]["rx_deg"] == pytest.approx(b)
+    # too little elevational motion to read a ratio
+    r = metrics.drift_attribution(_elevational(4, 0.1), _elevational(4, 0.2), (16, 16), (0.2, 0.2))
+    assert np.isnan(r["elevation_step_ratio"])
 
 
 def test_back_and_forth_sweep_separates_the_two_drift_rates():

@@ -131,6 +131,12 @@ def aggregate(sweeps: list[dict[str, Any]], methods: Iterable[str]) -> dict[str,
             for dof in metrics.DOF_NAMES:
                 vals = np.array([r["per_dof_mae"][dof] for r in rows])
                 agg[f"mae_{dof}"] = {"mean": float(vals.mean()), "median": float(np.median(vals))}
+            for group in metrics.ATTRIBUTION_GROUPS:
+                vals = np.array([r["final_drift_rate_length_pct_with_true"][group] for r in rows], dtype=np.float64)
+                vals = vals[np.isfinite(vals)]
+                agg[f"fdr_length_pct_with_true_{group}"] = {
+                    "mean": float(vals.mean()) if vals.size else float("nan"),
+                    "median": float(np.median(vals)) if vals.size else float("nan")}
         out[m] = agg
     return out
 
@@ -163,6 +169,24 @@ def markdown_table(agg: dict[str, dict[str, dict[str, float]]], stat: str = "mea
         for k, _ in TABLE_COLUMNS:
             v = a.get(k, {}).get(stat, float("nan"))
             cells.append("-" if not math.isfinite(v) else (f"{v:.0f}" if k == "frames_per_second" else f"{v:.3g}"))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def attribution_table(agg: dict[str, dict[str, dict[str, float]]], stat: str = "mean") -> str:
+    """Where the drift comes from, in Markdown: per method the FDR (% of length) as estimated and with each
+    group of motions replaced by the truth (:func:`metrics.drift_attribution`), and the elevational step ratio."""
+    groups = list(metrics.ATTRIBUTION_GROUPS)
+    lines = ["| method | FDR % | " + " | ".join(f"true {g}" for g in groups) + " | tz est/true |",
+             "|---" * (len(groups) + 3) + "|"]
+
+    def cell(v: float, fmt: str = "{:.3g}") -> str:
+        return "-" if not math.isfinite(v) else fmt.format(v)
+
+    for m, a in agg.items():
+        cells = [cell(a.get("final_drift_rate_length_pct", {}).get(stat, float("nan")))]
+        cells += [cell(a.get(f"fdr_length_pct_with_true_{g}", {}).get(stat, float("nan"))) for g in groups]
+        cells.append(cell(a.get("elevation_step_ratio", {}).get(stat, float("nan")), "{:.3f}"))
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -250,7 +274,8 @@ def run_evaluation(sweeps: Iterable[tuple[str, Sweep]], methods: Iterable[str], 
               "metric_definitions": "see freehandrecon.metrics (TUS-REC GPE/LPE; drift at the frame centre, "
                                     "chains anchored on the true first pose)",
               "sweeps": entries, "aggregate": _round(agg), "targets": targets,
-              "table_markdown": markdown_table(agg), "plots": [n for n, _ in figures]}
+              "table_markdown": markdown_table(agg),
+              "attribution_markdown": attribution_table(agg), "plots": [n for n, _ in figures]}
     paths = [out_dir / "report.json"] + [out_dir / n for n, _ in figures]
     with atomic_outputs(*paths) as temps:
         temps[0].write_text(json.dumps(report, indent=2, allow_nan=True))
@@ -333,6 +358,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     print(report["table_markdown"])
+    print("\nWhere the drift comes from (FDR % of length with one group of relative motions taken from the truth):")
+    print(report["attribution_markdown"])
     print()
     print("Targets (issue 3, from the mean over sweeps):")
     print(targets_text(report["targets"], report["aggregate"]))

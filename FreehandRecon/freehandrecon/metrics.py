@@ -27,7 +27,13 @@ pixels and the pixel spacing ``(sx, sy)`` mm. Definitions:
 * **Per-DoF errors**: the mean absolute difference of the relative motions
   ``C^-1 inv(T_k) T_{k+1} C`` in the centre frame (:func:`freehandrecon.poses.common.relative_centre`)
   as 6-vectors ``[tx, ty, tz mm, rx, ry, rz deg]`` (``R = Rz Ry Rx``, angle differences
-  wrapped to [-180, 180)).
+  wrapped to [-180, 180)). ``per_dof_bias`` is the mean SIGNED difference: drift comes mostly from
+  biases, and a rotation bias of b radians per frame alone drifts about ``b (N - 2) / 2`` of the length.
+* **Drift attribution** (:func:`drift_attribution`): the final drift rate (percent of length) of the
+  estimate with one group of its relative motions replaced by the true ones - ``tz``, ``rx``, ``ry``,
+  ``rotation`` (rx, ry, rz) and ``in_plane`` (tx, ty, rz) - so the group whose correction lowers it most
+  is the one that drifts. ``elevation_step_ratio``: summed estimated over summed true tz (how much the
+  elevational steps are over- or under-read; NaN when the true tz sums to under 1 mm).
 """
 
 from __future__ import annotations
@@ -200,6 +206,39 @@ def per_dof_errors(true: np.ndarray, est: np.ndarray, frame_shape: tuple[int, in
     return {name: float(v) for name, v in zip(DOF_NAMES, np.abs(d).mean(axis=0))}
 
 
+def per_dof_bias(true: np.ndarray, est: np.ndarray, frame_shape: tuple[int, int],
+                 spacing: tuple[float, float]) -> dict[str, float]:
+    """Mean signed error per degree of freedom of the relative centre-frame motions."""
+    t, e = _check(true, est)
+    d = relative_params_centre(e, frame_shape, spacing) - relative_params_centre(t, frame_shape, spacing)
+    d[:, 3:] = (d[:, 3:] + 180.0) % 360.0 - 180.0
+    return {name: float(v) for name, v in zip(DOF_NAMES, d.mean(axis=0))}
+
+
+ATTRIBUTION_GROUPS: dict[str, tuple[int, ...]] = {
+    "tz": (2,), "rx": (3,), "ry": (4,), "rotation": (3, 4, 5), "in_plane": (0, 1, 5)}
+
+
+def drift_attribution(true: np.ndarray, est: np.ndarray, frame_shape: tuple[int, int],
+                      spacing: tuple[float, float]) -> dict[str, Any]:
+    """Final drift rate (% of length) with each :data:`ATTRIBUTION_GROUPS` group of the estimate's relative
+    motions replaced by the true ones, and the elevational step ratio (see the module docstring)."""
+    from .poses.common import absolute_from_centre
+
+    t, e = _check(true, est)
+    pt = relative_params_centre(t, frame_shape, spacing)
+    pe = relative_params_centre(e, frame_shape, spacing)
+    rates = {}
+    for name, idx in ATTRIBUTION_GROUPS.items():
+        p = pe.copy()
+        p[:, list(idx)] = pt[:, list(idx)]
+        fixed = absolute_from_centre(geometry.params_to_matrix(p), frame_shape, spacing, t[0])
+        rates[name] = final_drift_rate_length_pct(t, fixed, frame_shape, spacing)
+    true_tz = float(pt[:, 2].sum())
+    ratio = float(pe[:, 2].sum() / true_tz) if abs(true_tz) >= 1.0 else float("nan")
+    return {"final_drift_rate_length_pct_with_true": rates, "elevation_step_ratio": ratio}
+
+
 def evaluate_poses(true: np.ndarray, est: np.ndarray, frame_shape: tuple[int, int], spacing: tuple[float, float],
                    *, max_points: int = 4096, per_frame: bool = False) -> dict[str, Any]:
     """All metrics of the module docstring in one plain-JSON dict.
@@ -225,6 +264,8 @@ def evaluate_poses(true: np.ndarray, est: np.ndarray, frame_shape: tuple[int, in
         "trajectory_length_mm": length,
         "start_end_distance_mm": distance,
         "per_dof_mae": per_dof_errors(t, e, frame_shape, spacing),
+        "per_dof_bias": per_dof_bias(t, e, frame_shape, spacing),
+        **drift_attribution(t, e, frame_shape, spacing),
     }
     if per_frame:
         out["drift_mm"] = drift.tolist()
