@@ -136,6 +136,29 @@ def test_option_errors():
         options_from_args(_args("--out", "x", "--rescale-outputs"))
 
 
+def test_extra_sweeps_draw_their_steps_from_the_given_range(tmp_path):
+    from freehandrecon.train.trainer import load_records
+
+    cache = tmp_path / "cache"
+    opts = options_from_args(_args(*TINY, "--cache", str(cache), "--out", str(tmp_path / "x"),
+                                   "--extra-seeds", "5", "7", "--extra-steps", "0.05", "0.08"))
+    train, val = load_records(opts, True, lambda: None)
+    extra = [r for r in train if "/step0.05-0.08" in r.name]
+    assert len(train) == 4 and len(extra) == 2 and len(val) == 1
+    for r in extra:
+        step = np.linalg.norm(r.params[:, :3], axis=1).mean()
+        assert 0.04 < step < 0.09, (r.name, step)  # mostly elevational; fans and tilts move the centre a little less
+    plain = [r for r in train if r not in extra]
+    assert all(np.linalg.norm(r.params[:, :3], axis=1).mean() > 0.08 for r in plain if r.name.endswith("linear"))
+    assert sorted(p.name for p in cache.glob("*step*")) == ["site-a_s5_n16_linear_step0.05-0.08_sim2.npz",
+                                                             "site-a_s6_n16_fan_step0.05-0.08_sim2.npz"]
+    assert datasets.sim_step("site-a", 5, (0.05, 0.08)) == datasets.sim_step("site-a", 5, (0.05, 0.08))
+    with pytest.raises(InputError, match="--extra-steps"):
+        options_from_args(_args("--out", "x", "--extra-steps", "0.5", "0.1"))
+    with pytest.raises(InputError, match="--extra-seeds"):
+        options_from_args(_args("--out", "x", "--extra-seeds", "7", "7"))
+
+
 def test_chain_windows_cut_a_chain_into_windows_that_share_their_end_frames():
     import torch
 

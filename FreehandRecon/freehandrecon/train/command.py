@@ -43,6 +43,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="simulated training seeds START..STOP-1, one sweep per site and seed (default: 0 60)")
     g.add_argument("--val-seeds", type=int, nargs=2, default=[10000, 10004], metavar=("START", "STOP"),
                    help="held-out simulated validation seeds (default: 10000 10004)")
+    g.add_argument("--extra-seeds", type=int, nargs=2, metavar=("START", "STOP"),
+                   help="more simulated training sweeps, seeds START..STOP-1 per site, whose elevational step is "
+                   "drawn from --extra-steps instead of the simulator's 0.1-0.6 mm/frame (a model regresses "
+                   "towards its typical step, so steps at the edges of the range are over- or under-read)")
+    g.add_argument("--extra-steps", type=float, nargs=2, default=[0.04, 0.8], metavar=("LO", "HI"),
+                   help="elevational step range (mm/frame) of the --extra-seeds sweeps (default: 0.04 0.8)")
     g.add_argument("--frames", type=int, default=80, help="frames per simulated sweep (default: 80)")
     g.add_argument("--kinds", nargs="+", default=list(TRAJECTORY_KINDS), choices=TRAJECTORY_KINDS,
                    help="simulated trajectory kinds, cycled over seeds (default: all)")
@@ -144,6 +150,12 @@ def options_from_args(args: argparse.Namespace):
         raise InputError(f"--decorrelation-lags {args.decorrelation_lags} has a lag below 1.", "Use lags like 1 2 3 4.")
     if args.decorrelation_floor_lag < 0:
         raise InputError(f"--decorrelation-floor-lag {args.decorrelation_floor_lag} is negative.", "Use 0 or e.g. 16.")
+    lo, hi = args.extra_steps
+    if not 0 < lo < hi:
+        raise InputError(f"--extra-steps {lo} {hi} is not a range of positive steps.", "Use e.g. 0.04 0.8 (mm/frame).")
+    if args.extra_seeds and args.extra_seeds[0] >= args.extra_seeds[1]:
+        raise InputError(f"--extra-seeds {args.extra_seeds[0]} {args.extra_seeds[1]} is empty.",
+                         "Give START < STOP, e.g. 1000 1080.")
     if args.chain < 1:
         raise InputError(f"--chain {args.chain} is below 1.", "Use 1 (plain windows) or e.g. 4.")
     if args.rescale_outputs and not args.init:
@@ -155,7 +167,8 @@ def options_from_args(args: argparse.Namespace):
                         decorrelation_floor_lag=args.decorrelation_floor_lag if args.decorrelation_lags else 0)
     return TrainOptions(
         out=args.out, name=args.name, data=list(args.data), sites=args.sites, train_seeds=tuple(args.train_seeds),
-        val_seeds=tuple(args.val_seeds), frames=args.frames, kinds=list(args.kinds), cache=args.cache,
+        val_seeds=tuple(args.val_seeds), frames=args.frames,
+        extra_seeds=tuple(args.extra_seeds) if args.extra_seeds else None, extra_steps=(lo, hi), kinds=list(args.kinds), cache=args.cache,
         split_by=args.split_by, val_fraction=args.val_fraction, read_options=read_options, epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, augment=not args.no_augment,

@@ -88,26 +88,43 @@ def sim_kind(seed: int, kinds: Sequence[str]) -> str:
     return kinds[seed % len(kinds)]
 
 
-def simulated_sweep(site: str, seed: int, num_frames: int, kind: str, cache: Path | None) -> Sweep:
-    """``random_sweep(site, seed, num_frames, kind)``, read from / written to the cache folder."""
+def sim_step(site: str, seed: int, step_range: tuple[float, float]) -> float:
+    """Elevational step (mm/frame) of a sweep drawn from ``step_range`` (deterministic per site and seed)."""
+    lo, hi = (float(v) for v in step_range)
+    rng = np.random.default_rng([int(seed), zlib.crc32(site.encode()), 1])
+    return float(rng.uniform(lo, hi))
+
+
+def simulated_sweep(site: str, seed: int, num_frames: int, kind: str, cache: Path | None,
+                    step_range: tuple[float, float] | None = None) -> Sweep:
+    """``random_sweep(site, seed, num_frames, kind)``, read from / written to the cache folder; with
+    ``step_range`` the elevational step is drawn from it (:func:`sim_step`) instead of the simulator's
+    default range (0.1-0.6 mm/frame)."""
     from ..simulate import random_sweep
     from ..simulate.cache import cached_sweep
 
-    return cached_sweep(cache, f"{site}_s{seed}_n{num_frames}_{kind}",
-                        lambda: random_sweep(site, seed, num_frames=num_frames, kind=kind))
+    if step_range is None:
+        return cached_sweep(cache, f"{site}_s{seed}_n{num_frames}_{kind}",
+                            lambda: random_sweep(site, seed, num_frames=num_frames, kind=kind))
+    step = sim_step(site, seed, step_range)
+    return cached_sweep(cache, f"{site}_s{seed}_n{num_frames}_{kind}_step{step_range[0]:g}-{step_range[1]:g}",
+                        lambda: random_sweep(site, seed, num_frames=num_frames, kind=kind, step_mm=step))
 
 
 def simulated_records(sites: Sequence[str], seeds: Iterable[int], num_frames: int, kinds: Sequence[str],
                       input_spacing: float, input_size: int, cache: Path | None = None,
                       progress: Callable[[str, float], None] | None = None,
-                      lags: Sequence[int] = (), floor_lag: int = 0) -> list[SweepRecord]:
-    """Records for every (site, seed): the kind cycles with the seed (:func:`sim_kind`)."""
+                      lags: Sequence[int] = (), floor_lag: int = 0,
+                      step_range: tuple[float, float] | None = None) -> list[SweepRecord]:
+    """Records for every (site, seed): the kind cycles with the seed (:func:`sim_kind`); ``step_range``
+    as in :func:`simulated_sweep`."""
     jobs = [(site, int(seed)) for seed in seeds for site in sites]
     out = []
+    tag = "" if step_range is None else f"/step{step_range[0]:g}-{step_range[1]:g}"
     for k, (site, seed) in enumerate(jobs):
         kind = sim_kind(seed, kinds)
-        sweep = simulated_sweep(site, seed, num_frames, kind, cache)
-        out.append(prepare_record(sweep, input_spacing, input_size, f"{site}/seed{seed}/{kind}", site, lags,
+        sweep = simulated_sweep(site, seed, num_frames, kind, cache, step_range)
+        out.append(prepare_record(sweep, input_spacing, input_size, f"{site}/seed{seed}/{kind}{tag}", site, lags,
                                   floor_lag=floor_lag))
         if progress is not None:
             progress("simulate", (k + 1) / len(jobs))

@@ -40,6 +40,8 @@ class TrainOptions:
     sites: Sequence[str] | None = None          # default simulate.TRAIN_SITES
     train_seeds: tuple[int, int] = (0, 60)      # [start, stop) per site
     val_seeds: tuple[int, int] = (10_000, 10_004)
+    extra_seeds: tuple[int, int] | None = None  # more simulated sweeps [start, stop) per site, steps from extra_steps
+    extra_steps: tuple[float, float] = (0.04, 0.8)
     frames: int = 80
     kinds: Sequence[str] = datasets.TRAJECTORY_KINDS
     cache: Path | None = None
@@ -126,6 +128,9 @@ def load_records(opts: TrainOptions, rank_main: bool, barrier: Callable[[], None
             if opts.cache is not None and not rank_main:
                 barrier()  # rank 0 fills the cache first
             train += datasets.simulated_records(sites, range(*opts.train_seeds), progress=progress, **kw)
+            if opts.extra_seeds:
+                train += datasets.simulated_records(sites, range(*opts.extra_seeds), progress=progress,
+                                                    step_range=tuple(opts.extra_steps), **kw)
             val += datasets.simulated_records(sites, range(*opts.val_seeds), **kw)
             if opts.cache is not None and rank_main:
                 barrier()
