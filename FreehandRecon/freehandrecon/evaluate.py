@@ -115,28 +115,27 @@ def evaluate_sweep(sweep: Sweep, methods: Iterable[str], *, model: str | Path | 
     return results, poses
 
 
+def _stats(values: Iterable[float]) -> dict[str, float]:
+    """Mean and median of the finite values (NaN when there are none)."""
+    vals = np.asarray(list(values), dtype=np.float64)
+    vals = vals[np.isfinite(vals)]
+    return {"mean": float(vals.mean()) if vals.size else float("nan"),
+            "median": float(np.median(vals)) if vals.size else float("nan")}
+
+
 def aggregate(sweeps: list[dict[str, Any]], methods: Iterable[str]) -> dict[str, dict[str, dict[str, float]]]:
     """Mean and median over sweeps of every scalar metric, per method (NaN rates are skipped)."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for m in methods:
         rows = [s["results"][m] for s in sweeps if m in s["results"]]
         keys = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)] if rows else []
-        agg = {}
-        for k in keys:
-            vals = np.array([r[k] for r in rows], dtype=np.float64)
-            vals = vals[np.isfinite(vals)]
-            agg[k] = {"mean": float(vals.mean()) if vals.size else float("nan"),
-                      "median": float(np.median(vals)) if vals.size else float("nan")}
+        agg = {k: _stats(r[k] for r in rows) for k in keys}
         if rows:
             for dof in metrics.DOF_NAMES:
-                vals = np.array([r["per_dof_mae"][dof] for r in rows])
-                agg[f"mae_{dof}"] = {"mean": float(vals.mean()), "median": float(np.median(vals))}
+                agg[f"mae_{dof}"] = _stats(r["per_dof_mae"][dof] for r in rows)
             for group in metrics.ATTRIBUTION_GROUPS:
-                vals = np.array([r["final_drift_rate_length_pct_with_true"][group] for r in rows], dtype=np.float64)
-                vals = vals[np.isfinite(vals)]
-                agg[f"fdr_length_pct_with_true_{group}"] = {
-                    "mean": float(vals.mean()) if vals.size else float("nan"),
-                    "median": float(np.median(vals)) if vals.size else float("nan")}
+                agg[f"fdr_length_pct_with_true_{group}"] = _stats(
+                    r["final_drift_rate_length_pct_with_true"][group] for r in rows)
         out[m] = agg
     return out
 

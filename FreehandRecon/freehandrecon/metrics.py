@@ -197,21 +197,29 @@ def relative_params_centre(poses: np.ndarray, frame_shape: tuple[int, int], spac
     return geometry.matrix_to_params(relative_centre(poses, frame_shape, spacing))
 
 
+def _dof_difference(pt: np.ndarray, pe: np.ndarray) -> np.ndarray:
+    """Estimated minus true relative 6-vectors, angle differences wrapped to [-180, 180)."""
+    d = pe - pt
+    d[:, 3:] = (d[:, 3:] + 180.0) % 360.0 - 180.0
+    return d
+
+
+def _relative_pair(true: np.ndarray, est: np.ndarray, frame_shape: tuple[int, int],
+                   spacing: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    return relative_params_centre(true, frame_shape, spacing), relative_params_centre(est, frame_shape, spacing)
+
+
 def per_dof_errors(true: np.ndarray, est: np.ndarray, frame_shape: tuple[int, int],
                    spacing: tuple[float, float]) -> dict[str, float]:
     """Mean absolute error per degree of freedom of the relative centre-frame motions."""
-    t, e = _check(true, est)
-    d = relative_params_centre(e, frame_shape, spacing) - relative_params_centre(t, frame_shape, spacing)
-    d[:, 3:] = (d[:, 3:] + 180.0) % 360.0 - 180.0
+    d = _dof_difference(*_relative_pair(*_check(true, est), frame_shape, spacing))
     return {name: float(v) for name, v in zip(DOF_NAMES, np.abs(d).mean(axis=0))}
 
 
 def per_dof_bias(true: np.ndarray, est: np.ndarray, frame_shape: tuple[int, int],
                  spacing: tuple[float, float]) -> dict[str, float]:
     """Mean signed error per degree of freedom of the relative centre-frame motions."""
-    t, e = _check(true, est)
-    d = relative_params_centre(e, frame_shape, spacing) - relative_params_centre(t, frame_shape, spacing)
-    d[:, 3:] = (d[:, 3:] + 180.0) % 360.0 - 180.0
+    d = _dof_difference(*_relative_pair(*_check(true, est), frame_shape, spacing))
     return {name: float(v) for name, v in zip(DOF_NAMES, d.mean(axis=0))}
 
 
@@ -219,24 +227,27 @@ ATTRIBUTION_GROUPS: dict[str, tuple[int, ...]] = {
     "tz": (2,), "rx": (3,), "ry": (4,), "rotation": (3, 4, 5), "in_plane": (0, 1, 5)}
 
 
-def drift_attribution(true: np.ndarray, est: np.ndarray, frame_shape: tuple[int, int],
-                      spacing: tuple[float, float]) -> dict[str, Any]:
-    """Final drift rate (% of length) with each :data:`ATTRIBUTION_GROUPS` group of the estimate's relative
-    motions replaced by the true ones, and the elevational step ratio (see the module docstring)."""
+def _attribution(true: np.ndarray, pt: np.ndarray, pe: np.ndarray, frame_shape: tuple[int, int],
+                 spacing: tuple[float, float]) -> dict[str, Any]:
     from .poses.common import absolute_from_centre
 
-    t, e = _check(true, est)
-    pt = relative_params_centre(t, frame_shape, spacing)
-    pe = relative_params_centre(e, frame_shape, spacing)
     rates = {}
     for name, idx in ATTRIBUTION_GROUPS.items():
         p = pe.copy()
         p[:, list(idx)] = pt[:, list(idx)]
-        fixed = absolute_from_centre(geometry.params_to_matrix(p), frame_shape, spacing, t[0])
-        rates[name] = final_drift_rate_length_pct(t, fixed, frame_shape, spacing)
+        fixed = absolute_from_centre(geometry.params_to_matrix(p), frame_shape, spacing, true[0])
+        rates[name] = final_drift_rate_length_pct(true, fixed, frame_shape, spacing)
     true_tz = float(pt[:, 2].sum())
     ratio = float(pe[:, 2].sum() / true_tz) if abs(true_tz) >= 1.0 else float("nan")
     return {"final_drift_rate_length_pct_with_true": rates, "elevation_step_ratio": ratio}
+
+
+def drift_attribution(true: np.ndarray, est: np.ndarray, frame_shape: tuple[int, int],
+                      spacing: tuple[float, float]) -> dict[str, Any]:
+    """Final drift rate (% of length) with each :data:`ATTRIBUTION_GROUPS` group of the estimate's relative
+    motions replaced by the true ones, and the elevational step ratio (see the module docstring)."""
+    t, e = _check(true, est)
+    return _attribution(t, *_relative_pair(t, e, frame_shape, spacing), frame_shape, spacing)
 
 
 def evaluate_poses(true: np.ndarray, est: np.ndarray, frame_shape: tuple[int, int], spacing: tuple[float, float],
@@ -252,6 +263,8 @@ def evaluate_poses(true: np.ndarray, est: np.ndarray, frame_shape: tuple[int, in
     drift = drift_per_frame(t, e, frame_shape, spacing)
     length = trajectory_length_mm(t, frame_shape, spacing)
     distance = start_end_distance_mm(t, frame_shape, spacing)
+    pt, pe = _relative_pair(t, e, frame_shape, spacing)  # relative motions once, for every per-DoF figure
+    d = _dof_difference(pt, pe)
     out: dict[str, Any] = {
         "frames": int(t.shape[0]),
         "gpe_mm": float(g.mean()),
@@ -263,9 +276,9 @@ def evaluate_poses(true: np.ndarray, est: np.ndarray, frame_shape: tuple[int, in
         "max_drift_mm": float(drift.max()),
         "trajectory_length_mm": length,
         "start_end_distance_mm": distance,
-        "per_dof_mae": per_dof_errors(t, e, frame_shape, spacing),
-        "per_dof_bias": per_dof_bias(t, e, frame_shape, spacing),
-        **drift_attribution(t, e, frame_shape, spacing),
+        "per_dof_mae": {name: float(v) for name, v in zip(DOF_NAMES, np.abs(d).mean(axis=0))},
+        "per_dof_bias": {name: float(v) for name, v in zip(DOF_NAMES, d.mean(axis=0))},
+        **_attribution(t, pt, pe, frame_shape, spacing),
     }
     if per_frame:
         out["drift_mm"] = drift.tolist()

@@ -167,8 +167,8 @@ def options_from_args(args: argparse.Namespace):
                         decorrelation_floor_lag=args.decorrelation_floor_lag if args.decorrelation_lags else 0)
     return TrainOptions(
         out=args.out, name=args.name, data=list(args.data), sites=args.sites, train_seeds=tuple(args.train_seeds),
-        val_seeds=tuple(args.val_seeds), frames=args.frames,
-        extra_seeds=tuple(args.extra_seeds) if args.extra_seeds else None, extra_steps=(lo, hi), kinds=list(args.kinds), cache=args.cache,
+        val_seeds=tuple(args.val_seeds), frames=args.frames, kinds=list(args.kinds), cache=args.cache,
+        extra_seeds=tuple(args.extra_seeds) if args.extra_seeds else None, extra_steps=(lo, hi),
         split_by=args.split_by, val_fraction=args.val_fraction, read_options=read_options, epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, augment=not args.no_augment,

@@ -290,8 +290,9 @@ def train(opts: TrainOptions, progress: Callable[[str, float], None] | None = No
         if use_amp and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
     # a chain of K windows is drawn as one window of K * W pairs and cut into K windows of W (see chain_windows)
-    dataset = datasets.WindowDataset(train_recs, cfg.window * opts.chain, opts.steps_per_epoch * opts.batch_size * ddp.world,
-                                     scales_np, seed=opts.seed, augment=opts.augment)
+    dataset = datasets.WindowDataset(train_recs, cfg.window * opts.chain,
+                                     opts.steps_per_epoch * opts.batch_size * ddp.world, scales_np, seed=opts.seed,
+                                     augment=opts.augment)
     sampler = DistributedSampler(dataset, ddp.world, ddp.rank, shuffle=False) if ddp.world > 1 else None
     loader = DataLoader(dataset, batch_size=opts.batch_size, sampler=sampler, shuffle=False, num_workers=0)
     val_x = val_y = val_d = None
@@ -300,7 +301,8 @@ def train(opts: TrainOptions, progress: Callable[[str, float], None] | None = No
         val_x, val_y, val_d = datasets.fixed_windows(val_recs, cfg.window, scales_np, opts.max_val_windows)
         drift_recs = val_recs[:opts.drift_sweeps]
     half = (cfg.input_size * cfg.input_spacing / 2,) * 2
-    window_weights = replace(opts.loss, drift_rate=0.0)  # with --chain the drift rate is taken over the chain
+    # with --chain the drift rate is taken over the whole chain below, not per window
+    window_weights = opts.loss if opts.chain == 1 else replace(opts.loss, drift_rate=0.0)
     if ddp.main:
         print(json.dumps({"event": "start", "train_sweeps": len(train_recs), "val_sweeps": len(val_recs),
                           "train_pairs": int(sum(r.num_pairs for r in train_recs)),
@@ -327,7 +329,7 @@ def train(opts: TrainOptions, progress: Callable[[str, float], None] | None = No
             with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
                 outd = model(x, d)
             outd = {k: v.float() for k, v in outd.items()}
-            loss, terms = total_loss(outd, y, scales, half, opts.loss if opts.chain == 1 else window_weights)
+            loss, terms = total_loss(outd, y, scales, half, window_weights)
             if opts.chain > 1 and opts.loss.drift_rate:
                 pred_chain = outd["pred"].reshape(y_chain.shape)
                 chain_drift = drift_rate_loss(pred_chain * scales, y_chain * scales, half)
