@@ -206,8 +206,9 @@ def evaluate_sweep(sweep: Any, methods: Iterable[str] = METHODS, *, spacing_mm: 
     sweep.channel_frames(channel)
     out: dict[str, dict[str, Any]] = {}
     for method in methods:
+        # the model file is the learned estimator's; speckle would read it as a decorrelation curve
         request = ReconstructionRequest(spacing_mm=spacing_mm, channels=(channel,),
-                                        poses=PoseRequest(method=method, model=model))
+                                        poses=PoseRequest(method=method, model=model if method == "learned" else None))
         try:
             result = reconstruct_sweep(sweep, request)
         except FreehandReconError as err:
