@@ -204,6 +204,10 @@ def _dof_difference(pt: np.ndarray, pe: np.ndarray) -> np.ndarray:
     return d
 
 
+def _by_dof(values: np.ndarray) -> dict[str, float]:
+    return {name: float(v) for name, v in zip(DOF_NAMES, values)}
+
+
 def _relative_pair(true: np.ndarray, est: np.ndarray, frame_shape: tuple[int, int],
                    spacing: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
     return relative_params_centre(true, frame_shape, spacing), relative_params_centre(est, frame_shape, spacing)
@@ -213,14 +217,14 @@ def per_dof_errors(true: np.ndarray, est: np.ndarray, frame_shape: tuple[int, in
                    spacing: tuple[float, float]) -> dict[str, float]:
     """Mean absolute error per degree of freedom of the relative centre-frame motions."""
     d = _dof_difference(*_relative_pair(*_check(true, est), frame_shape, spacing))
-    return {name: float(v) for name, v in zip(DOF_NAMES, np.abs(d).mean(axis=0))}
+    return _by_dof(np.abs(d).mean(axis=0))
 
 
 def per_dof_bias(true: np.ndarray, est: np.ndarray, frame_shape: tuple[int, int],
                  spacing: tuple[float, float]) -> dict[str, float]:
     """Mean signed error per degree of freedom of the relative centre-frame motions."""
     d = _dof_difference(*_relative_pair(*_check(true, est), frame_shape, spacing))
-    return {name: float(v) for name, v in zip(DOF_NAMES, d.mean(axis=0))}
+    return _by_dof(d.mean(axis=0))
 
 
 ATTRIBUTION_GROUPS: dict[str, tuple[int, ...]] = {
@@ -276,8 +280,8 @@ def evaluate_poses(true: np.ndarray, est: np.ndarray, frame_shape: tuple[int, in
         "max_drift_mm": float(drift.max()),
         "trajectory_length_mm": length,
         "start_end_distance_mm": distance,
-        "per_dof_mae": {name: float(v) for name, v in zip(DOF_NAMES, np.abs(d).mean(axis=0))},
-        "per_dof_bias": {name: float(v) for name, v in zip(DOF_NAMES, d.mean(axis=0))},
+        "per_dof_mae": _by_dof(np.abs(d).mean(axis=0)),
+        "per_dof_bias": _by_dof(d.mean(axis=0)),
         **_attribution(t, pt, pe, frame_shape, spacing),
     }
     if per_frame:
