@@ -48,7 +48,7 @@ class PoseRequest:
     """Where the poses come from: the tracker, the learned estimator or speckle decorrelation."""
 
     method: str = "tracked"  # tracked | learned | speckle
-    model: str | None = None  # learned-model file; None: the shipped model
+    model: str | None = None  # learned: the model file (None: the shipped one); speckle: a curve JSON, as --model
     curve: str | None = None  # probe decorrelation curve JSON (speckle; learned v2); None: probe model or typical
     sweep_direction: str = "auto"  # auto | forward | backward
     device: str = "cpu"
