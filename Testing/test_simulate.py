@@ -14,7 +14,7 @@ import torch
 from freehandrecon import geometry
 from freehandrecon.errors import InputError, OutputExistsError
 from freehandrecon.io import read_sweep
-from freehandrecon.simulate import (HELDOUT_SITE, KINDS, SIMULATOR_VERSION, SITES, TRAIN_SITES, AcquisitionSettings,
+from freehandrecon.simulate import (BLENDED_SITES, HELDOUT_SITE, KINDS, SIMULATOR_VERSION, SITES, TRAIN_SITES, AcquisitionSettings,
                                     Imager, elevation_sigma_mm, make_phantom, make_trajectory, phantom_for,
                                     random_sweep, simulate_sweep, site_settings, theoretical_correlation, vessel_mask)
 from freehandrecon.simulate.command import add_parser
@@ -233,8 +233,39 @@ def test_sites_keep_spacing_and_heldout_inside_training_span():
         assert not contains, s
 
 
+def test_blended_site_interpolates_between_two_same_probe_training_sites():
+    assert not set(BLENDED_SITES) & set(SITES)
+    rng = np.random.default_rng(1)
+    pairs = BLENDED_SITES["site-blend"]
+    for first, second in pairs:
+        assert first in TRAIN_SITES and second in TRAIN_SITES and SITES[first]["probe"] == SITES[second]["probe"]
+    between = 0
+    for _ in range(40):
+        s = site_settings("site-blend", rng)
+        sx, sy = s.pixel_spacing
+        assert 0.2 <= sx <= 0.45 and 0.2 <= sy <= 0.45, s
+        # some pair of the blend contains every setting in the hull of its two ranges
+        fits = []
+        for first, second in pairs:
+            a, b = SITES[first], SITES[second]
+            if a["probe"] != s.probe:
+                continue
+            ok = all(min(np.min(a[k]), np.min(b[k])) - 1e-9 <= getattr(s, k) <= max(np.max(a[k]), np.max(b[k])) + 1e-9
+                     for k in a if k != "probe")
+            fits.append(ok)
+        assert any(fits), s
+        # and it is often outside both sites' own ranges (a gap filler, not a copy of one site)
+        between += not any(all(np.min(SITES[t][k]) <= getattr(s, k) <= np.max(SITES[t][k])
+                               for k in SITES[t] if k != "probe") for t in TRAIN_SITES)
+    assert between >= 20
+    # deterministic per seed, and recorded under its own name
+    a, b = random_sweep("site-blend", 5, num_frames=3), random_sweep("site-blend", 5, num_frames=3)
+    assert a.metadata["site"] == "site-blend" and a.metadata["settings"] == b.metadata["settings"]
+    np.testing.assert_array_equal(a.frames, b.frames)
+
+
 def test_bad_inputs_raise_clear_errors():
-    with pytest.raises(InputError, match="site-a"):
+    with pytest.raises(InputError, match="site-a.*site-blend"):
         random_sweep("nowhere", 0)
     with pytest.raises(InputError, match="linear"):
         make_trajectory("zigzag", 10, np.random.default_rng(0))

@@ -2,7 +2,9 @@
 
 Each site is a distribution of settings (probe, frequency, depth, gain, dynamic range ...).
 ``TRAIN_SITES`` are for training; ``HELDOUT_SITE`` is a new combination whose every setting
-lies inside the span of the training sites, for held-out-site evaluation.
+lies inside the span of the training sites, for held-out-site evaluation. ``BLENDED_SITES``
+are extra training distributions that fill the gaps between training sites: each sweep blends
+the settings drawn from two training sites with the same probe kind.
 """
 
 from __future__ import annotations
@@ -136,20 +138,44 @@ SITES: dict[str, dict[str, Any]] = {
 TRAIN_SITES: tuple[str, ...] = ("site-a", "site-b", "site-c", "site-d", "site-e")
 HELDOUT_SITE = "site-f"
 
+# Training-only: per sweep, one pair of same-probe training sites is picked, settings are drawn from
+# each, and every numeric setting is interpolated with one weight t ~ U(0, 1). This models scanners
+# "between" the training sites (the held-out site's ranges were not used to choose the pairs; its
+# combination is not on any blend, e.g. its width is narrower than site-a/b blends give).
+BLENDED_SITES: dict[str, tuple[tuple[str, str], ...]] = {
+    "site-blend": (("site-a", "site-b"), ("site-a", "site-d"), ("site-b", "site-d"), ("site-c", "site-e")),
+}
 
-def check_site(site: str) -> dict[str, Any]:
-    """The site's setting ranges; :class:`InputError` naming the known sites otherwise."""
-    if site not in SITES:
-        raise InputError(f"Unknown simulation site '{site}'.", f"Use one of: {', '.join(SITES)}.")
-    return SITES[site]
+
+def check_site(site: str) -> None:
+    """:class:`InputError` naming the known sites when ``site`` is neither in SITES nor BLENDED_SITES."""
+    if site not in SITES and site not in BLENDED_SITES:
+        raise InputError(f"Unknown simulation site '{site}'.",
+                         f"Use one of: {', '.join([*SITES, *BLENDED_SITES])}.")
 
 
-def site_settings(site: str, rng: np.random.Generator,
-                  image_size: tuple[int, int] = (128, 128)) -> AcquisitionSettings:
-    """Draw one :class:`AcquisitionSettings` from the site's ranges."""
-    spec = check_site(site)
+def _draw(spec: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name in sorted(spec):  # sorted: the draw order (hence the result) never depends on dict order
         v = spec[name]
         values[name] = float(rng.uniform(*v)) if isinstance(v, tuple) else v
+    return values
+
+
+def site_settings(site: str, rng: np.random.Generator,
+                  image_size: tuple[int, int] = (128, 128)) -> AcquisitionSettings:
+    """Draw one :class:`AcquisitionSettings` from the site's ranges (for a blended site: a blend of two
+    training sites' draws, see :data:`BLENDED_SITES`)."""
+    check_site(site)
+    if site in SITES:
+        return AcquisitionSettings(image_size=tuple(image_size), **_draw(SITES[site], rng))
+    pairs = BLENDED_SITES[site]
+    first, second = pairs[int(rng.integers(len(pairs)))]
+    a, b = _draw(SITES[first], rng), _draw(SITES[second], rng)
+    t = float(rng.uniform(0.0, 1.0))
+    defaults = AcquisitionSettings().to_dict()
+    values: dict[str, Any] = {}
+    for name in sorted(set(a) | set(b)):
+        va, vb = a.get(name, defaults[name]), b.get(name, defaults[name])
+        values[name] = va if isinstance(va, str) else (1.0 - t) * float(va) + t * float(vb)
     return AcquisitionSettings(image_size=tuple(image_size), **values)
