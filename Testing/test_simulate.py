@@ -14,8 +14,8 @@ import torch
 from freehandrecon import geometry
 from freehandrecon.errors import InputError, OutputExistsError
 from freehandrecon.io import read_sweep
-from freehandrecon.simulate import (BLENDED_SITES, HELDOUT_SITE, KINDS, SIMULATOR_VERSION, SITES, TRAIN_SITES, AcquisitionSettings,
-                                    Imager, elevation_sigma_mm, make_phantom, make_trajectory, phantom_for,
+from freehandrecon.simulate import (BLENDED_SITES, HELDOUT_SITE, KINDS, SIMULATOR_VERSION, SITES, TRAIN_SITES,
+                                    AcquisitionSettings, Imager, elevation_sigma_mm, make_phantom, make_trajectory, phantom_for,
                                     random_sweep, simulate_sweep, site_settings, theoretical_correlation, vessel_mask)
 from freehandrecon.simulate.command import add_parser
 from freehandrecon.simulate.imaging import torch_threads

@@ -24,13 +24,14 @@ from .imaging import Imager, frame_box, simulate_sweep
 from .doppler import doppler_frames
 from .phantom import Phantom, echogenicity, make_phantom, random_structure, vessel_mask
 from .photoacoustic import photoacoustic_frames
-from .sites import BLENDED_SITES, HELDOUT_SITE, SITES, TRAIN_SITES, AcquisitionSettings, check_site, site_settings
+from .sites import (BLENDED_SITES, HELDOUT_SITE, SITE_NAMES, SITES, TRAIN_SITES, AcquisitionSettings, check_site,
+                    site_settings)
 from .trajectory import BASE, KINDS, WORLD_DEPTH_AXIS, make_trajectory
 
 SCATTERERS_PER_CELL = 10.0
 
-__all__ = ["SIMULATOR_VERSION", "AcquisitionSettings", "SITES", "TRAIN_SITES", "HELDOUT_SITE", "BLENDED_SITES", "KINDS",
-           "site_settings",
+__all__ = ["SIMULATOR_VERSION", "AcquisitionSettings", "SITES", "TRAIN_SITES", "HELDOUT_SITE", "BLENDED_SITES",
+           "SITE_NAMES", "KINDS", "site_settings",
            "make_trajectory", "make_phantom", "phantom_for", "simulate_sweep", "random_sweep", "benchmark_simulator",
            "Imager", "Phantom", "elevation_sigma_mm", "theoretical_correlation", "vessel_mask", "echogenicity",
            "axial_sigma_mm", "lateral_sigma_mm", "image_psf_sigma_mm", "resolution_cell_mm3", "wavelength_mm",

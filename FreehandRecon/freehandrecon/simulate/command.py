@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError, OutputExistsError
-from .sites import BLENDED_SITES, SITES
+from .sites import SITE_NAMES
 from .trajectory import KINDS
 
 _DIRECTIONS = {"forward": 1, "backward": -1, "random": None}
@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=int, metavar="K",
                    help="write K sweeps sweep_000.npz ... into the folder --out (default: one sweep to the file "
                    "--out)")
-    p.add_argument("--site", default="site-a", choices=sorted([*SITES, *BLENDED_SITES]),
+    p.add_argument("--site", default="site-a", choices=sorted(SITE_NAMES),
                    help="acquisition-settings distribution (probe, frequency, depth, gain, dynamic range); "
                    "site-f is the held-out site; site-blend blends two same-probe training sites per sweep "
                    "(default: %(default)s)")

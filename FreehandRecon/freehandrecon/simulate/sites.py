@@ -141,17 +141,18 @@ HELDOUT_SITE = "site-f"
 # Training-only: per sweep, one pair of same-probe training sites is picked, settings are drawn from
 # each, and every numeric setting is interpolated with one weight t ~ U(0, 1). This models scanners
 # "between" the training sites (the held-out site's ranges were not used to choose the pairs; its
-# combination is not on any blend, e.g. its width is narrower than site-a/b blends give).
+# combination is not on any blend, e.g. its width is narrower than site-a/b blends give). Paired sites
+# have the same probe, hence the same setting names.
 BLENDED_SITES: dict[str, tuple[tuple[str, str], ...]] = {
     "site-blend": (("site-a", "site-b"), ("site-a", "site-d"), ("site-b", "site-d"), ("site-c", "site-e")),
 }
+SITE_NAMES: tuple[str, ...] = (*SITES, *BLENDED_SITES)
 
 
 def check_site(site: str) -> None:
     """:class:`InputError` naming the known sites when ``site`` is neither in SITES nor BLENDED_SITES."""
-    if site not in SITES and site not in BLENDED_SITES:
-        raise InputError(f"Unknown simulation site '{site}'.",
-                         f"Use one of: {', '.join([*SITES, *BLENDED_SITES])}.")
+    if site not in SITE_NAMES:
+        raise InputError(f"Unknown simulation site '{site}'.", f"Use one of: {', '.join(SITE_NAMES)}.")
 
 
 def _draw(spec: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
@@ -173,9 +174,5 @@ def site_settings(site: str, rng: np.random.Generator,
     first, second = pairs[int(rng.integers(len(pairs)))]
     a, b = _draw(SITES[first], rng), _draw(SITES[second], rng)
     t = float(rng.uniform(0.0, 1.0))
-    defaults = AcquisitionSettings().to_dict()
-    values: dict[str, Any] = {}
-    for name in sorted(set(a) | set(b)):
-        va, vb = a.get(name, defaults[name]), b.get(name, defaults[name])
-        values[name] = va if isinstance(va, str) else (1.0 - t) * float(va) + t * float(vb)
+    values = {name: va if isinstance(va, str) else (1.0 - t) * va + t * b[name] for name, va in a.items()}
     return AcquisitionSettings(image_size=tuple(image_size), **values)
