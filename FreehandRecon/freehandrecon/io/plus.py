@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 
@@ -161,7 +162,7 @@ def read_plus_sequence(path: str | os.PathLike) -> PlusSequence:
 
 
 # --- sweep ----------------------------------------------------------------------------------
-Calibration = str | os.PathLike | np.ndarray | PlusConfig | Mapping
+Calibration = Union[str, os.PathLike, np.ndarray, PlusConfig, Mapping]  # Union: Python 3.9 has no X | Y at run time
 
 
 def _calibration_edges(calibration: Calibration, name: str) -> list[tuple[tuple[str, str], np.ndarray, str]]:
