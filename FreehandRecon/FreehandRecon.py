@@ -3,7 +3,11 @@
 The module is thin: every computation lives in the Qt-free ``freehandrecon`` package beside
 this file (``freehandrecon.slicer_logic.FreehandReconLogic`` is the logic; it also runs
 headless on slicer-core). The widget only edits the parameter node, shows progress and
-calls the logic. Nothing heavy (torch, the compounder) is imported when Slicer loads the module.
+calls the logic. Nothing heavy (torch, h5py, the compounder) is imported when Slicer loads the module,
+so the panel opens on a stock Slicer and offers to install what the chosen action needs.
+
+Needs 3D Slicer 5.4 or later (``slicer.parameterNodeWrapper``, ``slicer.i18n``); on an older Slicer the
+module still loads and says so instead of failing.
 """
 
 import logging
@@ -14,14 +18,32 @@ import slicer
 import vtk
 from slicer import (vtkMRMLLinearTransformNode, vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode,
                     vtkMRMLSequenceBrowserNode, vtkMRMLSequenceNode)
-from slicer.i18n import tr as _
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from freehandrecon import slicer_logic
+from freehandrecon import dependencies, slicer_logic, slicer_version
 from freehandrecon.errors import Cancelled, FreehandReconError, ResourceError
+
+try:
+    from slicer.i18n import tr as _
+except ImportError:  # Slicer < 5.4: the module only says that it needs a newer Slicer
+
+    def _(text: str) -> str:
+        return text
+
+try:
+    from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+except ImportError:  # Slicer < 5.4: the parameter node class below is defined but never used
+
+    def parameterNodeWrapper(cls):
+        return cls
+
+    def Choice(values):
+        return None
+
+    def WithinRange(low, high):
+        return None
 
 README_URL = "https://github.com/freehandrecon/FreehandRecon#readme"
 SAMPLE_CATEGORY = "Ultrasound"
@@ -47,7 +69,17 @@ class FreehandRecon(ScriptedLoadableModule):
             f'See the <a href="{README_URL}">README</a> for the Python console API and the command line.')
         self.parent.acknowledgementText = _(
             "Sample and regression data from the PLUS toolkit and IGSIO (BSD-3). Built on 3D Slicer, VTK and PyTorch.")
+        unsupported = unsupportedSlicerMessage()
+        if unsupported:
+            logging.error(unsupported)
+            self.parent.helpText = unsupported
+            return
         slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def unsupportedSlicerMessage() -> Optional[str]:
+    """"FreehandRecon needs 3D Slicer 5.4 or later; this is X" on an older Slicer, else None."""
+    return slicer_version.unsupported_message(slicer.app)
 
 
 def registerSampleData() -> None:
@@ -65,6 +97,8 @@ def registerSampleData() -> None:
             fileNames=sample.fileName,
             checksums=sample.checksum,
             loadFiles=True,  # a .mrb is only downloaded unless asked to load
+            # ... and loaded as a scene: 5.4-5.6 default to 'VolumeFile' (loadFileType; 5.8+: loadFileTypes)
+            **slicer_version.sample_data_load_keywords(slicer.app),
         )
 
 
@@ -112,10 +146,19 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._running = False
         self._cancelRequested = False
-        self._dependenciesChecked = False
+        self.ui = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        unsupported = unsupportedSlicerMessage()
+        if unsupported:  # Slicer < 5.4: no parameter node wrapper; say so instead of a broken panel
+            import qt
+
+            label = qt.QLabel(unsupported)
+            label.wordWrap = True
+            self.layout.addWidget(label)
+            self.layout.addStretch(1)
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/FreehandRecon.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -127,13 +170,15 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.checkSweepButton.connect("clicked(bool)", self.onCheckSweepButton)
+        self._checkSweepToolTip = self.ui.checkSweepButton.toolTip
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self.removeObservers()
 
     def enter(self) -> None:
-        self.initializeParameterNode()
+        if self.ui is not None:
+            self.initializeParameterNode()
 
     def exit(self) -> None:
         if self._parameterNode:
@@ -145,7 +190,7 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
+        if self.parent.isEntered and self.ui is not None:
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
@@ -177,21 +222,47 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.pixelSpacingXSpinBox.enabled = p.overridePixelSpacing
         self.ui.pixelSpacingYSpinBox.enabled = p.overridePixelSpacing
         self.ui.presetComboBox.enabled = p.showIn3D
+        self._hideEmptyModelPath()
         missing = self.logic.checkInputs(p)
         self.ui.applyButton.enabled = missing is None and not self._running
         self.ui.checkSweepButton.enabled = bool(p.inputBrowser or p.imageSequence) and not self._running
         self.ui.applyButton.toolTip = _("Reconstruct the selected sweep.") if missing is None else missing
+        self._showDependencyState(p)
         self._updateMemoryEstimate(missing)
+
+    def _hideEmptyModelPath(self) -> None:
+        """An empty model path is pathlib.Path() ("."): show it as empty, not as "."."""
+        if self.ui.modelPathLineEdit.currentPath == ".":
+            self.ui.modelPathLineEdit.currentPath = ""
+
+    def _showDependencyState(self, p) -> None:
+        """While the chosen action needs packages that are not installed, Apply (and Check sweep) say so and
+        install them when pressed; the reconstruction runs on the next press."""
+        needApply = self.logic.missingDependencies(p.poses, checkQuality=p.poses == "learned")
+        needCheck = self.logic.missingDependencies("tracked", checkQuality=True)
+        install = _("Install dependencies")
+        self.ui.applyButton.text = install if needApply else _("Apply")
+        if needApply and self.ui.applyButton.enabled:
+            self.ui.applyButton.toolTip = _("First install what this reconstruction needs: {packages} "
+                                            "(PyTorch through the PyTorch extension). Then press Apply.").format(
+                packages=", ".join(needApply))
+        self.ui.checkSweepButton.text = install if needCheck else _("Check sweep")
+        self.ui.checkSweepButton.toolTip = _("First install what the quality guard needs: {packages}.").format(
+            packages=", ".join(needCheck)) if needCheck else self._checkSweepToolTip
 
     def _updateMemoryEstimate(self, missing: Optional[str]) -> None:
         p = self._parameterNode
         if missing is not None:
             self.ui.memoryEstimateLabel.text = "-"
             return
-        try:
-            mb = self.logic.memoryEstimateMb(p.inputBrowser or p.imageSequence, p.spacingMm, roiNode=p.roiNode,
-                                             interpolation=p.interpolation, compounding=p.compounding,
-                                             fillHoles=p.fillHoles)
+        try:  # geometry only (no pixels), for the channels and settings Apply would use
+            mb = self.logic.memoryEstimateMb(
+                p.inputBrowser or p.imageSequence, p.spacingMm, roiNode=p.roiNode, interpolation=p.interpolation,
+                compounding=p.compounding, fillHoles=p.fillHoles,
+                imageSequence=p.imageSequence if p.inputBrowser else None,
+                channels=[p.channelSequence] if p.channelSequence else [],
+                pixelSpacingMm=(p.pixelSpacingXMm, p.pixelSpacingYMm) if p.overridePixelSpacing else None,
+                calibrationNode=p.calibrationTransform)
             self.ui.memoryEstimateLabel.text = f"{mb:,.0f} MB" if mb < 10240 else f"{mb / 1024:,.1f} GB"
             self.ui.memoryEstimateLabel.toolTip = _("Peak memory the reconstruction needs at this spacing.")
         except FreehandReconError as err:
@@ -255,14 +326,34 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.modules.plots.logic().ShowChartInLayout(chart)
         return report
 
+    def _installDependencies(self, missing: list) -> None:
+        """The button's install state: PyTorch first (PyTorch extension), then Resources/requirements.txt."""
+        self._setRunning(True)
+        self.ui.statusLabel.text = _("Installing dependencies...")
+        try:
+            ensureDependencies(self.resourcePath("requirements.txt"), needTorch="torch" in missing)
+            still = dependencies.missing(missing)
+            self.ui.statusLabel.text = (_("Dependencies installed; press the button again to run.") if not still else
+                                        _("Still missing: {packages}. Restart Slicer and try again.").format(
+                                            packages=", ".join(still)))
+        except dependencies.InstallDeclined:
+            self.ui.statusLabel.text = _("Dependencies not installed.")
+        except Exception as err:  # noqa: BLE001 - show every failure to the user, with the traceback in the log
+            self._showFailure(err, "dependency installation",
+                              _("Dependencies were not installed (see the Python console / log for details)."),
+                              _("Installing the dependencies failed: {error}").format(error=err))
+        finally:
+            self._setRunning(False)
+
     def onCheckSweepButton(self) -> None:
         p = self._parameterNode
+        missing = self.logic.missingDependencies("tracked", checkQuality=True)
+        if missing:
+            self._installDependencies(missing)
+            return
         self._setRunning(True)
         self.ui.statusLabel.text = _("Checking the sweep...")
         try:
-            if not self._dependenciesChecked:
-                ensureDependencies(self.resourcePath("requirements.txt"))
-                self._dependenciesChecked = True
             spacing = (p.pixelSpacingXMm, p.pixelSpacingYMm) if p.overridePixelSpacing else None
             report = self._checkSweep(p, spacing)
             self.ui.statusLabel.text = _("Quality check: {verdict} ({frames} frames).").format(
@@ -276,12 +367,13 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onApplyButton(self) -> None:
         p = self._parameterNode
+        missing = self.logic.missingDependencies(p.poses, checkQuality=p.poses == "learned")
+        if missing:
+            self._installDependencies(missing)
+            return
         self._setRunning(True)
         self.ui.statusLabel.text = _("Running...")
         try:
-            if not self._dependenciesChecked:
-                ensureDependencies(self.resourcePath("requirements.txt"))
-                self._dependenciesChecked = True
             spacing = (p.pixelSpacingXMm, p.pixelSpacingYMm) if p.overridePixelSpacing else None
             if p.poses == "learned" and slicer_logic.qualityGuardAvailable():
                 # the guard first: the clinician sees the warning before trusting learned poses
@@ -326,64 +418,55 @@ def centerViewsOn(volume) -> None:
         layoutManager.threeDWidget(0).threeDView().resetFocalPoint()
 
 
-def ensureDependencies(requirementsPath: str) -> None:
-    """Install the Python packages in Resources/requirements.txt, and torch, on first use.
+def ensureDependencies(requirementsPath: str, needTorch: bool = True) -> None:
+    """Install what FreehandRecon needs beyond a stock Slicer: PyTorch first, through the PyTorch extension
+    (so that no requirement pulls a PyPI torch before it), then Resources/requirements.txt.
 
-    Uses ``slicer.pydeps``/``slicer.packaging`` ``pip_ensure`` where Slicer has it (it asks the user),
-    ``slicer.util.pip_install`` on older Slicer; torch comes from the PyTorch extension.
+    Asks the user first; raises :class:`freehandrecon.dependencies.InstallDeclined` when they say no.
+    Never called at import time or by the self-test.
     """
+    if needTorch:
+        _ensureTorch()
     _ensureRequirements(requirementsPath)
-    _ensureTorch()
 
 
 def _ensureRequirements(requirementsPath: str) -> None:
-    for moduleName in ("slicer.pydeps", "slicer.packaging"):
-        try:
-            deps = __import__(moduleName, fromlist=["pip_ensure"])
-        except ImportError:
-            continue
-        if hasattr(deps, "pip_ensure") and hasattr(deps, "load_requirements"):
-            deps.pip_ensure(deps.load_requirements(requirementsPath), requester="FreehandRecon")
-            return
-    from importlib import metadata
+    try:
+        import slicer.packaging as packaging  # Slicer 5.12+: checks versions, asks, installs
 
-    missing = []
-    for line in pathlib.Path(requirementsPath).read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        name = line.split(";")[0].split("[")[0]
-        for op in ("==", ">=", "<=", "~=", "!=", ">", "<"):
-            name = name.split(op)[0]
+        pipEnsure = packaging.pip_ensure
+    except (ImportError, AttributeError):
+        pipEnsure = None
+    if pipEnsure is not None:
         try:
-            metadata.version(name.strip())
-        except metadata.PackageNotFoundError:
-            missing.append(line)
-    if missing:
-        if not slicer.util.confirmOkCancelDisplay(
-                _("FreehandRecon needs these Python packages: {packages}. Install them now?").format(
-                    packages=", ".join(missing))):
-            raise ResourceError(f"Python packages {', '.join(missing)} are missing.",
-                                "Press Apply again and accept the installation, or run "
-                                f"slicer.util.pip_install({missing!r}) in the Python console.")
-        slicer.util.pip_install(missing)
+            pipEnsure(packaging.load_requirements(requirementsPath), requester="FreehandRecon")
+        except RuntimeError as err:
+            if "declined" in str(err).lower():
+                raise dependencies.InstallDeclined() from None
+            raise
+        return
+    # Slicer 5.4-5.10: install what is missing or older than required
+    unmet = dependencies.unmet_requirements(dependencies.read_requirements(requirementsPath))
+    if not unmet:
+        return
+    if not slicer.util.confirmOkCancelDisplay(
+            _("FreehandRecon needs these Python packages: {packages}. Install them now?").format(
+                packages=", ".join(unmet)), windowTitle=_("Freehand Reconstruction")):
+        raise dependencies.InstallDeclined()
+    slicer.util.pip_install(unmet)
 
 
 def _ensureTorch() -> None:
-    try:
-        import torch  # noqa: F401
+    if not dependencies.missing(["torch"]):
         return
-    except ImportError:
-        pass
     try:
         import PyTorchUtils
     except ImportError:
-        raise ResourceError("FreehandRecon needs PyTorch, which is not installed in this Slicer.",
+        raise ResourceError("FreehandRecon needs PyTorch, and the PyTorch extension that installs it is missing.",
                             "Install the 'PyTorch' extension from the Extensions Manager, restart Slicer and press "
-                            "Apply again (it installs torch for your GPU or CPU).") from None
+                            "the button again (it installs torch for your GPU or CPU).") from None
     if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
-        raise ResourceError("PyTorch was not installed.",
-                            "Press Apply again and accept the installation, or use the PyTorch Utils module.")
+        raise dependencies.InstallDeclined()
 
 
 class FreehandReconLogic(ScriptedLoadableModuleLogic, slicer_logic.FreehandReconLogic):
@@ -402,7 +485,11 @@ class FreehandReconLogic(ScriptedLoadableModuleLogic, slicer_logic.FreehandRecon
 
 
 class FreehandReconTest(ScriptedLoadableModuleTest):
-    """Self-test: the bundled sample (through Sample Data) -> sequence browser -> logic -> checked volume."""
+    """Self-test: the bundled sample (through Sample Data) -> sequence browser -> logic -> checked volume.
+
+    Passes on a clean Slicer: it installs nothing, and a part whose Python packages are missing (torch for
+    learned poses and the quality guard) is skipped with the reason in the log.
+    """
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -410,6 +497,8 @@ class FreehandReconTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_SampleDataRegistered()
+        self.setUp()
+        self.test_SampleLoadsAsAScene()
         self.setUp()
         self.test_TrackedReconstruction()
         self.setUp()
@@ -436,9 +525,27 @@ class FreehandReconTest(ScriptedLoadableModuleTest):
         self.assertIsNotNone(source)
         self.assertEqual(slicer_logic.file_sha256(sample.path), sample.sha256)
 
+    def _skipIfMissing(self, what: str, poses: str = "tracked", checkQuality: bool = False) -> bool:
+        missing = FreehandReconLogic.missingDependencies(poses, checkQuality)
+        if missing:
+            message = f"FreehandRecon self-test: {what} skipped: {', '.join(missing)} not installed in this Slicer"
+            logging.warning(message)
+            self.delayDisplay(message)
+        return bool(missing)
+
+    def test_SampleLoadsAsAScene(self):
+        """Sample Data loads the .mrb as a scene (5.4-5.6 would only download it without 'SceneFile')."""
+        browser = self._loadSampleBrowser()
+        self.assertEqual(browser.GetNumberOfItems(), slicer_logic.SAMPLES[0].frames)
+        self.assertIsNone(FreehandReconLogic().checkInputs(
+            type("Parameters", (), {"inputBrowser": browser, "poses": "tracked"})()))
+        self.delayDisplay("Test passed")
+
     def test_TrackedReconstruction(self):
         import numpy as np
 
+        if self._skipIfMissing("tracked reconstruction"):
+            return
         self.delayDisplay("Loading the sample sweep")
         browser = self._loadSampleBrowser()
         self.assertEqual(browser.GetNumberOfItems(), 21)
@@ -463,6 +570,8 @@ class FreehandReconTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Test passed")
 
     def test_LearnedPoses(self):
+        if self._skipIfMissing("learned poses", "learned", checkQuality=True):
+            return
         if not slicer_logic.learnedModelAvailable():
             self.delayDisplay("Learned poses (or the bundled model) are not in this build; skipped")
             return
@@ -476,6 +585,8 @@ class FreehandReconTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Test passed")
 
     def test_CheckSweep(self):
+        if self._skipIfMissing("quality check", checkQuality=True):
+            return
         if not slicer_logic.qualityGuardAvailable():
             self.delayDisplay("The quality guard is not in this build; skipped")
             return

@@ -138,16 +138,21 @@ def test_ui_sections_and_custom_widgets_are_declared():
 
 
 def test_requirements_match_pyproject():
-    """Resources/requirements.txt lists the runtime deps of pyproject.toml that Slicer does not ship."""
+    """Resources/requirements.txt lists the run-time deps of pyproject.toml that the module needs inside Slicer
+    and Slicer does not ship: h5py (.h5 files) and safetensors (models). Nothing there may depend on torch
+    (pytorch-msssim would pull a PyPI torch before the PyTorch extension installs the right one)."""
     import tomllib
 
     reqs = (MODULE_DIR / "Resources" / "requirements.txt").read_text().split("\n")
     reqs = {r.strip() for r in reqs if r.strip() and not r.startswith("#")}
     deps = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
     shipped_by_slicer = {"numpy", "vtk", "slicer-core", "torch"}  # torch: through the PyTorch extension
-    command_line_only = {"matplotlib"}  # evaluation plots of `freehandrecon evaluate`; the module never plots
+    # matplotlib: plots of `freehandrecon evaluate`; tqdm: command-line progress bars; pytorch-msssim:
+    # training losses. The module never uses them.
+    command_line_only = {"matplotlib", "tqdm", "pytorch-msssim"}
     expected = {d for d in deps if re.split(r"[<>=~! \[;]", d)[0] not in shipped_by_slicer | command_line_only}
     assert reqs == expected
+    assert {re.split(r"[<>=~! \[;]", r)[0] for r in reqs} == {"h5py", "safetensors"}
 
 
 def test_module_imports_nothing_heavy_at_load_time():

@@ -3,7 +3,9 @@
 ``FreehandReconLogic`` is what ``slicer.util.getModuleLogic("FreehandRecon")`` returns in
 Slicer (the module subclasses it to add the parameter node). It is importable without
 qt, ctk or ScriptedLoadableModule, so it runs on slicer-core's real MRML too. Nothing heavy
-(torch, the compounder, the pose estimators) is imported until a method needs it.
+(torch, h5py, the compounder, the pose estimators) is imported until a method needs it, so the panel
+works on a stock Slicer before the dependencies are installed (:meth:`FreehandReconLogic.missingDependencies`
+says what an action still needs).
 
 Nodes are added only after a computation succeeded; a failed or cancelled run leaves the
 scene as it was (an output volume the user chose is replaced only on success).
@@ -19,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import dependencies
 from .errors import CalibrationError, Cancelled, FreehandReconError, InputError, ResourceError
 from .model_files import sha256_file
 
@@ -194,7 +197,7 @@ class FreehandReconLogic:
             sweep = mrml.sweep_from_browser(browser, image_sequence=seq, pixel_spacing=pixelSpacingMm)
         calibration = self._node(calibrationNode, "calibration transform")
         if calibration is not None:
-            sweep = self._applyCalibration(sweep, browser, seq, calibration)
+            sweep = self._applyCalibration(sweep, browser, seq, calibration, pixelSpacingMm)
         return sweep
 
     @staticmethod
@@ -217,8 +220,10 @@ class FreehandReconLogic:
         return Sweep(frames=frames, pixel_spacing=pixelSpacingMm,
                      metadata={"source": "mrml", "image_sequence": seq.GetName(), "transform_chain": []})
 
-    def _applyCalibration(self, sweep: Any, browser: Any, seq: Any, calibration: Any) -> Any:
-        """Put an image-to-probe calibration between the image and its parent transforms."""
+    def _applyCalibration(self, sweep: Any, browser: Any, seq: Any, calibration: Any,
+                          pixelSpacingMm: tuple[float, float] | None = None) -> Any:
+        """Put an image-to-probe calibration between the image and its parent transforms (a pixel spacing
+        override stays the pixel size; the calibration then only turns the image axes)."""
         if not (calibration.IsA("vtkMRMLTransformNode") and calibration.IsLinear()):
             raise CalibrationError(f"The calibration '{calibration.GetName()}' is not a linear transform.",
                                    "Select a linear transform (image to probe) as the calibration.")
@@ -234,9 +239,15 @@ class FreehandReconLogic:
         ijk = _matrix_array(image_seq.GetNthDataNode(0).GetIJKToRASMatrix)
         cal = _matrix_array(calibration.GetMatrixTransformToParent)
         pixel_to_world = sweep.pixel_to_world() @ np.linalg.inv(ijk) @ cal @ ijk
-        lengths = np.linalg.norm(pixel_to_world[:, :3, :2], axis=1).mean(axis=0)
-        sx, sy = float(lengths[0]), float(lengths[1])
-        image_to_world = pixel_to_world @ np.diag([1.0 / sx, 1.0 / sy, 1.0, 1.0])
+        if pixelSpacingMm is not None:
+            sx, sy = (float(v) for v in pixelSpacingMm)
+            columns = np.linalg.norm(pixel_to_world[:, :3, :2], axis=1)
+            image_to_world = pixel_to_world.copy()
+            image_to_world[:, :, :2] /= np.where(columns > 0, columns, 1.0)[:, None, :]
+        else:
+            lengths = np.linalg.norm(pixel_to_world[:, :3, :2], axis=1).mean(axis=0)
+            sx, sy = float(lengths[0]), float(lengths[1])
+            image_to_world = pixel_to_world @ np.diag([1.0 / sx, 1.0 / sy, 1.0, 1.0])
         z = np.linalg.norm(image_to_world[:, :3, 2], axis=1)
         image_to_world[:, :3, 2] /= np.where(z > 0, z, 1.0)[:, None]
         meta = dict(sweep.metadata)
@@ -269,13 +280,21 @@ class FreehandReconLogic:
     # --- poses ------------------------------------------------------------------------------------
 
     @staticmethod
-    def _requireTorch() -> None:
-        try:
-            import torch  # noqa: F401
-        except ImportError as err:
-            raise ResourceError("FreehandRecon needs PyTorch, which is not installed in this Slicer.",
-                                "Install the 'PyTorch' extension (Extensions Manager), restart Slicer and press "
-                                "Apply again; or run slicer.util.pip_install('torch') in the Python console.") from err
+    def missingDependencies(poses: str = "tracked", checkQuality: bool = False) -> list[str]:
+        """Python packages (pip names) that a reconstruction with ``poses``, or the quality check
+        (``checkQuality``), still needs in this Slicer; [] when it can run. Nothing is imported."""
+        _choice(poses, POSE_METHODS, "pose source")
+        return dependencies.missing(dependencies.needed_for(poses, checkQuality))
+
+    @classmethod
+    def _requireTorch(cls, poses: str = "learned", checkQuality: bool = False) -> None:
+        missing = cls.missingDependencies(poses, checkQuality)
+        if not missing:
+            return
+        what = "PyTorch" if missing == ["torch"] else "the Python packages " + ", ".join(missing)
+        raise ResourceError(f"FreehandRecon needs {what}, which is not installed in this Slicer.",
+                            "Press 'Install dependencies' in the FreehandRecon panel (PyTorch comes from the "
+                            "'PyTorch' extension of the Extensions Manager), then run it again.")
 
     @staticmethod
     def _estimate(sweep: Any, method: str, model: Any, sweepDirection: str, device: str,
@@ -350,7 +369,7 @@ class FreehandReconLogic:
             from . import mrml
 
             _choice(preset, mrml.PRESET_NAMES, "volume rendering preset")
-        self._requireTorch()
+        self._requireTorch(poses, checkQuality and poses == "learned")
         from .compound import CompoundOptions, HoleFilling, detect_fan
         from .logic import ReconstructionLogic, ReconstructionRequest, reconstruct_sweep
 
@@ -415,7 +434,7 @@ class FreehandReconLogic:
         _choice(method, POSE_METHODS[1:], "pose estimation method")
         _choice(sweepDirection, SWEEP_DIRECTIONS, "sweep direction")
         _choice(device, DEVICES, "device")
-        self._requireTorch()
+        self._requireTorch(method)
         browser, _ = self._browserAndSequence(browserNode, imageSequence)
         sweep = self.readSweep(browserNode, imageSequence, pixelSpacingMm)
         mats = self._estimate(sweep, method, model, sweepDirection, device, progress, shouldCancel, curve)
@@ -442,7 +461,7 @@ class FreehandReconLogic:
         under "qualityTable" and "qualityChart". ``guard`` is a guard .json path or a loaded guard
         (default: the shipped one).
         """
-        self._requireTorch()
+        self._requireTorch("tracked", checkQuality=True)
         from .quality import Guard, check_sweep, load_guard
 
         sweep = self.readSweep(browserNode, imageSequence, pixelSpacingMm)
@@ -519,10 +538,15 @@ class FreehandReconLogic:
         return f"{'Out of distribution' if report.verdict == 'out-of-distribution' else 'Warning'}: {report.message}"
 
     def memoryEstimateMb(self, browserNode: Any, spacingMm: float, roiNode: Any = None, interpolation: str = "nearest",
-                         compounding: str = "mean", fillHoles: str = "none") -> float:
+                         compounding: str = "mean", fillHoles: str = "none", *, imageSequence: Any = None,
+                         channels: Any = None, pixelSpacingMm: tuple[float, float] | None = None,
+                         calibrationNode: Any = None) -> float:
         """Peak memory (MiB) a reconstruction at ``spacingMm`` would need; for the panel's live estimate.
 
-        The sweep geometry is cached per browser until its sequences change. Without tracking
+        ``imageSequence``, ``channels``, ``pixelSpacingMm`` and ``calibrationNode`` mean what they mean
+        for :meth:`reconstruct` (``channels`` None: every extra image sequence of the browser; ``[]``:
+        B-mode only). Only the geometry is read (frame size and poses from the sequences' nodes, no pixels,
+        the browser is not moved), and it is cached until the sequences change. Without tracking
         transforms or an ROI the output box is unknown and :class:`InputError` is raised.
         """
         from .compound import CompoundOptions, HoleFilling, estimate_memory_bytes, fit_grid, grid_from_roi
@@ -530,7 +554,8 @@ class FreehandReconLogic:
         options = CompoundOptions(interpolation=_choice(interpolation, INTERPOLATIONS, "interpolation"),
                                   compounding=_choice(compounding, COMPOUNDINGS, "compounding mode"),
                                   hole_filling=HoleFilling(method=_choice(fillHoles, HOLE_FILLINGS, "hole filling")))
-        light, nchannels = self._sweepGeometry(browserNode)
+        light, channelKeys = self._sweepGeometry(browserNode, imageSequence, pixelSpacingMm, calibrationNode)
+        nchannels = len(channelKeys) if channels is None else len(list(channels))
         roi = self._roi(self._node(roiNode, "ROI"))
         if roi is not None:
             grid = grid_from_roi(roi.center, roi.size, spacingMm, roi.orientation)
@@ -542,25 +567,39 @@ class FreehandReconLogic:
         need = estimate_memory_bytes(grid, options, light.frame_shape, light.num_frames) * (1 + nchannels)
         return need / 2**20
 
-    def _sweepGeometry(self, browserNode: Any) -> tuple[Any, int]:
-        """A frame-free copy of the sweep (zero-stride frames) and its channel count, cached."""
-        from .sweep import Sweep
+    def _sweepGeometry(self, browserNode: Any, imageSequence: Any = None,
+                       pixelSpacingMm: tuple[float, float] | None = None,
+                       calibrationNode: Any = None) -> tuple[Any, list[str]]:
+        """A frame-free sweep (zero-stride frames, real poses) and the names of the browser's other image
+        sequences (the channels a reconstruction would add by default), cached per input and settings."""
+        from . import browser_geometry, mrml
 
-        browser, seq = self._browserAndSequence(browserNode)
+        browser, seq = self._browserAndSequence(browserNode, imageSequence)
+        calibration = self._node(calibrationNode, "calibration transform")
         key_node = browser if browser is not None else seq
-        stamp = self._geometryStamp(browser, seq)
+        spacing = None if pixelSpacingMm is None else tuple(float(v) for v in pixelSpacingMm)
+        stamp = (self._geometryStamp(browser, seq), seq.GetID() if seq is not None else None, spacing,
+                 None if calibration is None else (calibration.GetID(), calibration.GetMTime()))
         cached = self._geometryCache.get(key_node.GetID())
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        sweep = self.readSweep(browserNode)
-        frames = np.broadcast_to(np.zeros((1, 1, 1), dtype=sweep.frames.dtype), sweep.frames.shape)
-        light = Sweep(frames=frames, pixel_spacing=sweep.pixel_spacing, image_to_world=sweep.image_to_world)
-        value = (light, len(sweep.channels))
+        if browser is None:
+            light = browser_geometry.lone_sequence_geometry(seq, spacing)
+            others: list[str] = []
+        else:
+            light = browser_geometry.browser_geometry(browser, seq, spacing)
+            image_name = light.metadata["image_sequence"]
+            others = [s.GetAttribute(mrml.CHANNEL_ATTRIBUTE) or s.GetName() for s in mrml._browser_sequences(browser)
+                      if mrml._is_image_sequence(s) and s.GetName() != image_name]
+        if calibration is not None:
+            light = self._applyCalibration(light, browser, seq, calibration, spacing)
+        value = (light, others)
         self._geometryCache = {key_node.GetID(): (stamp, value)}  # one sweep at a time: the panel's
         return value
 
     @staticmethod
     def _geometryStamp(browser: Any, seq: Any) -> tuple:
+        """Changes when the browser's items, sequences or the transforms above the images change."""
         import vtk
 
         if browser is None:
@@ -568,7 +607,16 @@ class FreehandReconLogic:
         collection = vtk.vtkCollection()
         browser.GetSynchronizedSequenceNodes(collection, True)
         seqs = [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
-        return (browser.GetNumberOfItems(), tuple(s.GetID() for s in seqs), tuple(s.GetMTime() for s in seqs))
+        parents = []
+        for s in seqs:  # static transforms above the proxies change the poses too
+            proxy = browser.GetProxyNode(s)
+            node = proxy.GetParentTransformNode() if proxy is not None and proxy.IsA("vtkMRMLTransformableNode") \
+                else None
+            while node is not None:
+                parents.append((node.GetID(), node.GetMTime()))
+                node = node.GetParentTransformNode()
+        return (browser.GetNumberOfItems(), tuple(s.GetID() for s in seqs), tuple(s.GetMTime() for s in seqs),
+                tuple(parents))
 
     def checkInputs(self, parameters: Any) -> str | None:
         """What is missing or inconsistent in the panel's ``parameters`` (None when Apply can run).

@@ -23,17 +23,26 @@ import os
 import warnings
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from .. import geometry
-from ..errors import CalibrationError, InputError, OutputExistsError
+from ..errors import CalibrationError, InputError, OutputExistsError, ResourceError
 from ..sweep import Sweep
 from .common import atomic_outputs, check_output, check_spacing, existing_file, grey_frames
 
 CHANNEL_NAMES = {"pa": "photoacoustic", "doppler": "doppler"}
 _FIX_CALIB = ("Pass the scan's calibration file: --calibration calib_matrix.csv (two 4x4 matrices: pixel->mm "
               "scaling, then image(mm)->tool).")
+
+
+def _h5py():
+    """h5py, imported only when a .h5 is read or written (a stock Slicer's Python does not have it)."""
+    try:
+        import h5py
+    except ImportError as err:
+        raise ResourceError("Reading or writing a TUS-REC .h5 scan needs the h5py package, which is not installed.",
+                            "Install it (pip install h5py; in Slicer: slicer.util.pip_install('h5py')).") from err
+    return h5py
 
 
 def read_tusrec_calibration(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -62,9 +71,9 @@ def read_tusrec_calibration(path: str | os.PathLike) -> tuple[np.ndarray, np.nda
     return scaling, mm_to_tool
 
 
-def _dataset(f: h5py.File, name: str, path: Path) -> np.ndarray:
+def _dataset(f: h5py.File, name: str, path: Path) -> np.ndarray:  # noqa: F821 - h5py is imported lazily
     obj = f[name]
-    if not isinstance(obj, h5py.Dataset):
+    if not isinstance(obj, _h5py().Dataset):
         raise InputError(f"'{path}': '{name}' is a group, not an array.", "Store frames as one [N, H, W] dataset.")
     try:
         return obj[()]
@@ -82,7 +91,7 @@ def sweep_from_tusrec(path: str | os.PathLike, calibration: str | os.PathLike | 
     """
     p = existing_file(path, "TUS-REC scan")
     try:
-        f = h5py.File(p, "r")
+        f = _h5py().File(p, "r")
     except OSError as exc:
         raise InputError(f"'{p}' is not a readable HDF5 file ({exc}).",
                          "Give a TUS-REC .h5 scan; copy it again if it was cut short.") from None
@@ -177,7 +186,7 @@ def write_tusrec(sweep: Sweep, h5_path: str | os.PathLike, calib_csv_path: str |
     check_output(csv, True)
     targets = [h5, csv] if write_csv else [h5]
     with atomic_outputs(*targets) as temps:
-        with h5py.File(temps[0], "w") as f:
+        with _h5py().File(temps[0], "w") as f:
             f.create_dataset("frames", data=sweep.frames)
             if sweep.image_to_world is not None:
                 f.create_dataset("tforms", data=sweep.image_to_world @ np.linalg.inv(mm_to_tool))
