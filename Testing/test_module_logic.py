@@ -464,3 +464,82 @@ def test_paus_sweep_reconstructs_every_channel_and_shows_them_fused_in_3d(scene)
                .GetRGBTransferFunction().GetColor(200.0) for n in (volume, pa)}
     grey, hot = colours[volume.GetName()], colours[pa.GetName()]
     assert abs(grey[0] - grey[2]) < 0.05 and hot[0] - hot[2] > 0.3
+
+
+# --- the panel's live memory estimate: geometry only, the selected channels, calibration, spacing override ---
+
+def _two_channel_browser(scene):
+    rng = np.random.default_rng(5)
+    n = 12
+    poses = np.repeat(np.eye(4)[None], n, axis=0)
+    poses[:, 2, 3] = np.arange(n) * 1.0
+    frames = lambda: rng.integers(0, 255, (n, 40, 60), dtype=np.uint8)  # noqa: E731
+    sweep = Sweep(frames(), (0.5, 0.5), poses, channels={"photoacoustic": frames(), "doppler": frames()})
+    return mrml.sweep_to_browser(scene, sweep, name="Two")
+
+
+def test_memory_estimate_counts_only_the_selected_channels(scene):
+    browser = _two_channel_browser(scene)
+    logic = FreehandReconLogic()
+    bmode = logic.memoryEstimateMb(browser, 0.5, channels=[])
+    one = logic.memoryEstimateMb(browser, 0.5, channels=[scene.GetFirstNodeByName("Two_doppler")])
+    every = logic.memoryEstimateMb(browser, 0.5)  # None: every extra image sequence, as reconstruct does
+    assert bmode > 0 and one == pytest.approx(2 * bmode) and every == pytest.approx(3 * bmode)
+    logic.reconstruct(browser, spacingMm=0.5, channels=[scene.GetFirstNodeByName("Two_doppler")], showIn3D=False)
+    assert logic.lastReport["channels"] == ["doppler"]
+
+
+def test_memory_estimate_reads_geometry_only_and_leaves_the_browser_alone(scene):
+    logic = FreehandReconLogic()
+    browser = logic.loadSample()
+    from freehandrecon.browser_geometry import browser_geometry
+
+    proxy = browser.GetProxyNode(scene.GetFirstNodeByName("SpinePhantom"))
+
+    light = browser_geometry(browser)
+    full = logic.readSweep(browser)
+    assert light.frames.strides == (0, 0, 0) and light.frame_shape == full.frame_shape == (616, 820)
+    np.testing.assert_allclose(light.image_to_world, full.image_to_world, atol=1e-12)
+    assert light.pixel_spacing == full.pixel_spacing
+    browser.SetSelectedItemNumber(7)
+    mrml.get_logic(scene, "sequences").UpdateProxyNodesFromSequences(browser)
+    before = (proxy.GetMTime(), proxy.GetImageData().GetMTime(), browser.GetMTime())
+    logic.memoryEstimateMb(browser, 0.5)
+    assert (proxy.GetMTime(), proxy.GetImageData().GetMTime(), browser.GetMTime()) == before
+    assert browser.GetSelectedItemNumber() == 7
+
+
+def test_memory_estimate_honours_the_calibration(scene):
+    from freehandrecon.compound import estimate_memory_bytes, fit_grid
+
+    logic = FreehandReconLogic()
+    browser = logic.loadSample()
+    turn = np.eye(4)
+    turn[:3, :3] = [[1, 0, 0], [0, 0, -1], [0, 1, 0]]  # a quarter turn about the image x axis (a tilt)
+    cal = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "ImageToProbe")
+    cal.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(turn))
+    plain = logic.memoryEstimateMb(browser, 0.5, channels=[])
+    turned = logic.memoryEstimateMb(browser, 0.5, channels=[], calibrationNode=cal)
+    full = logic.readSweep(browser, calibrationNode=cal)
+    expected = estimate_memory_bytes(fit_grid(full, 0.5), CompoundOptions(), full.frame_shape, full.num_frames) / 2**20
+    assert turned == pytest.approx(expected) and abs(turned - plain) > 0.2 * plain
+
+
+def test_pixel_spacing_override_changes_the_reconstruction_and_its_estimate(scene):
+    logic = FreehandReconLogic()
+    browser = logic.loadSample()
+    plain = logic.memoryEstimateMb(browser, 1.0, channels=[])
+    override = logic.memoryEstimateMb(browser, 1.0, channels=[], pixelSpacingMm=(0.2, 0.2))
+    assert override > 2 * plain  # 0.2 mm pixels instead of about 0.08 mm: a much larger box
+    logic.reconstruct(browser, spacingMm=1.0, channels=[], pixelSpacingMm=(0.2, 0.2), showIn3D=False)
+    assert abs(logic.lastReport["memory_estimate_mb"] - override) < 0.5
+    sweep = logic.readSweep(browser, pixelSpacingMm=(0.2, 0.2))
+    assert sweep.pixel_spacing == (0.2, 0.2)
+    np.testing.assert_allclose(np.linalg.norm(sweep.image_to_world[:, :3, :3], axis=1), 1.0, atol=1e-9)
+
+
+def test_missing_dependencies_here_is_empty_and_checks_the_pose_source():
+    logic = FreehandReconLogic()
+    assert logic.missingDependencies("learned", checkQuality=True) == []
+    with pytest.raises(InputError):
+        logic.missingDependencies("magic")
