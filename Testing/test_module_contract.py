@@ -184,3 +184,44 @@ def test_cmake_lists_every_script_and_resource():
     stale = {p for p in listed if not (MODULE_DIR / p).exists()}
     assert not stale, f"CMakeLists.txt lists files that do not exist: {sorted(stale)}"
     assert "WITH_GENERIC_TESTS" in cmake and "slicer_add_python_unittest" in cmake
+
+
+def _function_source(name: str) -> str:
+    tree = ast.parse(MODULE.read_text())
+    node = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == name)
+    return ast.get_source_segment(MODULE.read_text(), node)
+
+
+def test_dependencies_install_torch_first_and_only_from_the_button():
+    """PyTorch comes from the PyTorch extension before any requirement (none may pull a PyPI torch); the
+    buttons install when the logic says something is missing; declining is a plain status, not a failure;
+    slicer.pydeps (which no Slicer has) is gone; the self-test installs nothing."""
+    text = MODULE.read_text()
+    ensure = _function_source("ensureDependencies")
+    assert ensure.index("_ensureTorch()") < ensure.index("_ensureRequirements(")
+    torch = _function_source("_ensureTorch")
+    assert "PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True)" in torch
+    requirements = _function_source("_ensureRequirements")
+    assert "pip_ensure" in requirements and "unmet_requirements" in requirements  # 5.12+ / older Slicer
+    assert "slicer.pydeps" not in text
+    for handler in ("onApplyButton", "onCheckSweepButton"):
+        source = _function_source(handler)
+        assert "self.logic.missingDependencies(" in source and "self._installDependencies(missing)" in source
+    install = _function_source("_installDependencies")
+    assert "except dependencies.InstallDeclined:" in install and '_("Dependencies not installed.")' in install
+    test_class = text[text.index("class FreehandReconTest"):]
+    assert "ensureDependencies" not in test_class and "pip_install" not in test_class
+    assert test_class.count("self._skipIfMissing(") >= 3  # tracked, learned, quality check
+
+
+def test_an_empty_model_path_is_not_shown_as_a_dot():
+    """pathlib.Path() is "."; the panel clears it from the path widget on every update."""
+    assert "self._hideEmptyModelPath()" in _function_source("_onParameterNodeModified")
+    assert 'currentPath = ""' in _function_source("_hideEmptyModelPath")
+
+
+def test_live_memory_estimate_uses_the_selected_channels_and_settings():
+    source = _function_source("_updateMemoryEstimate")
+    for keyword in ("channels=[p.channelSequence] if p.channelSequence else []", "pixelSpacingMm=",
+                    "calibrationNode=p.calibrationTransform", "imageSequence="):
+        assert keyword in source
