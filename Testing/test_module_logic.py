@@ -525,17 +525,23 @@ def test_memory_estimate_honours_the_calibration(scene):
     assert turned == pytest.approx(expected) and abs(turned - plain) > 0.2 * plain
 
 
-def test_pixel_spacing_override_changes_the_reconstruction_and_its_estimate(scene):
+def test_memory_estimate_reads_the_pixel_spacing_override_as_the_reconstruction_does(scene):
+    """The estimate takes the override through the reconstruction's own geometry code, so it predicts the run:
+    for a lone image sequence the frames' spacing is the override, and with an ROI the box is the ROI's."""
+    from freehandrecon import browser_geometry
+
     logic = FreehandReconLogic()
     browser = logic.loadSample()
-    plain = logic.memoryEstimateMb(browser, 1.0, channels=[])
     override = logic.memoryEstimateMb(browser, 1.0, channels=[], pixelSpacingMm=(0.2, 0.2))
-    assert override > 2 * plain  # 0.2 mm pixels instead of about 0.08 mm: a much larger box
     logic.reconstruct(browser, spacingMm=1.0, channels=[], pixelSpacingMm=(0.2, 0.2), showIn3D=False)
     assert abs(logic.lastReport["memory_estimate_mb"] - override) < 0.5
-    sweep = logic.readSweep(browser, pixelSpacingMm=(0.2, 0.2))
-    assert sweep.pixel_spacing == (0.2, 0.2)
-    np.testing.assert_allclose(np.linalg.norm(sweep.image_to_world[:, :3, :3], axis=1), 1.0, atol=1e-9)
+    light = browser_geometry.browser_geometry(browser, pixel_spacing=(0.2, 0.2))
+    full = logic.readSweep(browser, pixelSpacingMm=(0.2, 0.2))
+    assert light.pixel_spacing == full.pixel_spacing == (0.2, 0.2)
+    np.testing.assert_allclose(light.image_to_world, full.image_to_world, atol=1e-12)
+    images = scene.GetFirstNodeByName("SpinePhantom")
+    lone = browser_geometry.lone_sequence_geometry(images, (0.3, 0.25))
+    assert lone.pixel_spacing == logic.readSweep(images, pixelSpacingMm=(0.3, 0.25)).pixel_spacing == (0.3, 0.25)
 
 
 def test_missing_dependencies_here_is_empty_and_checks_the_pose_source():

@@ -428,8 +428,7 @@ def sweep_from_browser(browser: Any, image_sequence: Any = None,
     parent transforms to world (as Slicer's Volume Reconstruction does), so any chain of
     (sequence or static) linear transforms works. ``pixel_spacing`` (mm) defaults to the
     column lengths of pixel-to-world (mean over frames), so a scale inside a calibration
-    transform is found too; given, it is the size of a pixel along the axes the transforms give
-    (an override of a wrong image spacing moves the frame corners). Other image sequences of the browser become channels. With no
+    transform is found too. Other image sequences of the browser become channels. With no
     transform above the image the sweep has no poses (``image_to_world`` None).
     """
     scene = browser.GetScene() if browser is not None else None
@@ -518,8 +517,7 @@ def _sweep_from_pixel_to_world(frames: np.ndarray, channels: dict[str, np.ndarra
                                meta: dict[str, Any]) -> Sweep:
     frames = _grey(frames, "Image frames", meta)
     channels = {k: _grey(v, f"Channel '{k}' frames", meta) for k, v in channels.items()}
-    override = pixel_spacing is not None
-    if not override:
+    if pixel_spacing is None:
         lengths = np.linalg.norm(pixel_to_world[:, :3, :2], axis=1).mean(axis=0)
         # Rigid transforms above the image: keep the image's own spacing, free of the
         # rounding of transforms read from files (6 significant digits in .seq.mha).
@@ -532,12 +530,7 @@ def _sweep_from_pixel_to_world(frames: np.ndarray, channels: dict[str, np.ndarra
         sx, sy = sweep_spacing
         if not (sx > 0 and sy > 0):
             raise InputError(f"Pixel spacing must be positive, got ({sx}, {sy}) mm.", "Give the true spacing in mm.")
-        if override:  # the transforms give the image axes, the override the size of a pixel along them
-            columns = np.linalg.norm(pixel_to_world[:, :3, :2], axis=1)
-            image_to_world = pixel_to_world.copy()
-            image_to_world[:, :, :2] /= np.where(columns > 0, columns, 1.0)[:, None, :]
-        else:
-            image_to_world = pixel_to_world @ np.diag([1.0 / sx, 1.0 / sy, 1.0, 1.0])
+        image_to_world = pixel_to_world @ np.diag([1.0 / sx, 1.0 / sy, 1.0, 1.0])
         # The third column only acts on z = 0; keep it a unit normal.
         z = np.linalg.norm(image_to_world[:, :3, 2], axis=1)
         image_to_world[:, :3, 2] /= np.where(z > 0, z, 1.0)[:, None]

@@ -197,7 +197,7 @@ class FreehandReconLogic:
             sweep = mrml.sweep_from_browser(browser, image_sequence=seq, pixel_spacing=pixelSpacingMm)
         calibration = self._node(calibrationNode, "calibration transform")
         if calibration is not None:
-            sweep = self._applyCalibration(sweep, browser, seq, calibration, pixelSpacingMm)
+            sweep = self._applyCalibration(sweep, browser, seq, calibration)
         return sweep
 
     @staticmethod
@@ -220,10 +220,8 @@ class FreehandReconLogic:
         return Sweep(frames=frames, pixel_spacing=pixelSpacingMm,
                      metadata={"source": "mrml", "image_sequence": seq.GetName(), "transform_chain": []})
 
-    def _applyCalibration(self, sweep: Any, browser: Any, seq: Any, calibration: Any,
-                          pixelSpacingMm: tuple[float, float] | None = None) -> Any:
-        """Put an image-to-probe calibration between the image and its parent transforms (a pixel spacing
-        override stays the pixel size; the calibration then only turns the image axes)."""
+    def _applyCalibration(self, sweep: Any, browser: Any, seq: Any, calibration: Any) -> Any:
+        """Put an image-to-probe calibration between the image and its parent transforms."""
         if not (calibration.IsA("vtkMRMLTransformNode") and calibration.IsLinear()):
             raise CalibrationError(f"The calibration '{calibration.GetName()}' is not a linear transform.",
                                    "Select a linear transform (image to probe) as the calibration.")
@@ -239,15 +237,9 @@ class FreehandReconLogic:
         ijk = _matrix_array(image_seq.GetNthDataNode(0).GetIJKToRASMatrix)
         cal = _matrix_array(calibration.GetMatrixTransformToParent)
         pixel_to_world = sweep.pixel_to_world() @ np.linalg.inv(ijk) @ cal @ ijk
-        if pixelSpacingMm is not None:
-            sx, sy = (float(v) for v in pixelSpacingMm)
-            columns = np.linalg.norm(pixel_to_world[:, :3, :2], axis=1)
-            image_to_world = pixel_to_world.copy()
-            image_to_world[:, :, :2] /= np.where(columns > 0, columns, 1.0)[:, None, :]
-        else:
-            lengths = np.linalg.norm(pixel_to_world[:, :3, :2], axis=1).mean(axis=0)
-            sx, sy = float(lengths[0]), float(lengths[1])
-            image_to_world = pixel_to_world @ np.diag([1.0 / sx, 1.0 / sy, 1.0, 1.0])
+        lengths = np.linalg.norm(pixel_to_world[:, :3, :2], axis=1).mean(axis=0)
+        sx, sy = float(lengths[0]), float(lengths[1])
+        image_to_world = pixel_to_world @ np.diag([1.0 / sx, 1.0 / sy, 1.0, 1.0])
         z = np.linalg.norm(image_to_world[:, :3, 2], axis=1)
         image_to_world[:, :3, 2] /= np.where(z > 0, z, 1.0)[:, None]
         meta = dict(sweep.metadata)
@@ -592,7 +584,7 @@ class FreehandReconLogic:
             others = [s.GetAttribute(mrml.CHANNEL_ATTRIBUTE) or s.GetName() for s in mrml._browser_sequences(browser)
                       if mrml._is_image_sequence(s) and s.GetName() != image_name]
         if calibration is not None:
-            light = self._applyCalibration(light, browser, seq, calibration, spacing)
+            light = self._applyCalibration(light, browser, seq, calibration)
         value = (light, others)
         self._geometryCache = {key_node.GetID(): (stamp, value)}  # one sweep at a time: the panel's
         return value
