@@ -895,6 +895,8 @@ class FreehandReconLogic:
         if browser is None and seq is None:
             return "Select the sweep: a sequence browser (or an image sequence)."
         for what, node in (("image sequence", seq), ("photoacoustic / Doppler sequence", get("channelSequence"))):
+            if node is not None and not node.IsA("vtkMRMLSequenceNode"):
+                return f"The {what} '{node.GetName()}' is a {node.GetClassName()}, not a sequence."
             if node is not None and node.GetDataNodeClassName() not in IMAGE_NODE_CLASSES:
                 return (f"The {what} '{node.GetName()}' holds {node.GetDataNodeClassName() or 'nothing'} items, "
                         "not images; select a sequence of image frames.")
