@@ -427,7 +427,8 @@ class FreehandReconLogic:
         "learned" or "speckle" (estimated). ``spacingMm``: one value or (x, y, z) in mm.
         ``outputVolumeNode`` is replaced on success (with the coverage and channel volumes of its last
         run); otherwise a new volume node is created. With ``roiNode`` the output fills the ROI box, along
-        its axes, and is placed under the ROI's parent transform.
+        its axes, and is placed under the ROI's parent transform (without one, the output and its companions are
+        taken from under any transform: their geometry is in world coordinates).
         ``channels``: None for every extra image sequence of the browser (photoacoustic, Doppler),
         or a list of sequence nodes / channel names (``[]`` for B-mode only). ``transformSequence``
         adds estimated poses to the browser as a transform sequence. With learned poses and
@@ -1056,7 +1057,9 @@ class FreehandReconLogic:
         if browser is not None:
             image_seq = FreehandReconLogic._imageSequenceOf(browser)
             proxy = browser.GetProxyNode(image_seq) if image_seq is not None else None
-            if proxy is not None and proxy.GetParentTransformNode() is None:
+            # frames whose IJKToRAS already hold a pose (PLUS EmbeddedTransformToFrame) are not moved twice
+            if (proxy is not None and proxy.GetParentTransformNode() is None
+                    and not FreehandReconLogic._posesInImages(image_seq)):
                 proxy.SetAndObserveTransformNodeID(browser.GetProxyNode(seq).GetID())
         return seq
 
