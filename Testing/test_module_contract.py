@@ -47,6 +47,7 @@ def test_every_ui_name_used_exists_in_the_ui_file():
 FITTING_CLASSES = {
     "node": {"qMRMLNodeComboBox"},
     "float": {"QDoubleSpinBox", "ctkSliderWidget"},
+    "int": {"QSpinBox", "QSlider", "QDoubleSpinBox", "ctkSliderWidget"},
     "bool": {"QCheckBox", "QPushButton"},
     "choice": {"QComboBox"},
     "str": {"QLineEdit", "QTextEdit"},
@@ -59,7 +60,7 @@ def annotation_kind(annotation: str) -> str:
         return "node"
     if "Choice(" in annotation:
         return "choice"
-    for kind, pattern in (("float", r"\bfloat\b"), ("bool", r"\bbool\b"), ("str", r"\bstr\b"),
+    for kind, pattern in (("float", r"\bfloat\b"), ("int", r"\bint\b"), ("bool", r"\bbool\b"), ("str", r"\bstr\b"),
                           ("path", r"\bPath\b")):
         if re.search(pattern, annotation):
             return kind
@@ -179,3 +180,36 @@ def test_cmake_lists_every_script_and_resource():
     stale = {p for p in listed if not (MODULE_DIR / p).exists()}
     assert not stale, f"CMakeLists.txt lists files that do not exist: {sorted(stale)}"
     assert "WITH_GENERIC_TESTS" in cmake and "slicer_add_python_unittest" in cmake
+
+
+def test_issue18_widgets_parameter_set_selector_and_option_plumbing():
+    """The SlicerIGT-parity widgets exist with their classes; the parameter-set selector lists this module's
+    (hidden) scripted module nodes; every field the logic's optionsFromParameters reads is a parameter field."""
+    widgets = ui_widgets()
+    expected = {"parameterSetSelector": "qMRMLNodeComboBox", "fitRoiButton": "QPushButton",
+                "importanceMaskSelector": "qMRMLNodeComboBox", "anisotropicSpacingCheckBox": "QCheckBox",
+                "spacingYSpinBox": "QDoubleSpinBox", "spacingZSpinBox": "QDoubleSpinBox",
+                "fanAngleLeftSpinBox": "QDoubleSpinBox", "fanAngleRightSpinBox": "QDoubleSpinBox",
+                "fanOriginXSpinBox": "QDoubleSpinBox", "fanOriginYSpinBox": "QDoubleSpinBox",
+                "fanRadiusStartSpinBox": "QDoubleSpinBox", "fanRadiusStopSpinBox": "QDoubleSpinBox",
+                "useClipRectangleCheckBox": "QCheckBox", "clipXSpinBox": "QSpinBox", "clipYSpinBox": "QSpinBox",
+                "clipWidthSpinBox": "QSpinBox", "clipHeightSpinBox": "QSpinBox", "skipIntervalSpinBox": "QSpinBox"}
+    for name, cls in expected.items():
+        assert name in widgets and widgets[name].get("class") == cls, name
+    selector = widgets["parameterSetSelector"]
+    props = {p.get("name"): p for p in selector.findall("property")}
+    assert props["nodeTypes"].findtext("stringlist/string") == "vtkMRMLScriptedModuleNode"
+    assert props["showHidden"].findtext("bool") == "true"  # vtkMRMLScriptedModuleNode is hidden from editors
+    assert "SlicerParameterName" not in props  # it chooses the parameter node itself
+    text = MODULE.read_text()
+    assert 'parameterSetSelector.addAttribute("vtkMRMLScriptedModuleNode", "ModuleName", self.moduleName)' in text
+    assert "parameterNode=p, **self.logic.optionsFromParameters(p)" in text
+    assert "qualityNodes=report is not None" in text and "addNodes=False" in text
+    core = (MODULE_DIR / "freehandrecon" / "slicer_logic.py").read_text()
+    body = core[core.index("def optionsFromParameters"):core.index("def ", core.index("def optionsFromParameters") + 10)]
+    read = set(re.findall(r'get\("(\w+)"', body)) | set(re.findall(r'get\(n, 0\)\) for n in \(([^)]*)\)', body))
+    names = {n.strip(' "\n') for item in read for n in item.split(",")}
+    names = {n for n in names if n}
+    fields = parameter_fields()
+    assert names and names <= set(fields), f"optionsFromParameters reads unknown fields: {names - set(fields)}"
+    assert {"clipXPx", "clipHeightPx", "fanRadiusStopPx", "skipInterval", "spacingZMm"} <= names
