@@ -121,11 +121,27 @@ class FreehandReconParameterNode:
     device: Annotated[str, Choice(list(slicer_logic.DEVICES))] = "cpu"
     # Reconstruction
     roiNode: vtkMRMLMarkupsROINode
-    spacingMm: Annotated[float, WithinRange(0.05, 20.0)] = 1.0
+    spacingMm: Annotated[float, WithinRange(0.05, 20.0)] = 1.0  # X (all axes unless anisotropicSpacing)
+    anisotropicSpacing: bool = False
+    spacingYMm: Annotated[float, WithinRange(0.05, 20.0)] = 1.0
+    spacingZMm: Annotated[float, WithinRange(0.05, 20.0)] = 1.0
     interpolation: Annotated[str, Choice(list(slicer_logic.INTERPOLATIONS))] = "nearest"
     compounding: Annotated[str, Choice(list(slicer_logic.COMPOUNDINGS))] = "mean"
+    importanceMaskVolume: vtkMRMLScalarVolumeNode
     fillHoles: Annotated[str, Choice(list(slicer_logic.HOLE_FILLINGS))] = "none"
     fanMask: Annotated[str, Choice(list(slicer_logic.FAN_MASKS))] = "none"
+    fanAngleLeftDeg: Annotated[float, WithinRange(-89.0, 89.0)] = -30.0
+    fanAngleRightDeg: Annotated[float, WithinRange(-89.0, 89.0)] = 30.0
+    fanOriginXPx: float = -1.0  # below 0: the frame's centre column
+    fanOriginYPx: float = 0.0
+    fanRadiusStartPx: Annotated[float, WithinRange(0.0, 10000.0)] = 0.0
+    fanRadiusStopPx: Annotated[float, WithinRange(0.0, 10000.0)] = 0.0  # 0: to the frame's far corner
+    useClipRectangle: bool = False
+    clipXPx: Annotated[int, WithinRange(0, 100000)] = 0
+    clipYPx: Annotated[int, WithinRange(0, 100000)] = 0
+    clipWidthPx: Annotated[int, WithinRange(1, 100000)] = 640
+    clipHeightPx: Annotated[int, WithinRange(1, 100000)] = 480
+    skipInterval: Annotated[int, WithinRange(1, 1000)] = 1
     # Output
     outputVolume: vtkMRMLScalarVolumeNode
     createCoverage: bool = True
@@ -167,10 +183,16 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setVisible(False)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self._onSceneNodesChanged)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self._onSceneNodesChanged)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.checkSweepButton.connect("clicked(bool)", self.onCheckSweepButton)
         self._checkSweepToolTip = self.ui.checkSweepButton.toolTip
+        self.ui.fitRoiButton.connect("clicked(bool)", self.onFitRoiButton)
+        # one parameter set (vtkMRMLScriptedModuleNode with ModuleName=FreehandRecon) per configuration
+        self.ui.parameterSetSelector.addAttribute("vtkMRMLScriptedModuleNode", "ModuleName", self.moduleName)
+        self.ui.parameterSetSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onParameterSetSelected)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -194,11 +216,33 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
+        current = self.ui.parameterSetSelector.currentNode()
+        if current is not None and current.GetScene() is slicer.mrmlScene:
+            self.setParameterNode(FreehandReconParameterNode(current))
+        else:
+            self.setParameterNode(self.logic.getParameterNode())
+            wasBlocked = self.ui.parameterSetSelector.blockSignals(True)
+            self.ui.parameterSetSelector.setCurrentNode(self._parameterNode.parameterNode)
+            self.ui.parameterSetSelector.blockSignals(wasBlocked)
         if not self._parameterNode.inputBrowser:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSequenceBrowserNode")
             if first:
                 self._parameterNode.inputBrowser = first
+
+    def onParameterSetSelected(self, node) -> None:
+        """Another parameter set (configuration) was chosen or added in the selector."""
+        if node is not None and not self._running:
+            self.setParameterNode(FreehandReconParameterNode(node))
+
+    def _onSceneNodesChanged(self, caller=None, event=None) -> None:
+        self._filterSequenceSelectors()
+
+    def _filterSequenceSelectors(self) -> None:
+        """Hide sequences of non-images (e.g. transforms) from the image and channel selectors; a qMRMLNodeComboBox
+        cannot filter on a sequence's item class by itself, and checkInputs refuses them anyway."""
+        hidden = self.logic.nonImageSequenceIDs()
+        for selector in (self.ui.imageSequenceSelector, self.ui.channelSequenceSelector):
+            selector.sortFilterProxyModel().hiddenNodeIDs = hidden
 
     def setParameterNode(self, inputParameterNode: Optional[FreehandReconParameterNode]) -> None:
         if self._parameterNode:
@@ -222,6 +266,13 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.pixelSpacingXSpinBox.enabled = p.overridePixelSpacing
         self.ui.pixelSpacingYSpinBox.enabled = p.overridePixelSpacing
         self.ui.presetComboBox.enabled = p.showIn3D
+        self.ui.anisotropicSpacingWidget.enabled = p.anisotropicSpacing
+        self.ui.importanceMaskSelector.enabled = p.compounding == "importance"
+        for widget in (self.ui.fanAnglesWidget, self.ui.fanOriginWidget, self.ui.fanRadiusWidget):
+            widget.enabled = p.fanMask == "manual"
+        self.ui.clipRectangleWidget.enabled = p.useClipRectangle
+        self.ui.fitRoiButton.enabled = bool(p.inputBrowser or p.imageSequence) and not self._running
+        self._filterSequenceSelectors()
         self._hideEmptyModelPath()
         missing = self.logic.checkInputs(p)
         self.ui.applyButton.enabled = missing is None and not self._running
@@ -257,8 +308,8 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         try:  # geometry only (no pixels), for the channels and settings Apply would use
             mb = self.logic.memoryEstimateMb(
-                p.inputBrowser or p.imageSequence, p.spacingMm, roiNode=p.roiNode, interpolation=p.interpolation,
-                compounding=p.compounding, fillHoles=p.fillHoles,
+                p.inputBrowser or p.imageSequence, roiNode=p.roiNode, interpolation=p.interpolation,
+                compounding=p.compounding, fillHoles=p.fillHoles, **self.logic.optionsFromParameters(p),
                 imageSequence=p.imageSequence if p.inputBrowser else None,
                 channels=[p.channelSequence] if p.channelSequence else [],
                 pixelSpacingMm=(p.pixelSpacingXMm, p.pixelSpacingYMm) if p.overridePixelSpacing else None,
@@ -290,7 +341,7 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._running = running
         self._cancelRequested = False
         self.ui.cancelButton.enabled = running
-        for section in (self.ui.inputsCollapsibleButton, self.ui.posesCollapsibleButton,
+        for section in (self.ui.parameterSetWidget, self.ui.inputsCollapsibleButton, self.ui.posesCollapsibleButton,
                         self.ui.reconstructionCollapsibleButton, self.ui.outputsCollapsibleButton):
             section.enabled = not running  # the settings of a running job stay as they were
         self.ui.progressBar.setVisible(running)
@@ -365,6 +416,21 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         finally:
             self._setRunning(False)
 
+    def onFitRoiButton(self) -> None:
+        p = self._parameterNode
+        try:
+            spacing = (p.pixelSpacingXMm, p.pixelSpacingYMm) if p.overridePixelSpacing else None
+            options = self.logic.optionsFromParameters(p)
+            p.roiNode = self.logic.fitRoi(p.inputBrowser or p.imageSequence, p.roiNode,
+                                          imageSequence=p.imageSequence if p.inputBrowser else None,
+                                          pixelSpacingMm=spacing, calibrationNode=p.calibrationTransform,
+                                          clipRectangle=options.get("clipRectangle"))
+            self.ui.statusLabel.text = _("ROI '{name}' fitted to the sweep; drag its handles to crop.").format(
+                name=p.roiNode.GetName())
+        except Exception as err:  # noqa: BLE001 - show every failure to the user, with the traceback in the log
+            self._showFailure(err, "ROI fit", _("Could not fit the ROI (see the Python console / log for details)."),
+                              _("Could not fit the ROI: {error}").format(error=err))
+
     def onApplyButton(self) -> None:
         p = self._parameterNode
         missing = self.logic.missingDependencies(p.poses, checkQuality=p.poses == "learned")
@@ -375,16 +441,21 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = _("Running...")
         try:
             spacing = (p.pixelSpacingXMm, p.pixelSpacingYMm) if p.overridePixelSpacing else None
+            report = None
             if p.poses == "learned" and slicer_logic.qualityGuardAvailable():
-                # the guard first: the clinician sees the warning before trusting learned poses
-                report = self._checkSweep(p, spacing)
+                # the guard first: the clinician sees the warning before trusting learned poses; its table and
+                # plot are added with the result, only if the reconstruction succeeds
+                report = self.logic.checkSweep(p.inputBrowser or p.imageSequence, progress=self._progress,
+                                               imageSequence=p.imageSequence if p.inputBrowser else None,
+                                               pixelSpacingMm=spacing, addNodes=False)
+                self._showQuality(report)
                 if report.verdict == "out-of-distribution" and not slicer.util.confirmOkCancelDisplay(
                         _("{message}\n\nReconstruct with learned poses anyway?").format(message=report.message),
                         windowTitle=_("Freehand Reconstruction")):
                     self.ui.statusLabel.text = _("Not reconstructed: the sweep is out of distribution.")
                     return
             volume = self.logic.reconstruct(
-                p.inputBrowser or p.imageSequence, poses=p.poses, spacingMm=p.spacingMm,
+                p.inputBrowser or p.imageSequence, poses=p.poses,
                 interpolation=p.interpolation, compounding=p.compounding, fillHoles=p.fillHoles, fanMask=p.fanMask,
                 roiNode=p.roiNode, outputVolumeNode=p.outputVolume, coverage=p.createCoverage, showIn3D=p.showIn3D,
                 preset=p.renderingPreset, model=p.modelPath, sweepDirection=p.sweepDirection, device=p.device,
@@ -392,15 +463,21 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 imageSequence=p.imageSequence if p.inputBrowser else None,
                 channels=[p.channelSequence] if p.channelSequence else [], pixelSpacingMm=spacing,
                 calibrationNode=p.calibrationTransform, transformSequence=p.createTransformSequence,
-                checkQuality=False)  # already checked above
+                checkQuality=False, qualityReport=report, qualityNodes=report is not None,  # checked above
+                parameterNode=p, **self.logic.optionsFromParameters(p))
             p.outputVolume = volume
+            chart = self.logic.lastNodes.get("qualityChart")
+            if chart is not None:
+                slicer.modules.plots.logic().ShowChartInLayout(chart)
             if p.centerView:
                 centerViewsOn(volume)
             r = self.logic.lastReport
             self.ui.statusLabel.text = _(
-                "Done: {frames} frames in {seconds:.1f} s, {dims} voxels of {spacing:g} mm, coverage {coverage:.0f} %."
+                "Done: {frames} frames in {seconds:.1f} s, {dims} voxels of {spacing} mm, coverage {coverage:.0f} %."
             ).format(frames=r["frames"], seconds=r["seconds"], dims=" x ".join(map(str, r["dims_ijk"])),
-                     spacing=r["spacing_mm"][0], coverage=100 * r["coverage_fraction"])
+                     spacing=" x ".join(f"{v:g}" for v in (r["spacing_mm"][:1] if len(set(r["spacing_mm"])) == 1
+                                                             else r["spacing_mm"])),
+                     coverage=100 * r["coverage_fraction"])
         except Cancelled:
             self.ui.statusLabel.text = _("Cancelled; the scene was left as it was.")
         except Exception as err:  # noqa: BLE001 - show every failure to the user, with the traceback in the log

@@ -47,6 +47,7 @@ def test_every_ui_name_used_exists_in_the_ui_file():
 FITTING_CLASSES = {
     "node": {"qMRMLNodeComboBox"},
     "float": {"QDoubleSpinBox", "ctkSliderWidget"},
+    "int": {"QSpinBox", "QSlider", "QDoubleSpinBox", "ctkSliderWidget"},
     "bool": {"QCheckBox", "QPushButton"},
     "choice": {"QComboBox"},
     "str": {"QLineEdit", "QTextEdit"},
@@ -59,7 +60,7 @@ def annotation_kind(annotation: str) -> str:
         return "node"
     if "Choice(" in annotation:
         return "choice"
-    for kind, pattern in (("float", r"\bfloat\b"), ("bool", r"\bbool\b"), ("str", r"\bstr\b"),
+    for kind, pattern in (("float", r"\bfloat\b"), ("int", r"\bint\b"), ("bool", r"\bbool\b"), ("str", r"\bstr\b"),
                           ("path", r"\bPath\b")):
         if re.search(pattern, annotation):
             return kind
@@ -225,3 +226,36 @@ def test_live_memory_estimate_uses_the_selected_channels_and_settings():
     for keyword in ("channels=[p.channelSequence] if p.channelSequence else []", "pixelSpacingMm=",
                     "calibrationNode=p.calibrationTransform", "imageSequence="):
         assert keyword in source
+
+
+def test_issue18_widgets_parameter_set_selector_and_option_plumbing():
+    """The SlicerIGT-parity widgets exist with their classes; the parameter-set selector lists this module's
+    (hidden) scripted module nodes; every field the logic's optionsFromParameters reads is a parameter field."""
+    widgets = ui_widgets()
+    expected = {"parameterSetSelector": "qMRMLNodeComboBox", "fitRoiButton": "QPushButton",
+                "importanceMaskSelector": "qMRMLNodeComboBox", "anisotropicSpacingCheckBox": "QCheckBox",
+                "spacingYSpinBox": "QDoubleSpinBox", "spacingZSpinBox": "QDoubleSpinBox",
+                "fanAngleLeftSpinBox": "QDoubleSpinBox", "fanAngleRightSpinBox": "QDoubleSpinBox",
+                "fanOriginXSpinBox": "QDoubleSpinBox", "fanOriginYSpinBox": "QDoubleSpinBox",
+                "fanRadiusStartSpinBox": "QDoubleSpinBox", "fanRadiusStopSpinBox": "QDoubleSpinBox",
+                "useClipRectangleCheckBox": "QCheckBox", "clipXSpinBox": "QSpinBox", "clipYSpinBox": "QSpinBox",
+                "clipWidthSpinBox": "QSpinBox", "clipHeightSpinBox": "QSpinBox", "skipIntervalSpinBox": "QSpinBox"}
+    for name, cls in expected.items():
+        assert name in widgets and widgets[name].get("class") == cls, name
+    selector = widgets["parameterSetSelector"]
+    props = {p.get("name"): p for p in selector.findall("property")}
+    assert props["nodeTypes"].findtext("stringlist/string") == "vtkMRMLScriptedModuleNode"
+    assert props["showHidden"].findtext("bool") == "true"  # vtkMRMLScriptedModuleNode is hidden from editors
+    assert "SlicerParameterName" not in props  # it chooses the parameter node itself
+    text = MODULE.read_text()
+    assert 'parameterSetSelector.addAttribute("vtkMRMLScriptedModuleNode", "ModuleName", self.moduleName)' in text
+    assert "parameterNode=p, **self.logic.optionsFromParameters(p)" in text
+    assert "qualityNodes=report is not None" in text and "addNodes=False" in text
+    core = (MODULE_DIR / "freehandrecon" / "slicer_logic.py").read_text()
+    body = core[core.index("def optionsFromParameters"):core.index("def ", core.index("def optionsFromParameters") + 10)]
+    read = set(re.findall(r'get\("(\w+)"', body)) | set(re.findall(r'get\(n, 0\)\) for n in \(([^)]*)\)', body))
+    names = {n.strip(' "\n') for item in read for n in item.split(",")}
+    names = {n for n in names if n}
+    fields = parameter_fields()
+    assert names and names <= set(fields), f"optionsFromParameters reads unknown fields: {names - set(fields)}"
+    assert {"clipXPx", "clipHeightPx", "fanRadiusStopPx", "skipInterval", "spacingZMm"} <= names

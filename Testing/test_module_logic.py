@@ -549,3 +549,267 @@ def test_missing_dependencies_here_is_empty_and_checks_the_pose_source():
     assert logic.missingDependencies("learned", checkQuality=True) == []
     with pytest.raises(InputError):
         logic.missingDependencies("magic")
+
+
+# --- issue 18: scene handling and SlicerIGT Volume Reconstruction parity ------------------------------
+
+def _embedded_pose_browser(scene, sweep: Sweep, name: str):
+    """A browser whose frames carry their poses in their IJKToRAS (PLUS EmbeddedTransformToFrame), no parent."""
+    seq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
+    scratch = slicer.vtkMRMLScalarVolumeNode()
+    for n, pixel_to_world in enumerate(sweep.pixel_to_world()):
+        slicer.util.updateVolumeFromArray(scratch, np.ascontiguousarray(sweep.frames[n])[None])
+        scratch.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(pixel_to_world))
+        seq.SetDataNodeAtValue(scratch, str(n))
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", f"{name} browser")
+    browser.SetAndObserveMasterSequenceNodeID(seq.GetID())
+    mrml.get_logic(scene, "sequences").UpdateProxyNodesFromSequences(browser)
+    return browser
+
+
+def test_a_recording_browser_is_refused_instead_of_reading_one_live_frame(scene):
+    logic = FreehandReconLogic()
+    browser = logic.loadSample()
+    browser.SetRecordingActive(True)
+    before = node_count(scene)
+    with pytest.raises(InputError, match="'SpinePhantom browser' is recording; stop recording first"):
+        logic.reconstruct(browser, spacingMm=2.0, showIn3D=False)
+    assert "is recording" in logic.checkInputs(types.SimpleNamespace(inputBrowser=browser, poses="tracked"))
+    assert node_count(scene) == before
+    browser.SetRecordingActive(False)
+    assert logic.checkInputs(types.SimpleNamespace(inputBrowser=browser, poses="tracked")) is None
+
+
+def test_poses_embedded_in_the_frames_ijk_to_ras_reconstruct_like_parent_transforms(scene, plus_sweep):
+    parent = mrml.sweep_to_browser(scene, plus_sweep, name="Parent")
+    embedded = _embedded_pose_browser(scene, plus_sweep, "Embedded")
+    logic = FreehandReconLogic(scene)
+    assert logic.checkInputs(types.SimpleNamespace(inputBrowser=embedded, poses="tracked")) is None
+    read = logic.readSweep(embedded)
+    assert read.metadata.get("poses_in_image_geometry")
+    np.testing.assert_allclose(read.pixel_to_world(), plus_sweep.pixel_to_world(), atol=1e-9)
+    a = logic.reconstruct(parent, spacingMm=0.5, showIn3D=False, coverage=False)
+    b = logic.reconstruct(embedded, spacingMm=0.5, showIn3D=False, coverage=False)
+    np.testing.assert_allclose(ijk_to_ras(b), ijk_to_ras(a), atol=1e-9)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(b), slicer.util.arrayFromVolume(a))
+    # the same frames with one shared geometry stay untracked
+    flat = mrml.sweep_to_browser(scene, Sweep(plus_sweep.frames, plus_sweep.pixel_spacing), name="Flat")
+    assert "learned or speckle" in logic.checkInputs(types.SimpleNamespace(inputBrowser=flat, poses="tracked"))
+    cal = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "Cal")
+    with pytest.raises(CalibrationError, match="image geometry"):
+        logic.readSweep(embedded, calibrationNode=cal)
+
+
+def test_volume_rendering_uses_the_default_rendering_method(scene):
+    logic = FreehandReconLogic()
+    browser = logic.loadSample()
+    vr = mrml.get_logic(scene, "volumerendering")
+    vr.SetDefaultRenderingMethod("vtkMRMLCPURayCastVolumeRenderingDisplayNode")
+    logic.reconstruct(browser, spacingMm=2.0, coverage=False)
+    assert logic.lastNodes["display"].IsA("vtkMRMLCPURayCastVolumeRenderingDisplayNode")
+    vr.SetDefaultRenderingMethod("vtkMRMLGPURayCastVolumeRenderingDisplayNode")
+    logic.reconstruct(browser, spacingMm=2.0, coverage=False)
+    assert logic.lastNodes["display"].IsA("vtkMRMLGPURayCastVolumeRenderingDisplayNode")
+
+
+def test_quality_nodes_are_added_only_after_a_successful_reconstruction(scene, tmp_path):
+    logic = FreehandReconLogic()
+    browser = logic.loadSample()
+    report = logic.checkSweep(browser, guard=str(_tiny_guard_file(tmp_path)), addNodes=False)
+    names = [scene.GetNthNode(i).GetName() for i in range(node_count(scene))]
+    calls = []
+    with pytest.raises(Cancelled):
+        logic.reconstruct(browser, spacingMm=1.0, qualityReport=report, qualityNodes=True,
+                          progress=lambda s, f: calls.append(s), shouldCancel=lambda: bool(calls))
+    assert [scene.GetNthNode(i).GetName() for i in range(node_count(scene))] == names
+    logic.reconstruct(browser, spacingMm=2.0, qualityReport=report, qualityNodes=True, showIn3D=False)
+    table = logic.lastNodes["qualityTable"]
+    assert table.GetName() == "SpinePhantom_Quality" and table.GetNumberOfRows() == 21
+    assert logic.lastReport["quality"]["verdict"] == report.verdict
+
+
+def test_reconstructing_twice_into_one_output_reuses_its_coverage_node(scene):
+    logic = FreehandReconLogic()
+    browser = logic.loadSample()
+    volume = logic.reconstruct(browser, spacingMm=2.0, showIn3D=False)
+    coverage = logic.lastNodes["coverage"]
+    count = node_count(scene)
+    again = logic.reconstruct(browser, spacingMm=1.0, outputVolumeNode=volume, showIn3D=False)
+    assert again is volume and logic.lastNodes["coverage"] is coverage
+    assert node_count(scene) == count
+    assert slicer.util.arrayFromVolume(coverage).shape == slicer.util.arrayFromVolume(volume).shape
+    assert volume.GetNodeReference("FreehandRecon.Coverage") is coverage
+    covs = [scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode").GetName()
+            for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))]
+    assert sum("_Coverage" in n for n in covs) == 1
+
+
+def test_sequence_selectors_refuse_and_hide_transform_sequences(scene):
+    logic = FreehandReconLogic()
+    browser = logic.loadSample()
+    collection = vtk.vtkCollection()
+    browser.GetSynchronizedSequenceNodes(collection, True)
+    transforms = next(collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())
+                      if collection.GetItemAsObject(i).GetDataNodeClassName() == "vtkMRMLLinearTransformNode")
+    images = logic._imageSequenceOf(browser)
+    message = logic.checkInputs(types.SimpleNamespace(inputBrowser=browser, imageSequence=transforms))
+    assert "not images" in message and "SpinePhantom_ImageToReference" in message
+    assert "not images" in logic.checkInputs(types.SimpleNamespace(inputBrowser=browser, channelSequence=transforms))
+    hidden = logic.nonImageSequenceIDs()
+    assert transforms.GetID() in hidden and images.GetID() not in hidden
+
+
+def test_fit_roi_adds_one_visible_bounds_roi_around_the_sweep_and_reuses_it(scene):
+    logic = FreehandReconLogic()
+    browser = logic.loadSample()
+    auto = logic.reconstruct(browser, spacingMm=0.5, showIn3D=False, coverage=False)
+    origin, dims = np.array(logic.lastReport["origin_mm"]), np.array(logic.lastReport["dims_ijk"])
+    count = node_count(scene)
+    roi = logic.fitRoi(browser)
+    assert roi.GetName() == "SpinePhantom_Bounds" and roi.GetDisplayNode().GetVisibility()
+    center, size = np.array(roi.GetCenter()), np.array(roi.GetSize())
+    np.testing.assert_allclose(center - size / 2, origin, atol=1e-6)  # the automatic box, from the same corners
+    np.testing.assert_allclose(size, (dims - 1) * 0.5, atol=0.5)
+    assert node_count(scene) > count
+    count = node_count(scene)
+    roi.SetSize(*(size / 2))
+    assert logic.fitRoi(browser) is roi and node_count(scene) == count  # refitted, not duplicated
+    np.testing.assert_allclose(roi.GetSize(), size, atol=1e-9)
+    boxed = logic.reconstruct(browser, spacingMm=0.5, roiNode=roi, showIn3D=False, coverage=False)
+    assert boxed is not auto
+    assert np.abs(np.array(slicer.util.arrayFromVolume(boxed).shape[::-1]) - dims).max() <= 1
+    flat = mrml.sweep_to_browser(scene, Sweep(np.zeros((3, 8, 8), np.uint8), (0.1, 0.1)), name="Untracked")
+    with pytest.raises(InputError, match="no poses"):
+        logic.fitRoi(flat)
+
+
+def test_output_goes_under_the_roi_parent_transform_along_the_roi_axes(scene):
+    logic = FreehandReconLogic()
+    browser = logic.loadSample()
+    angle = np.deg2rad(30.0)
+    t = np.eye(4)
+    t[:3, :3] = [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    t[:3, 3] = (5.0, -3.0, 2.0)
+    parent = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "RoiParent")
+    parent.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(t))
+    local_center = np.linalg.inv(t) @ np.array([-40.0, 190.0, 45.0, 1.0])
+    child = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "Child")
+    child.SetCenter(*local_center[:3])
+    child.SetSize(30.0, 40.0, 20.0)
+    child.SetAndObserveTransformNodeID(parent.GetID())
+    world = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "World")  # the same box, in world coordinates
+    object_to_world = t.copy()
+    object_to_world[:3, 3] = (-40.0, 190.0, 45.0)
+    world.GetObjectToNodeMatrix().DeepCopy(slicer.util.vtkMatrixFromArray(object_to_world))
+    world.SetSize(30.0, 40.0, 20.0)
+    np.testing.assert_allclose(world.GetCenter(), (-40.0, 190.0, 45.0))
+    a = logic.reconstruct(browser, spacingMm=1.0, roiNode=child, showIn3D=False)
+    assert a.GetParentTransformNode() is parent
+    assert logic.lastNodes["coverage"].GetParentTransformNode() is parent
+    np.testing.assert_allclose(ijk_to_ras(a)[:3, :3], np.eye(3), atol=1e-9)  # the ROI's axes in its parent frame
+    b = logic.reconstruct(browser, spacingMm=1.0, roiNode=world, showIn3D=False)
+    assert b.GetParentTransformNode() is None
+    np.testing.assert_allclose(t @ ijk_to_ras(a), ijk_to_ras(b), atol=1e-6)
+    va, vb = slicer.util.arrayFromVolume(a), slicer.util.arrayFromVolume(b)
+    assert va.shape == vb.shape == (20, 40, 30) and vb.max() > 0
+    assert np.mean(va == vb) > 0.999
+
+
+def test_anisotropic_output_spacing(scene):
+    logic = FreehandReconLogic()
+    browser = logic.loadSample()
+    volume = logic.reconstruct(browser, spacingMm=(0.5, 1.0, 2.0), showIn3D=False, coverage=False)
+    np.testing.assert_allclose(volume.GetSpacing(), (0.5, 1.0, 2.0))
+    assert logic.lastReport["dims_ijk"][0] == 147 and logic.lastReport["spacing_mm"] == [0.5, 1.0, 2.0]
+    assert logic.memoryEstimateMb(browser, (0.5, 1.0, 2.0)) < logic.memoryEstimateMb(browser, 0.5)
+    params = types.SimpleNamespace(inputBrowser=browser, spacingMm=0.5, anisotropicSpacing=True, spacingYMm=1.0,
+                                   spacingZMm=2.0)
+    assert logic.optionsFromParameters(params)["spacingMm"] == (0.5, 1.0, 2.0)
+    assert logic.checkInputs(params) is None
+    for bad in ((0.5, 0.0, 1.0), (1.0, 2.0), "fine"):
+        with pytest.raises(InputError, match="spacing"):
+            logic.reconstruct(browser, spacingMm=bad)
+
+
+def test_clip_rectangle_manual_fan_and_skip_interval(scene):
+    logic = FreehandReconLogic()
+    browser = logic.loadSample()
+    full = logic.reconstruct(browser, spacingMm=1.0, showIn3D=False)
+    full_coverage = logic.lastReport["coverage_fraction"]
+    clip = (200, 50, 300, 400)
+    clipped = logic.reconstruct(browser, spacingMm=1.0, clipRectangle=clip, showIn3D=False)
+    core = reconstruct_sweep(logic.readSweep(browser), ReconstructionRequest(spacing_mm=1.0, options=CompoundOptions(
+        clip_rectangle=clip)))
+    array = slicer.util.arrayFromVolume(clipped)
+    assert array.shape == core.grid.shape_zyx and array.size < slicer.util.arrayFromVolume(full).size
+    np.testing.assert_array_equal(array, core.volume_array())
+    assert logic.lastReport["clip_rectangle"] == list(clip)
+    logic.reconstruct(browser, spacingMm=1.0, fanMask="manual", fanAnglesDeg=(-20.0, 20.0), showIn3D=False)
+    fan = logic.lastReport["fan"]
+    assert fan["angles_deg"] == [-20.0, 20.0] and fan["origin_px"] == [409.5, 0.0]
+    assert logic.lastReport["coverage_fraction"] < full_coverage
+    with pytest.raises(InputError, match="fan mask is 'none'"):
+        logic.reconstruct(browser, fanAnglesDeg=(-20.0, 20.0))
+    with pytest.raises(InputError, match="edge angles"):
+        logic.reconstruct(browser, fanMask="manual")
+    logic.reconstruct(browser, spacingMm=1.0, skipInterval=2, showIn3D=False)
+    assert logic.lastReport["frames"] == 11 and logic.lastReport["skip_interval"] == 2
+    assert logic.lastReport["coverage_fraction"] < full_coverage
+    with pytest.raises(InputError, match="skip interval"):
+        logic.reconstruct(browser, skipInterval=0)
+    params = types.SimpleNamespace(inputBrowser=browser, useClipRectangle=True, clipXPx=200, clipYPx=50,
+                                   clipWidthPx=300, clipHeightPx=400, fanMask="manual", fanAngleLeftDeg=-20.0,
+                                   fanAngleRightDeg=20.0, fanOriginXPx=-1.0, fanRadiusStopPx=0.0, skipInterval=2)
+    options = logic.optionsFromParameters(params)
+    assert options == {"spacingMm": 1.0, "skipInterval": 2, "clipRectangle": clip, "fanAnglesDeg": (-20.0, 20.0),
+                       "fanOriginPx": None, "fanRadiusPx": None}
+    assert logic.checkInputs(params) is None
+    assert "angles" in logic.checkInputs(types.SimpleNamespace(**{**vars(params), "fanAngleLeftDeg": -95.0}))
+
+
+def test_importance_mask_weights_the_pixels(scene):
+    logic = FreehandReconLogic()
+    browser = logic.loadSample()
+    roi = logic.fitRoi(browser)
+    mask = np.zeros((616, 820), np.uint8)
+    mask[:, 410:] = 255  # the right half counts fully, the left half not at all
+    mask_node = mrml.add_volume_node(scene, mask[None], np.eye(4), "ImportanceMask")
+    weighted = logic.reconstruct(browser, spacingMm=1.0, roiNode=roi, compounding="importance",
+                                 importanceMask=mask_node, showIn3D=False)
+    weighted_cov = slicer.util.arrayFromVolume(logic.lastNodes["coverage"]).copy()
+    assert logic.lastReport["importance_mask"] is True
+    right = logic.reconstruct(browser, spacingMm=1.0, roiNode=roi, clipRectangle=(410, 0, 410, 616), showIn3D=False)
+    right_cov = slicer.util.arrayFromVolume(logic.lastNodes["coverage"])
+    np.testing.assert_array_equal(weighted_cov > 0, right_cov > 0)
+    a, b = slicer.util.arrayFromVolume(weighted), slicer.util.arrayFromVolume(right)
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    with pytest.raises(InputError, match="needs an importance mask"):
+        logic.reconstruct(browser, compounding="importance")
+    with pytest.raises(InputError, match="compounding mode is 'mean'"):
+        logic.reconstruct(browser, importanceMask=mask_node)
+    with pytest.raises(InputError, match="Importance mask is"):
+        logic.reconstruct(browser, compounding="importance", importanceMask=np.ones((10, 10)))
+    assert "importance mask" in logic.checkInputs(types.SimpleNamespace(inputBrowser=browser,
+                                                                        compounding="importance"))
+
+
+def test_reconstruction_report_and_event_for_other_modules(scene):
+    import json
+
+    from freehandrecon import slicer_logic
+
+    assert slicer_logic.ReconstructionFinishedEvent == vtk.vtkCommand.UserEvent + 18002
+    logic = FreehandReconLogic()
+    browser = logic.loadSample()
+    params = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "FreehandRecon config A")
+    params.SetAttribute("ModuleName", "FreehandRecon")
+    seen = []
+    params.AddObserver(slicer_logic.ReconstructionFinishedEvent,
+                       lambda caller, event: seen.append(json.loads(caller.GetAttribute("FreehandRecon.Report"))))
+    with pytest.raises(Cancelled):
+        logic.reconstruct(browser, parameterNode=params, shouldCancel=lambda: True)
+    assert seen == []
+    volume = logic.reconstruct(browser, spacingMm=2.0, parameterNode=params, showIn3D=False)
+    assert len(seen) == 1 and seen[0]["frames"] == 21 and seen[0]["output_volume"] == volume.GetName()
+    assert json.loads(volume.GetAttribute("FreehandRecon.Report")) == seen[0]
+    assert params.GetAttribute("FreehandRecon.OutputVolumeID") == volume.GetID()

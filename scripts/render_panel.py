@@ -58,6 +58,9 @@ def make_standins():
             self._none = value
 
         noneDisplay = Property(str, _get_none, _set_none)
+        # set by the .ui; nothing to show without a scene
+        showHidden = Property(bool, lambda self: False, lambda self, v: None)
+        baseName = Property(str, lambda self: "", lambda self, v: None)
 
         def show_node(self, name: str | None) -> None:
             self.clear()
@@ -157,7 +160,8 @@ def render(out: Path, width: int = 460, with_sample: bool = True, spacing_mm: fl
 
     state = sample_state(spacing_mm) if with_sample else {"browser": None, "memory": "-", "status": ""}
     find = lambda name: panel.findChild(QtWidgets.QWidget, name)  # noqa: E731
-    selections = {"inputBrowserSelector": state["browser"], "imageSequenceSelector": None,
+    selections = {"parameterSetSelector": "FreehandRecon", "importanceMaskSelector": None,
+                  "inputBrowserSelector": state["browser"], "imageSequenceSelector": None,
                   "channelSequenceSelector": None, "calibrationSelector": None, "roiSelector": None,
                   "outputVolumeSelector": None}
     for name, node in selections.items():
@@ -174,8 +178,10 @@ def render(out: Path, width: int = 460, with_sample: bool = True, spacing_mm: fl
     find("memoryEstimateLabel").setText(state["memory"])
     find("statusLabel").setText(state["status"])
     # As the module does for tracked poses: the sensorless-only and override widgets are disabled.
+    # So are the options their switches leave off (anisotropic spacing, importance mask, manual fan, clip rectangle).
     for name in ("modelPathLineEdit", "sweepDirectionComboBox", "transformSequenceCheckBox", "pixelSpacingXSpinBox",
-                 "pixelSpacingYSpinBox"):
+                 "pixelSpacingYSpinBox", "anisotropicSpacingWidget", "importanceMaskSelector", "fanAnglesWidget",
+                 "fanOriginWidget", "fanRadiusWidget", "clipRectangleWidget"):
         find(name).setEnabled(False)
     apply_button = find("applyButton")
     apply_button.setEnabled(state["browser"] is not None)

@@ -47,18 +47,21 @@ def _data_node(browser: Any, seq: Any, index_value: str, n: int) -> Any:
 
 
 def lone_sequence_geometry(seq: Any, pixel_spacing: tuple[float, float] | None = None) -> Sweep:
-    """Shape and spacing of a lone image sequence (no browser, so no poses)."""
+    """Shape, spacing and (when PLUS embedded them in the IJKToRAS) poses of a lone image sequence."""
     n = seq.GetNumberOfDataNodes()
     if n == 0:
         raise InputError(f"The sequence '{seq.GetName()}' is empty.", "Record or import frames first.")
-    first = seq.GetNthDataNode(0)
-    shape = _frame_shape(first, f"image sequence '{seq.GetName()}'")
-    if pixel_spacing is None:
-        ijk = _matrix(first.GetIJKToRASMatrix)
-        pixel_spacing = tuple(float(v) for v in np.linalg.norm(ijk[:3, :2], axis=0))
+    shape = _frame_shape(seq.GetNthDataNode(0), f"image sequence '{seq.GetName()}'")
     frames = np.broadcast_to(np.zeros((1, 1, 1), dtype=np.uint8), (n, *shape))
-    return Sweep(frames=frames, pixel_spacing=pixel_spacing,
-                 metadata={"source": "mrml", "image_sequence": seq.GetName(), "transform_chain": []})
+    ijk = mrml.image_sequence_ijk_to_ras(seq)
+    meta = {"source": "mrml", "image_sequence": seq.GetName(), "transform_chain": []}
+    if mrml.poses_in_image_geometry(ijk):  # as FreehandReconLogic.readSweep does
+        meta["poses_in_image_geometry"] = True
+        return mrml.sweep_from_pixel_to_world(frames, {}, ijk, True, pixel_spacing,
+                                              np.linalg.norm(ijk[:, :3, :2], axis=1).mean(axis=0), None, meta)
+    if pixel_spacing is None:
+        pixel_spacing = tuple(float(v) for v in np.linalg.norm(ijk[0, :3, :2], axis=0))
+    return Sweep(frames=frames, pixel_spacing=pixel_spacing, metadata=meta)
 
 
 def browser_geometry(browser: Any, image_sequence: Any = None,
@@ -67,6 +70,7 @@ def browser_geometry(browser: Any, image_sequence: Any = None,
     scene = browser.GetScene()
     if scene is None:
         raise InputError("The sequence browser is not in an MRML scene.", "Pass a browser node from a scene.")
+    mrml.check_not_recording(browser)
     sequences = mrml._browser_sequences(browser)
     image_seq = mrml._pick_image_sequence(browser, sequences, image_sequence)
     master = browser.GetMasterSequenceNode()
@@ -104,5 +108,9 @@ def browser_geometry(browser: Any, image_sequence: Any = None,
     frames = np.broadcast_to(np.zeros((1, 1, 1), dtype=np.uint8), (n_frames, *shape))
     meta = {"source": "mrml", "browser": browser.GetName(), "image_sequence": image_seq.GetName(),
             "transform_chain": [static.GetName() for static, _ in chain]}
-    return mrml._sweep_from_pixel_to_world(frames, {}, pixel_to_world, bool(chain), pixel_spacing,
-                                           ijk_spacing.mean(axis=0), None, meta)
+    has_poses = bool(chain)
+    if not chain and mrml.poses_in_image_geometry(pixel_to_world):  # PLUS EmbeddedTransformToFrame
+        has_poses = True
+        meta["poses_in_image_geometry"] = True
+    return mrml.sweep_from_pixel_to_world(frames, {}, pixel_to_world, has_poses, pixel_spacing,
+                                          ijk_spacing.mean(axis=0), None, meta)

@@ -170,17 +170,22 @@ class ReconstructionLogic:
 
     def add_result_nodes(self, sweep: Sweep, result: ReconstructionResult, name: str = "Reconstruction",
                          replace_volume: Any = None, coverage: bool = True,
-                         transform_sequence: bool = False) -> dict[str, Any]:
-        """Create the output nodes (volume, coverage, channels, optional pose sequence) in the scene."""
+                         transform_sequence: bool = False, replace: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Create the output nodes (volume, coverage, channels, optional pose sequence) in the scene.
+
+        ``replace`` maps a node key ("coverage", "channel:<name>") to an existing volume to update in place
+        instead of adding a new one (the companions of a replaced output volume).
+        """
+        replace = replace or {}
         ijk_to_ras = result.grid.ijk_to_world()
         nodes: dict[str, Any] = {"volume": self.mrml.add_volume_node(self.scene, result.volume_array(), ijk_to_ras,
                                                                     name, replace=replace_volume)}
         if coverage:
             nodes["coverage"] = self.mrml.add_volume_node(self.scene, result.bmode.coverage, ijk_to_ras,
-                                                          f"{name}_Coverage")
+                                                          f"{name}_Coverage", replace=replace.get("coverage"))
         for ch in result.channels:
             nodes[f"channel:{ch}"] = self.mrml.add_volume_node(self.scene, result.volume_array(ch), ijk_to_ras,
-                                                               f"{name}_{ch}")
+                                                               f"{name}_{ch}", replace=replace.get(f"channel:{ch}"))
         if transform_sequence:
             nodes["transforms"] = self.mrml.add_transform_sequence(self.scene, sweep.image_to_world,
                                                                    f"{name}_ImageToReference")

@@ -434,6 +434,7 @@ def sweep_from_browser(browser: Any, image_sequence: Any = None,
     scene = browser.GetScene() if browser is not None else None
     if scene is None:
         raise InputError("The sequence browser is not in an MRML scene.", "Pass a browser node from a scene.")
+    check_not_recording(browser)
     sequences = _browser_sequences(browser)
     image_seq = _pick_image_sequence(browser, sequences, image_sequence)
     channel_seqs = [s for s in sequences if _is_image_sequence(s) and s.GetID() != image_seq.GetID()]
@@ -456,6 +457,7 @@ def sweep_from_browser(browser: Any, image_sequence: Any = None,
     ijk_spacing = np.zeros((n_frames, 2))
     chain: list[str] = []
     has_poses = True
+    any_parent = False
     try:
         for n in range(n_frames):
             browser.SetSelectedItemNumber(n)
@@ -482,6 +484,7 @@ def sweep_from_browser(browser: Any, image_sequence: Any = None,
                 has_poses = False
                 pixel_to_world[n] = _ijk_to_ras(image_proxy)
                 continue
+            any_parent = True
             if not parent.IsTransformToWorldLinear():
                 raise CalibrationError(f"The transforms above '{image_proxy.GetName()}' are not linear.",
                                        "Harden or remove the non-linear (grid/b-spline) transform first.")
@@ -498,10 +501,42 @@ def sweep_from_browser(browser: Any, image_sequence: Any = None,
         logic.UpdateProxyNodesFromSequences(browser)
     if frames is None:
         raise InputError(f"The sequence browser '{browser.GetName()}' has no items.", "Record or import frames first.")
-    return _sweep_from_pixel_to_world(frames, channels or {}, pixel_to_world, has_poses, pixel_spacing,
-                                      ijk_spacing.mean(axis=0), _timestamps(browser, n_frames),
-                                      {"source": "mrml", "browser": browser.GetName(),
-                                       "image_sequence": image_seq.GetName(), "transform_chain": chain})
+    embedded = not any_parent and poses_in_image_geometry(pixel_to_world)
+    meta = {"source": "mrml", "browser": browser.GetName(), "image_sequence": image_seq.GetName(),
+            "transform_chain": chain}
+    if embedded:  # PLUS EmbeddedTransformToFrame: each frame's pose is its IJKToRAS
+        has_poses = True
+        meta["poses_in_image_geometry"] = True
+    return sweep_from_pixel_to_world(frames, channels or {}, pixel_to_world, has_poses, pixel_spacing,
+                                      ijk_spacing.mean(axis=0), _timestamps(browser, n_frames), meta)
+
+
+def check_not_recording(browser: Any) -> None:
+    """Refuse a browser that is recording: Slicer does not update its proxy nodes then, so every item
+    would read as the same live frame."""
+    if browser is not None and browser.GetRecordingActive():
+        raise InputError(f"The browser '{browser.GetName()}' is recording; stop recording first.",
+                         "Press the stop-recording button in the Sequences toolbar (or call "
+                         "browser.SetRecordingActive(False)), then reconstruct.")
+
+
+def poses_in_image_geometry(ijk_to_ras: np.ndarray, tol: float = 1e-6) -> bool:
+    """Whether ``[N, 4, 4]`` per-frame IJKToRAS matrices place the frames differently (a pose per frame, as
+    PLUS writes with EmbeddedTransformToFrame), rather than only differing in pixel spacing."""
+    m = np.asarray(ijk_to_ras, dtype=np.float64)
+    if len(m) < 2:
+        return False
+    cols = m[:, :3, :3]
+    directions = cols / np.maximum(np.linalg.norm(cols, axis=1, keepdims=True), 1e-12)
+    origins = m[:, :3, 3]
+    scale = max(1.0, float(np.abs(origins).max()))
+    return bool(np.ptp(directions, axis=0).max() > tol or np.ptp(origins, axis=0).max() > tol * scale)
+
+
+def image_sequence_ijk_to_ras(image_seq: Any) -> np.ndarray:
+    """``[N, 4, 4]`` IJKToRAS of every item of an image sequence, read from the items (not the proxy)."""
+    return np.array([_ijk_to_ras(image_seq.GetNthDataNode(n))
+                     for n in range(image_seq.GetNumberOfDataNodes())]).reshape(-1, 4, 4)
 
 
 def _grey(frames: np.ndarray, what: str, meta: dict[str, Any]) -> np.ndarray:
@@ -511,10 +546,11 @@ def _grey(frames: np.ndarray, what: str, meta: dict[str, Any]) -> np.ndarray:
     return frames
 
 
-def _sweep_from_pixel_to_world(frames: np.ndarray, channels: dict[str, np.ndarray], pixel_to_world: np.ndarray,
+def sweep_from_pixel_to_world(frames: np.ndarray, channels: dict[str, np.ndarray], pixel_to_world: np.ndarray,
                                has_poses: bool, pixel_spacing: tuple[float, float] | None,
                                image_spacing: np.ndarray, timestamps: np.ndarray | None,
                                meta: dict[str, Any]) -> Sweep:
+    """A sweep from frames and their ``[N, 4, 4]`` pixel-to-world matrices (``has_poses`` False: no poses)."""
     frames = _grey(frames, "Image frames", meta)
     channels = {k: _grey(v, f"Channel '{k}' frames", meta) for k, v in channels.items()}
     if pixel_spacing is None:
@@ -778,32 +814,37 @@ def _stretch_preset(prop_node: Any, high: float) -> None:
     prop_node.SetEffectiveRange(0.0, high)
 
 
-def show_volume_rendering(scene: Any, volume_node: Any, preset: str = "US-BMode", method: str = "gpu",
+RENDERING_METHODS = {"gpu": "vtkMRMLGPURayCastVolumeRenderingDisplayNode",
+                     "cpu": "vtkMRMLCPURayCastVolumeRenderingDisplayNode"}
+
+
+def show_volume_rendering(scene: Any, volume_node: Any, preset: str = "US-BMode", method: str | None = None,
                           rescale: bool | None = None) -> Any:
     """Give ``volume_node`` a visible volume rendering display node with a FreehandRecon preset.
 
     Presets ("US-BMode", "PA-Hot", "Doppler-Red") are defined on 0..255; with ``rescale``
     (default: any volume that is not 8-bit) they are stretched onto 0..max of the volume,
-    so float or 16-bit reconstructions look the same. ``method``: "gpu" or "cpu" ray casting.
+    so float or 16-bit reconstructions look the same. ``method``: "gpu" or "cpu" ray casting, or None for
+    the volume rendering logic's default (in Slicer: the user's choice in Application Settings > Volume
+    rendering; GPU ray casting when none is set); an existing display node is then kept whatever its method.
     Returns the display node (reused if the volume already has one).
     """
     if volume_node is None or not volume_node.IsA("vtkMRMLScalarVolumeNode") or volume_node.GetImageData() is None:
         raise InputError("Volume rendering needs a scalar volume node with image data.",
                          "Pass the reconstructed volume node (mrml.add_volume_node returns one).")
-    classes = {"gpu": "vtkMRMLGPURayCastVolumeRenderingDisplayNode",
-               "cpu": "vtkMRMLCPURayCastVolumeRenderingDisplayNode"}
-    if method not in classes:
-        raise InputError(f"Unknown volume rendering method '{method}'.", "Use 'gpu' or 'cpu'.")
+    if method is not None and method not in RENDERING_METHODS:
+        raise InputError(f"Unknown volume rendering method '{method}'.", "Use 'gpu' or 'cpu' (or None for the default).")
     logic = get_logic(scene, "volumerendering")
     preset_node = logic.GetPresetByName(preset)
     if preset_node is None:
         raise InputError(f"Unknown volume rendering preset '{preset}'.", f"Use one of {', '.join(PRESET_NAMES)}.")
     display = logic.GetFirstVolumeRenderingDisplayNode(volume_node)
-    if display is not None and not display.IsA(classes[method]):
+    if display is not None and method is not None and not display.IsA(RENDERING_METHODS[method]):
         scene.RemoveNode(display)
         display = None
     if display is None:
-        display = logic.CreateVolumeRenderingDisplayNode(classes[method])
+        # None: the logic's DefaultRenderingMethod (set from the application settings in Slicer)
+        display = logic.CreateVolumeRenderingDisplayNode(None if method is None else RENDERING_METHODS[method])
         scene.AddNode(display)
         display.UnRegister(None)  # the scene holds it now
         volume_node.AddAndObserveDisplayNodeID(display.GetID())

@@ -13,6 +13,7 @@ scene as it was (an output volume the user chose is replaced only on success).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, replace
@@ -29,13 +30,26 @@ ProgressCallback = Callable[[str, float], None]
 
 POSE_METHODS = ("tracked", "learned", "speckle")
 INTERPOLATIONS = ("nearest", "linear")
-COMPOUNDINGS = ("mean", "max", "latest")
+COMPOUNDINGS = ("mean", "max", "latest", "importance")
 HOLE_FILLINGS = ("none", "normalized", "stick")
-FAN_MASKS = ("none", "auto")
+FAN_MASKS = ("none", "auto", "manual")
 SWEEP_DIRECTIONS = ("auto", "forward", "backward")
 DEVICES = ("cpu", "cuda")
 
 SAMPLE_DATA_DIR = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
+
+# Results other modules can observe. After every successful reconstruct() the report (lastReport) is stored as
+# JSON in the REPORT_ATTRIBUTE attribute of the output volume and of the parameter node passed in, which also
+# gets OUTPUT_ATTRIBUTE (the output volume's ID); then ReconstructionFinishedEvent is invoked on both:
+#   node.AddObserver(slicer_logic.ReconstructionFinishedEvent, lambda caller, event: ...)
+ReconstructionFinishedEvent = 1000 + 18002  # vtkCommand.UserEvent + 18002 (vtk is not imported at load time)
+REPORT_ATTRIBUTE = "FreehandRecon.Report"
+OUTPUT_ATTRIBUTE = "FreehandRecon.OutputVolumeID"
+# Node references kept on the output volume and the sweep, so that a rerun reuses its companions.
+COVERAGE_REFERENCE = "FreehandRecon.Coverage"
+CHANNEL_REFERENCE_PREFIX = "FreehandRecon.Channel."
+BOUNDS_REFERENCE = "FreehandRecon.Bounds"  # on the browser (or lone image sequence): the ROI fitRoi made
+IMAGE_NODE_CLASSES = ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode")
 
 
 @dataclass(frozen=True)
@@ -110,6 +124,69 @@ def _choice(value: Any, allowed: tuple[str, ...], what: str) -> str:
     if value not in allowed:
         raise InputError(f"Unknown {what} '{value}'.", f"Use one of {', '.join(allowed)}.")
     return value
+
+
+def _spacing(value: Any) -> float | tuple[float, float, float]:
+    """An output spacing: one positive value, or three (x, y, z) in mm."""
+    values = np.asarray(value, dtype=np.float64).reshape(-1) if not isinstance(value, str) else np.array([np.nan])
+    if values.size not in (1, 3) or not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise InputError(f"The output spacing must be one positive value or three (x, y, z) in mm, got {value!r}.",
+                         "Give e.g. spacingMm=0.5 or spacingMm=(0.5, 0.5, 1.0).")
+    return float(values[0]) if values.size == 1 else tuple(float(v) for v in values)
+
+
+def _skipInterval(value: Any) -> int:
+    if isinstance(value, bool) or not float(value).is_integer() or int(value) < 1:
+        raise InputError(f"The skip interval must be a whole number >= 1, got {value!r}.",
+                         "Use 1 for every frame, 2 for every other frame, ...")
+    return int(value)
+
+
+def _clipRectangle(value: Any) -> tuple[int, int, int, int] | None:
+    if value is None:
+        return None
+    try:
+        x, y, w, h = (int(round(float(v))) for v in value)
+    except (TypeError, ValueError):
+        raise InputError(f"The clip rectangle must be (x, y, width, height) in pixels, got {value!r}.",
+                         "Give four whole numbers, e.g. (100, 20, 600, 500).") from None
+    if w <= 0 or h <= 0:
+        raise InputError(f"The clip rectangle must have a positive size, got {w}x{h} pixels.",
+                         "Give a width and height of at least one pixel.")
+    return x, y, w, h
+
+
+def _manualFan(frameShape: tuple[int, int], angles: Any, origin: Any, radius: Any) -> Any:
+    """A :class:`FanMask` from manual angles (required), origin (default: top centre) and radii."""
+    from .compound import FanMask
+
+    if angles is None:
+        raise InputError("A manual fan mask needs its edge angles.",
+                         "Pass fanAnglesDeg=(left, right) in degrees from the axial direction, e.g. (-35, 35).")
+    h, w = frameShape
+    try:
+        a0, a1 = (float(v) for v in angles)
+        ox, oy = (float(v) for v in origin) if origin is not None else ((w - 1) / 2.0, 0.0)
+        r0, r1 = (float(v) for v in radius) if radius is not None else (0.0, float(np.hypot(w, h)))
+    except (TypeError, ValueError):
+        raise InputError("Fan angles, origin and radius must be pairs of numbers.",
+                         "Give e.g. fanAnglesDeg=(-35, 35), fanOriginPx=(410, -20), fanRadiusPx=(40, 600).") from None
+    fan = FanMask((ox, oy), (a0, a1), r0, r1)
+    fan.validate()
+    return fan
+
+
+def _toWorld(transformNode: Any) -> np.ndarray:
+    """The 4x4 transform-to-world matrix of a linear transform node."""
+    return _matrix_array(transformNode.GetMatrixTransformToWorld)
+
+
+def _roiAxes(roiNode: Any) -> np.ndarray:
+    """The ROI's box axes (3x3, columns) in its node (parent) coordinates."""
+    from slicer import util
+
+    axes = util.arrayFromVTKMatrix(roiNode.GetObjectToNodeMatrix())[:3, :3]
+    return axes / np.maximum(np.linalg.norm(axes, axis=0, keepdims=True), 1e-12)
 
 
 def _node_ids(scene: Any) -> set[str]:
@@ -212,13 +289,18 @@ class FreehandReconLogic:
         n = seq.GetNumberOfDataNodes()
         if n == 0:
             raise InputError(f"The sequence '{seq.GetName()}' is empty.", "Record or import frames first.")
-        first = seq.GetNthDataNode(0)
+        from . import mrml
+
         frames = np.stack([util.arrayFromVolume(seq.GetNthDataNode(i))[0] for i in range(n)])
+        ijk = mrml.image_sequence_ijk_to_ras(seq)
+        meta = {"source": "mrml", "image_sequence": seq.GetName(), "transform_chain": []}
+        if mrml.poses_in_image_geometry(ijk):  # PLUS EmbeddedTransformToFrame: the poses are the IJKToRAS
+            meta["poses_in_image_geometry"] = True
+            return mrml.sweep_from_pixel_to_world(frames, {}, ijk, True, pixelSpacingMm,
+                                                   np.linalg.norm(ijk[:, :3, :2], axis=1).mean(axis=0), None, meta)
         if pixelSpacingMm is None:
-            ijk = _matrix_array(first.GetIJKToRASMatrix)
-            pixelSpacingMm = tuple(float(v) for v in np.linalg.norm(ijk[:3, :2], axis=0))
-        return Sweep(frames=frames, pixel_spacing=pixelSpacingMm,
-                     metadata={"source": "mrml", "image_sequence": seq.GetName(), "transform_chain": []})
+            pixelSpacingMm = tuple(float(v) for v in np.linalg.norm(ijk[0, :3, :2], axis=0))
+        return Sweep(frames=frames, pixel_spacing=pixelSpacingMm, metadata=meta)
 
     def _applyCalibration(self, sweep: Any, browser: Any, seq: Any, calibration: Any) -> Any:
         """Put an image-to-probe calibration between the image and its parent transforms."""
@@ -229,6 +311,11 @@ class FreehandReconLogic:
             raise CalibrationError("A calibration was given but the images have no tracking transform above them.",
                                    "Place the image sequence under the probe (tracker) transform, or use "
                                    "learned/speckle poses without a calibration.")
+        if sweep.metadata.get("poses_in_image_geometry"):
+            raise CalibrationError("The frames carry their poses in their image geometry (IJKToRAS), so an "
+                                   "image-to-probe calibration cannot be put between the image and the probe.",
+                                   "Leave the calibration empty: embedded poses (PLUS EmbeddedTransformToFrame) "
+                                   "already include it.")
         if calibration.GetName() in sweep.metadata.get("transform_chain", []):
             logging.info("FreehandRecon: calibration '%s' is already above the images; not applied twice.",
                          calibration.GetName())
@@ -248,26 +335,34 @@ class FreehandReconLogic:
 
     @staticmethod
     def _roi(roiNode: Any) -> Any:
-        """A markups ROI node as a :class:`freehandrecon.logic.Roi` (world centre, size, axes)."""
+        """A markups ROI node as a :class:`freehandrecon.logic.Roi` in its parent transform's frame."""
+        return FreehandReconLogic._roiInParentFrame(roiNode)[0]
+
+    @staticmethod
+    def _roiInParentFrame(roiNode: Any) -> tuple[Any, Any]:
+        """(:class:`freehandrecon.logic.Roi` in the ROI's node coordinates, its parent transform node or None).
+
+        The output grid is built in the parent's frame and the volume placed under that transform, as
+        SlicerIGT's Volume Reconstruction does; without a parent the frame is the world.
+        """
         if roiNode is None:
-            return None
+            return None, None
         from .logic import Roi
 
         if not roiNode.IsA("vtkMRMLMarkupsROINode"):
             raise InputError(f"'{roiNode.GetName()}' is a {roiNode.GetClassName()}, not a markups ROI.",
                              "Select a markups ROI (Markups > ROI), or leave the ROI empty for an automatic box.")
-        center, size = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
-        roiNode.GetCenterWorld(center)
-        roiNode.GetSizeWorld(size)
-        axes = []
-        for getter in (roiNode.GetXAxisWorld, roiNode.GetYAxisWorld, roiNode.GetZAxisWorld):
-            v = [0.0, 0.0, 0.0]
-            getter(v)
-            axes.append(np.asarray(v, dtype=float) / max(np.linalg.norm(v), 1e-12))
+        center = [0.0, 0.0, 0.0]
+        roiNode.GetCenter(center)
+        size = [float(v) for v in roiNode.GetSize()]
         if min(size) <= 0:
             raise InputError(f"The ROI '{roiNode.GetName()}' has zero size {size} mm.",
                              "Give the ROI a size, or leave the ROI empty for an automatic box.")
-        return Roi(tuple(center), tuple(size), np.stack(axes, axis=1))
+        parent = roiNode.GetParentTransformNode()
+        if parent is not None and not parent.IsTransformToWorldLinear():
+            raise CalibrationError(f"The ROI '{roiNode.GetName()}' is under a non-linear transform.",
+                                   "Harden or remove the non-linear transform above the ROI.")
+        return Roi(tuple(center), tuple(size), _roiAxes(roiNode)), parent
 
     # --- poses ------------------------------------------------------------------------------------
 
@@ -324,7 +419,7 @@ class FreehandReconLogic:
 
     # --- console API ------------------------------------------------------------------------------
 
-    def reconstruct(self, browserNode: Any, poses: str = "tracked", spacingMm: float = 1.0,
+    def reconstruct(self, browserNode: Any, poses: str = "tracked", spacingMm: float | tuple[float, float, float] = 1.0,
                     interpolation: str = "nearest", compounding: str = "mean", fillHoles: str = "none",
                     fanMask: str = "none", roiNode: Any = None, outputVolumeNode: Any = None, coverage: bool = True,
                     showIn3D: bool = True, preset: str = "US-BMode", model: Any = None, sweepDirection: str = "auto",
@@ -332,20 +427,38 @@ class FreehandReconLogic:
                     shouldCancel: Callable[[], bool] | None = None, *, imageSequence: Any = None,
                     channels: Any = None, pixelSpacingMm: tuple[float, float] | None = None,
                     calibrationNode: Any = None, transformSequence: bool = False, checkQuality: bool = True,
-                    curve: Any = None) -> Any:
+                    curve: Any = None, clipRectangle: tuple[int, int, int, int] | None = None,
+                    fanAnglesDeg: tuple[float, float] | None = None, fanOriginPx: tuple[float, float] | None = None,
+                    fanRadiusPx: tuple[float, float] | None = None, importanceMask: Any = None,
+                    skipInterval: int = 1, parameterNode: Any = None, qualityReport: Any = None,
+                    qualityNodes: bool = False) -> Any:
         """Reconstruct the sweep in ``browserNode`` (a sequence browser, or an image sequence) into a volume.
 
-        ``poses``: "tracked" (the transforms above the images), "learned" or "speckle" (estimated).
-        ``outputVolumeNode`` is replaced on success; otherwise a new volume node is created.
+        ``poses``: "tracked" (the transforms above the images, or poses embedded in each frame's IJKToRAS),
+        "learned" or "speckle" (estimated). ``spacingMm``: one value or (x, y, z) in mm.
+        ``outputVolumeNode`` is replaced on success (with the coverage and channel volumes of its last
+        run); otherwise a new volume node is created. With ``roiNode`` the output fills the ROI box, along
+        its axes, and is placed under the ROI's parent transform (without one, the output and its companions are
+        taken from under any transform: their geometry is in world coordinates).
         ``channels``: None for every extra image sequence of the browser (photoacoustic, Doppler),
         or a list of sequence nodes / channel names (``[]`` for B-mode only). ``transformSequence``
         adds estimated poses to the browser as a transform sequence. With learned poses and
-        ``checkQuality`` the quality guard runs first. ``curve``: the probe's decorrelation curve JSON
+        ``checkQuality`` the quality guard runs first (or pass ``qualityReport`` from
+        ``checkSweep(addNodes=False)``); ``qualityNodes`` adds its table and plot with the result, only on
+        success. ``curve``: the probe's decorrelation curve JSON
         (``freehandrecon calibrate-speckle``) for speckle and for learned models that use it (default: a
         typical probe's curve, or the simulated probe's); its verdict goes to ``lastReport["quality"]``
-        and ``lastQuality`` (a warning is logged when the sweep is out of distribution). ``progress(stage, fraction)``
-        and ``shouldCancel()`` serve a progress bar and a Cancel button (Cancelled is raised).
-        Returns the volume node; ``lastNodes`` and ``lastReport`` hold the other nodes and figures.
+        and ``lastQuality`` (a warning is logged when the sweep is out of distribution).
+        Pixel selection: ``clipRectangle`` (x, y, width, height) pixels; ``fanMask`` "auto" (detected) or
+        "manual" with ``fanAnglesDeg`` (left, right; from the axial direction), ``fanOriginPx`` (apex column,
+        row; default: centre of the top row) and ``fanRadiusPx`` (start, stop; default: 0 to the far corner);
+        ``importanceMask`` (a volume node, its name, an image file or an [H, W] array, 0..1 or 0..255 weights)
+        with ``compounding="importance"``. ``skipInterval``: use every Nth frame.
+        ``progress(stage, fraction)`` and ``shouldCancel()`` serve a progress bar and a Cancel button
+        (Cancelled is raised). On success the report is stored as JSON in the output volume's
+        ``FreehandRecon.Report`` attribute (and ``parameterNode``'s), and ``ReconstructionFinishedEvent``
+        is invoked on both. Returns the volume node; ``lastNodes`` and ``lastReport`` hold the other nodes
+        and figures.
         """
         _choice(poses, POSE_METHODS, "pose source")
         _choice(interpolation, INTERPOLATIONS, "interpolation")
@@ -354,6 +467,12 @@ class FreehandReconLogic:
         _choice(fanMask, FAN_MASKS, "fan mask setting")
         _choice(sweepDirection, SWEEP_DIRECTIONS, "sweep direction")
         _choice(device, DEVICES, "device")
+        spacing = _spacing(spacingMm)
+        skip = _skipInterval(skipInterval)
+        clip = _clipRectangle(clipRectangle)
+        if fanMask != "manual" and (fanAnglesDeg is not None or fanOriginPx is not None or fanRadiusPx is not None):
+            raise InputError(f"Fan angles/origin/radius were given but the fan mask is '{fanMask}'.",
+                             "Pass fanMask='manual' with them, or leave them out.")
         scene = self.scene
         outputVolumeNode = self._node(outputVolumeNode, "output volume")
         self._checkOutputVolume(scene, outputVolumeNode)
@@ -361,32 +480,51 @@ class FreehandReconLogic:
             from . import mrml
 
             _choice(preset, mrml.PRESET_NAMES, "volume rendering preset")
+        roi, roiParent = self._roiInParentFrame(self._node(roiNode, "ROI"))
         self._requireTorch(poses, checkQuality and poses == "learned")
         from .compound import CompoundOptions, HoleFilling, detect_fan
         from .logic import ReconstructionLogic, ReconstructionRequest, reconstruct_sweep
 
         browser, _ = self._browserAndSequence(browserNode, imageSequence)
         sweep = self.readSweep(browserNode, imageSequence, pixelSpacingMm, calibrationNode)
-        quality = self._learnedQuality(sweep, progress) if poses == "learned" and checkQuality else None
+        importance = self._importanceMask(importanceMask, compounding, sweep.frame_shape)
+        quality = qualityReport
+        if quality is None and poses == "learned" and checkQuality:
+            quality = self._learnedQuality(sweep, progress)
+        elif quality is not None:
+            self.lastQuality = quality
         sweep = self._sweepWithPoses(sweep, poses, model, sweepDirection, device, progress, shouldCancel, curve)
+        if skip > 1:
+            if sweep.num_frames < 2 * skip - 1:
+                raise InputError(f"A skip interval of {skip} leaves fewer than 2 of the {sweep.num_frames} frames.",
+                                 "Use a smaller skip interval.")
+            sweep = sweep.subset(slice(None, None, skip))
         fan = None
         if fanMask == "auto":
             fan = detect_fan(sweep.frames)
             if fan is None:
                 logging.info("FreehandRecon: no curvilinear fan found in the frames; every pixel is used.")
+        elif fanMask == "manual":
+            fan = _manualFan(sweep.frame_shape, fanAnglesDeg, fanOriginPx, fanRadiusPx)
+        if roiParent is not None:  # the grid lives in the ROI's parent frame; the volume goes under that transform
+            sweep = sweep.with_poses(np.linalg.inv(_toWorld(roiParent)) @ sweep.image_to_world)
         options = CompoundOptions(interpolation=interpolation, compounding=compounding, fan=fan, device=device,
-                                  hole_filling=HoleFilling(method=fillHoles))
-        request = ReconstructionRequest(spacing_mm=spacingMm, options=options, roi=self._roi(self._node(roiNode, "ROI")),
+                                  hole_filling=HoleFilling(method=fillHoles), clip_rectangle=clip,
+                                  importance_mask=importance)
+        request = ReconstructionRequest(spacing_mm=spacing, options=options, roi=roi,
                                         channels=self._channelKeys(sweep, channels))
         result = reconstruct_sweep(sweep, request, progress, shouldCancel)
         if shouldCancel is not None and shouldCancel():
             raise Cancelled("Reconstruction cancelled by the user.", "Run it again when ready; nothing was changed.")
 
         base = sweep.metadata.get("image_sequence") or (browser.GetName() if browser is not None else "Sweep")
+        companions = self._companions(outputVolumeNode, result.channels)
         before = _node_ids(scene)
         try:
             nodes = ReconstructionLogic(scene).add_result_nodes(sweep, result, name=f"{base}_Volume",
-                                                                replace_volume=outputVolumeNode, coverage=coverage)
+                                                                replace_volume=outputVolumeNode, coverage=coverage,
+                                                                replace=companions)
+            self._linkCompanions(nodes, roiParent)
             if transformSequence and poses != "tracked":
                 nodes["transforms"] = self._addPoseSequence(scene, sweep.image_to_world, f"{base}_ImageToReference_{poses}",
                                                             browser)
@@ -395,7 +533,9 @@ class FreehandReconLogic:
                 if result.channels:  # B-mode faded, photoacoustic hot / Doppler red on top, in the same 3D view
                     from .fusion import show_result_fused
 
-                    show_result_fused(scene, nodes)
+                    show_result_fused(scene, nodes, method=None)
+            if qualityNodes and quality is not None:
+                nodes.update(self._addQualityNodes(scene, quality, base))
         except BaseException:
             self._removeNewNodes(scene, before)
             raise
@@ -406,13 +546,179 @@ class FreehandReconLogic:
             "dims_ijk": list(grid.dims), "spacing_mm": grid.spacing.tolist(), "origin_mm": grid.origin.tolist(),
             "coverage_fraction": round(result.coverage_fraction, 4),
             "memory_estimate_mb": round(result.memory_estimate_bytes / 2**20, 1),
-            "channels": sorted(result.channels), "fan_detected": fan is not None,
+            "channels": sorted(result.channels), "fan_detected": fanMask == "auto" and fan is not None,
+            "skip_interval": skip, "clip_rectangle": None if clip is None else list(clip),
+            "fan": None if fan is None else {"origin_px": [float(v) for v in fan.origin_px],
+                                             "angles_deg": [float(v) for v in fan.angles_deg],
+                                             "radius_px": [float(fan.radius_start_px), float(fan.radius_stop_px)]},
+            "importance_mask": importance is not None,
+            "output_parent_transform": None if roiParent is None else roiParent.GetName(),
+            "output_volume": nodes["volume"].GetName(),
         }
         if quality is not None:
             self.lastReport["quality"] = quality.to_json()
         logging.info("FreehandRecon: %d frames compounded in %.2f s, grid %s, coverage %.1f %%", sweep.num_frames,
                      result.seconds, "x".join(map(str, grid.dims)), 100 * result.coverage_fraction)
+        self._announce(nodes["volume"], parameterNode)
         return nodes["volume"]
+
+    # --- reconstruction helpers ---------------------------------------------------------------------
+
+    def _announce(self, volume: Any, parameterNode: Any) -> None:
+        """Store the report as JSON on the output (and parameter node) and invoke ReconstructionFinishedEvent."""
+        text = json.dumps(self.lastReport)
+        node = getattr(parameterNode, "parameterNode", parameterNode)  # a parameterNodeWrapper or the MRML node
+        targets = [volume] + ([node] if node is not None else [])
+        for target in targets:
+            target.SetAttribute(REPORT_ATTRIBUTE, text)
+        if node is not None:
+            node.SetAttribute(OUTPUT_ATTRIBUTE, volume.GetID())
+        for target in targets:
+            target.InvokeEvent(ReconstructionFinishedEvent)
+
+    @staticmethod
+    def _companions(output: Any, channels: Any) -> dict[str, Any]:
+        """Coverage and channel volumes a replaced output volume made on its last run (reused, not duplicated)."""
+        if output is None:
+            return {}
+        found = {}
+        roles = {"coverage": COVERAGE_REFERENCE, **{f"channel:{ch}": CHANNEL_REFERENCE_PREFIX + ch for ch in channels}}
+        for key, role in roles.items():
+            node = output.GetNodeReference(role)
+            if (node is not None and node is not output and node.IsA("vtkMRMLScalarVolumeNode")
+                    and not node.IsA("vtkMRMLLabelMapVolumeNode") and node.GetScene() is output.GetScene()):
+                found[key] = node
+        return found
+
+    @staticmethod
+    def _linkCompanions(nodes: dict[str, Any], parent: Any) -> None:
+        """Reference the coverage/channel volumes from the output, and put them all under ``parent`` (or none)."""
+        volume = nodes["volume"]
+        parent_id = None if parent is None else parent.GetID()
+        volume.SetAndObserveTransformNodeID(parent_id)
+        for key, node in nodes.items():
+            if key == "coverage":
+                volume.SetNodeReferenceID(COVERAGE_REFERENCE, node.GetID())
+            elif key.startswith("channel:"):
+                volume.SetNodeReferenceID(CHANNEL_REFERENCE_PREFIX + key.split(":", 1)[1], node.GetID())
+            else:
+                continue
+            node.SetAndObserveTransformNodeID(parent_id)
+
+    def _importanceMask(self, value: Any, compounding: str, frameShape: tuple[int, int]) -> np.ndarray | None:
+        """The importance weights [H, W] (0..1) from a node, a node name, an image file or an array."""
+        mask = None
+        if isinstance(value, np.ndarray):
+            mask = value
+        elif value is None or (isinstance(value, (str, Path)) and str(value) in ("", ".")):
+            mask = None
+        elif isinstance(value, Path) or (isinstance(value, str) and Path(value).is_file()):
+            if not Path(value).is_file():
+                raise InputError(f"The importance mask file '{value}' does not exist.",
+                                 "Give an image file (e.g. PNG) of the frame size, or a volume node.")
+            from .io.mask_image import read_mask_image
+
+            mask = read_mask_image(Path(value))
+        else:
+            from slicer import util
+
+            node = self._node(value, "importance mask volume")
+            if not node.IsA("vtkMRMLScalarVolumeNode") or node.GetImageData() is None:
+                raise InputError(f"The importance mask '{node.GetName()}' is not an image volume.",
+                                 "Select an image (volume node) of the frame size as the importance mask.")
+            mask = util.arrayFromVolume(node)
+            if mask.shape[0] != 1:
+                raise InputError(f"The importance mask '{node.GetName()}' has {mask.shape[0]} slices, not one.",
+                                 "Select a single 2D image of the frame size.")
+            mask = mask[0]
+        if compounding == "importance" and mask is None:
+            raise InputError("Compounding 'importance' needs an importance mask.",
+                             "Select the importance mask image (same size as the frames), or choose another "
+                             "compounding mode.")
+        if mask is not None and compounding != "importance":
+            raise InputError(f"An importance mask was given but the compounding mode is '{compounding}'.",
+                             "Choose compounding 'importance' to weight pixels by the mask, or leave the mask out.")
+        if mask is None:
+            return None
+        from .compound.masks import normalise_importance
+
+        return normalise_importance(mask, frameShape)
+
+    def fitRoi(self, browserNode: Any, roiNode: Any = None, *, imageSequence: Any = None,
+               pixelSpacingMm: tuple[float, float] | None = None, calibrationNode: Any = None,
+               clipRectangle: tuple[int, int, int, int] | None = None, marginMm: float = 0.0) -> Any:
+        """Fit a markups ROI around every frame of the sweep (inside ``clipRectangle``) and show it.
+
+        ``roiNode`` is refitted when given; otherwise the sweep's ``<images>_Bounds`` ROI from an
+        earlier call is reused, or a new one is added (visible and editable in the views). The box keeps
+        the ROI's orientation and parent transform. The sweep needs poses (tracked, embedded in the
+        images, or estimated with :meth:`estimatePoses`). Returns the ROI node.
+        """
+        from . import geometry, mrml
+
+        if not (np.isfinite(marginMm) and marginMm >= 0):
+            raise InputError(f"The ROI margin must be >= 0 mm, got {marginMm}.", "Give a margin such as 0 or 5 mm.")
+        browser, seq = self._browserAndSequence(browserNode, imageSequence)
+        sweep = self.readSweep(browserNode, imageSequence, pixelSpacingMm, calibrationNode)
+        if sweep.image_to_world is None:
+            raise InputError(f"The sweep '{sweep.metadata.get('image_sequence', '')}' has no poses to fit a box to.",
+                             "Estimate poses first (estimatePoses, or a learned/speckle reconstruction with the "
+                             "transform sequence), or draw the ROI by hand.")
+        h, w = sweep.frame_shape
+        x0, y0, cw, ch = _clipRectangle(clipRectangle) or (0, 0, w, h)
+        x0, y0 = max(x0, 0), max(y0, 0)
+        x1, y1 = min(x0 + cw, w), min(y0 + ch, h)
+        if x1 <= x0 or y1 <= y0:
+            raise InputError(f"The clip rectangle {clipRectangle} lies outside the {w}x{h} frames.",
+                             "Give a rectangle inside the frames.")
+        corners = geometry.frame_corners_pixels(w, h, (x0, y0, x1 - x0, y1 - y0))
+        points = geometry.transform_points(sweep.pixel_to_world(), corners).reshape(-1, 3)
+        scene = self.scene
+        owner = browser if browser is not None else seq
+        roi = self._node(roiNode, "ROI")
+        if roi is None:
+            roi = owner.GetNodeReference(BOUNDS_REFERENCE)
+        if roi is not None and not roi.IsA("vtkMRMLMarkupsROINode"):
+            raise InputError(f"'{roi.GetName()}' is a {roi.GetClassName()}, not a markups ROI.", "Select a markups ROI.")
+        if roi is None:
+            base = sweep.metadata.get("image_sequence") or owner.GetName()
+            roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", mrml.unique_name(scene, f"{base}_Bounds"))
+            roi.CreateDefaultDisplayNodes()
+        parent = roi.GetParentTransformNode()
+        if parent is not None and not parent.IsTransformToWorldLinear():
+            raise CalibrationError(f"The ROI '{roi.GetName()}' is under a non-linear transform.",
+                                   "Harden or remove the non-linear transform above the ROI.")
+        to_node = np.linalg.inv(_toWorld(parent)) if parent is not None else np.eye(4)
+        local = points @ to_node[:3, :3].T + to_node[:3, 3]
+        axes = _roiAxes(roi)
+        along = local @ axes
+        lo, hi = along.min(axis=0) - marginMm, along.max(axis=0) + marginMm
+        modifying = roi.StartModify()
+        roi.SetCenter(*(axes @ ((lo + hi) / 2.0)))
+        roi.SetSize(*(hi - lo))
+        roi.EndModify(modifying)
+        roi.SetDisplayVisibility(True)
+        owner.SetNodeReferenceID(BOUNDS_REFERENCE, roi.GetID())
+        return roi
+
+    def optionsFromParameters(self, parameters: Any) -> dict[str, Any]:
+        """The :meth:`reconstruct` keyword arguments of the panel's pixel-selection, spacing and frame options."""
+        get = lambda name, default=None: getattr(parameters, name, default)  # noqa: E731
+        x = float(get("spacingMm", 1.0))
+        spacing = (x, float(get("spacingYMm", x)), float(get("spacingZMm", x))) if get("anisotropicSpacing") else x
+        options: dict[str, Any] = {"spacingMm": spacing, "skipInterval": int(get("skipInterval", 1) or 1)}
+        if get("useClipRectangle", False):
+            options["clipRectangle"] = tuple(int(get(n, 0)) for n in ("clipXPx", "clipYPx", "clipWidthPx",
+                                                                    "clipHeightPx"))
+        if get("fanMask", "none") == "manual":
+            ox = float(get("fanOriginXPx", -1.0))
+            options["fanAnglesDeg"] = (float(get("fanAngleLeftDeg", -30.0)), float(get("fanAngleRightDeg", 30.0)))
+            options["fanOriginPx"] = None if ox < 0 else (ox, float(get("fanOriginYPx", 0.0)))
+            stop = float(get("fanRadiusStopPx", 0.0))
+            options["fanRadiusPx"] = None if stop <= 0 else (float(get("fanRadiusStartPx", 0.0)), stop)
+        if get("compounding", "mean") == "importance":
+            options["importanceMask"] = get("importanceMaskVolume")
+        return options
 
     def estimatePoses(self, browserNode: Any, method: str = "learned", model: Any = None, sweepDirection: str = "auto",
                       device: str = "cpu", progress: ProgressCallback | None = None,
@@ -529,11 +835,14 @@ class FreehandReconLogic:
             return ""
         return f"{'Out of distribution' if report.verdict == 'out-of-distribution' else 'Warning'}: {report.message}"
 
-    def memoryEstimateMb(self, browserNode: Any, spacingMm: float, roiNode: Any = None, interpolation: str = "nearest",
-                         compounding: str = "mean", fillHoles: str = "none", *, imageSequence: Any = None,
-                         channels: Any = None, pixelSpacingMm: tuple[float, float] | None = None,
-                         calibrationNode: Any = None) -> float:
-        """Peak memory (MiB) a reconstruction at ``spacingMm`` would need; for the panel's live estimate.
+    def memoryEstimateMb(self, browserNode: Any, spacingMm: float | tuple[float, float, float], roiNode: Any = None,
+                         interpolation: str = "nearest", compounding: str = "mean", fillHoles: str = "none", *,
+                         clipRectangle: tuple[int, int, int, int] | None = None, skipInterval: int = 1,
+                         imageSequence: Any = None, channels: Any = None,
+                         pixelSpacingMm: tuple[float, float] | None = None, calibrationNode: Any = None,
+                         **_ignored: Any) -> float:
+        """Peak memory (MiB) a reconstruction at ``spacingMm`` (one value or x, y, z) would need; for the
+        panel's live estimate (other :meth:`reconstruct` options are accepted and ignored).
 
         ``imageSequence``, ``channels``, ``pixelSpacingMm`` and ``calibrationNode`` mean what they mean
         for :meth:`reconstruct` (``channels`` None: every extra image sequence of the browser; ``[]``:
@@ -543,11 +852,18 @@ class FreehandReconLogic:
         """
         from .compound import CompoundOptions, HoleFilling, estimate_memory_bytes, fit_grid, grid_from_roi
 
+        spacingMm = _spacing(spacingMm)
+        skip = _skipInterval(skipInterval)
+        clip = _clipRectangle(clipRectangle)
+        compounding = _choice(compounding, COMPOUNDINGS, "compounding mode")
         options = CompoundOptions(interpolation=_choice(interpolation, INTERPOLATIONS, "interpolation"),
-                                  compounding=_choice(compounding, COMPOUNDINGS, "compounding mode"),
-                                  hole_filling=HoleFilling(method=_choice(fillHoles, HOLE_FILLINGS, "hole filling")))
+                                  compounding="mean" if compounding == "importance" else compounding,
+                                  hole_filling=HoleFilling(method=_choice(fillHoles, HOLE_FILLINGS, "hole filling")),
+                                  clip_rectangle=clip)
         light, channelKeys = self._sweepGeometry(browserNode, imageSequence, pixelSpacingMm, calibrationNode)
         nchannels = len(channelKeys) if channels is None else len(list(channels))
+        if skip > 1 and light.num_frames >= 2 * skip - 1:
+            light = light.subset(slice(None, None, skip))
         roi = self._roi(self._node(roiNode, "ROI"))
         if roi is not None:
             grid = grid_from_roi(roi.center, roi.size, spacingMm, roi.orientation)
@@ -555,7 +871,7 @@ class FreehandReconLogic:
             if light.image_to_world is None:
                 raise InputError("The output box is not known before the poses are estimated.",
                                  "Select an ROI to see the memory estimate, or use a tracked sweep.")
-            grid = fit_grid(light, spacingMm)
+            grid = fit_grid(light, spacingMm, clip_rectangle=clip)
         need = estimate_memory_bytes(grid, options, light.frame_shape, light.num_frames) * (1 + nchannels)
         return need / 2**20
 
@@ -619,17 +935,26 @@ class FreehandReconLogic:
         browser, seq = get("inputBrowser"), get("imageSequence")
         if browser is None and seq is None:
             return "Select the sweep: a sequence browser (or an image sequence)."
+        for what, node in (("image sequence", seq), ("photoacoustic / Doppler sequence", get("channelSequence"))):
+            if node is not None and not node.IsA("vtkMRMLSequenceNode"):
+                return f"The {what} '{node.GetName()}' is a {node.GetClassName()}, not a sequence."
+            if node is not None and node.GetDataNodeClassName() not in IMAGE_NODE_CLASSES:
+                return (f"The {what} '{node.GetName()}' holds {node.GetDataNodeClassName() or 'nothing'} items, "
+                        "not images; select a sequence of image frames.")
         try:
             browser, seq = self._browserAndSequence(browser, seq)
             image_seq = seq if seq is not None else self._imageSequenceOf(browser)
         except FreehandReconError as err:
             return err.problem
+        if browser is not None and browser.GetRecordingActive():
+            return f"The browser '{browser.GetName()}' is recording; stop recording first."
         if image_seq is None:
             return f"The browser '{browser.GetName()}' has no image sequence."
         if image_seq.GetNumberOfDataNodes() < 2:
             return f"The image sequence '{image_seq.GetName()}' has fewer than 2 frames."
         poses = get("poses", "tracked")
-        if poses == "tracked" and get("calibrationTransform") is None and not self._imagesHaveParent(browser, image_seq):
+        if (poses == "tracked" and get("calibrationTransform") is None and not self._imagesHaveParent(browser, image_seq)
+                and not self._posesInImages(image_seq)):
             return ("The images have no tracking transform above them: choose learned or speckle poses, "
                     "or place the image sequence under its probe transform.")
         if poses != "tracked":
@@ -638,12 +963,37 @@ class FreehandReconLogic:
                 return f"The model file '{model}' does not exist."
         if get("overridePixelSpacing", False) and min(get("pixelSpacingXMm", 0.0), get("pixelSpacingYMm", 0.0)) <= 0:
             return "The pixel spacing override must be positive."
-        if not get("spacingMm", 1.0) > 0:
-            return "The output spacing must be positive."
+        try:
+            options = self.optionsFromParameters(parameters)
+            _spacing(options["spacingMm"])
+            _skipInterval(options["skipInterval"])
+            _clipRectangle(options.get("clipRectangle"))
+            if "fanAnglesDeg" in options:
+                h, w = self._frameShape(image_seq)
+                _manualFan((h, w), options["fanAnglesDeg"], options["fanOriginPx"], options["fanRadiusPx"])
+        except FreehandReconError as err:
+            return err.problem
+        except (TypeError, ValueError):
+            return "The output spacing, clip rectangle and skip interval must be numbers."
+        if get("compounding", "mean") == "importance" and get("importanceMaskVolume") is None:
+            return "Compounding 'importance' needs an importance mask image (same size as the frames)."
         out = get("outputVolume")
         if out is not None and out.IsA("vtkMRMLLabelMapVolumeNode"):
             return f"The output '{out.GetName()}' is a labelmap; choose a scalar volume or 'create new'."
         return None
+
+    def nonImageSequenceIDs(self) -> list[str]:
+        """IDs of the scene's sequences that hold something other than images (e.g. transforms): the panel hides
+        them from its image and channel sequence selectors (checkInputs refuses them anyway)."""
+        scene = self.scene
+        seqs = [scene.GetNthNodeByClass(i, "vtkMRMLSequenceNode")
+                for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSequenceNode"))]
+        return [s.GetID() for s in seqs if s.GetDataNodeClassName() not in ("", *IMAGE_NODE_CLASSES)]
+
+    @staticmethod
+    def _frameShape(image_seq: Any) -> tuple[int, int]:
+        dims = image_seq.GetNthDataNode(0).GetImageData().GetDimensions()
+        return int(dims[1]), int(dims[0])
 
     # --- samples ----------------------------------------------------------------------------------
 
@@ -699,6 +1049,13 @@ class FreehandReconLogic:
         return master if master in images else (images[0] if images else None)
 
     @staticmethod
+    def _posesInImages(image_seq: Any) -> bool:
+        """Whether the frames carry their poses in their IJKToRAS (PLUS EmbeddedTransformToFrame)."""
+        from . import mrml
+
+        return mrml.poses_in_image_geometry(mrml.image_sequence_ijk_to_ras(image_seq))
+
+    @staticmethod
     def _imagesHaveParent(browser: Any, image_seq: Any) -> bool:
         if browser is None:
             return False
@@ -740,7 +1097,9 @@ class FreehandReconLogic:
         if browser is not None:
             image_seq = FreehandReconLogic._imageSequenceOf(browser)
             proxy = browser.GetProxyNode(image_seq) if image_seq is not None else None
-            if proxy is not None and proxy.GetParentTransformNode() is None:
+            # frames whose IJKToRAS already hold a pose (PLUS EmbeddedTransformToFrame) are not moved twice
+            if (proxy is not None and proxy.GetParentTransformNode() is None
+                    and not FreehandReconLogic._posesInImages(image_seq)):
                 proxy.SetAndObserveTransformNodeID(browser.GetProxyNode(seq).GetID())
         return seq
 
