@@ -813,3 +813,18 @@ def test_reconstruction_report_and_event_for_other_modules(scene):
     assert len(seen) == 1 and seen[0]["frames"] == 21 and seen[0]["output_volume"] == volume.GetName()
     assert json.loads(volume.GetAttribute("FreehandRecon.Report")) == seen[0]
     assert params.GetAttribute("FreehandRecon.OutputVolumeID") == volume.GetID()
+
+
+def test_geometry_only_reading_matches_the_full_read_for_embedded_poses_and_lone_sequences(scene, plus_sweep):
+    from freehandrecon import browser_geometry
+
+    logic = FreehandReconLogic(scene)
+    embedded = _embedded_pose_browser(scene, plus_sweep, "Embedded")
+    light, full = browser_geometry.browser_geometry(embedded), logic.readSweep(embedded)
+    assert light.metadata.get("poses_in_image_geometry") and light.frame_shape == full.frame_shape
+    np.testing.assert_allclose(light.pixel_to_world(), full.pixel_to_world(), atol=1e-12)
+    images = embedded.GetMasterSequenceNode()
+    lone, lone_full = browser_geometry.lone_sequence_geometry(images), logic.readSweep(images)
+    np.testing.assert_allclose(lone.pixel_to_world(), lone_full.pixel_to_world(), atol=1e-12)
+    assert logic.memoryEstimateMb(embedded, 1.0, channels=[]) == pytest.approx(
+        logic.memoryEstimateMb(mrml.sweep_to_browser(scene, plus_sweep, name="Parent"), 1.0, channels=[]), rel=1e-6)
