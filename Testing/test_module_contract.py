@@ -259,3 +259,24 @@ def test_issue18_widgets_parameter_set_selector_and_option_plumbing():
     fields = parameter_fields()
     assert names and names <= set(fields), f"optionsFromParameters reads unknown fields: {names - set(fields)}"
     assert {"clipXPx", "clipHeightPx", "fanRadiusStopPx", "skipInterval", "spacingZMm"} <= names
+
+
+def test_slicer_smoke_script_uses_what_the_module_has():
+    """scripts/slicer_smoke_test.py (run by maintainers inside Slicer) drives only widgets, parameters and
+    logic methods that exist, so it does not rot silently while it cannot run here."""
+    script = ROOT / "scripts" / "slicer_smoke_test.py"
+    text = script.read_text()
+    compile(text, str(script), "exec")
+    missing_ui = set(re.findall(r"widget\.ui\.(\w+)", text)) - set(ui_widgets())
+    assert not missing_ui, f"the smoke script uses ui names absent from the .ui: {missing_ui}"
+    module = MODULE.read_text()
+    fields = set(re.findall(r"^    (\w+): ", module, flags=re.M))
+    used_fields = set(re.findall(r"\bp\.(\w+)\b", text)) | set(re.findall(r"_parameterNode\.(\w+)\b", text))
+    assert used_fields and not used_fields - fields, f"unknown parameter fields: {used_fields - fields}"
+    for method in set(re.findall(r"\bwidget\.(on\w+|initializeParameterNode)\b", text)):
+        assert f"def {method}(" in module, f"the widget has no {method}()"
+    from freehandrecon.slicer_logic import FreehandReconLogic
+
+    for method in set(re.findall(r"\blogic\.(\w+)\(", text)) | set(re.findall(r"widget\.logic\.(\w+)\(", text)):
+        assert hasattr(FreehandReconLogic, method), f"the logic has no {method}()"
+    assert "ensureDependencies" in module and "slicer.util.exit" in text
