@@ -188,7 +188,7 @@ def test_crop_overrides_the_region(files):
         read_sweep(files["cine"], crop=(300, 0, 64, 64))
 
 
-def test_rgb_dicom_is_grey_with_the_colour_overlay_filled(files, sim):
+def test_rgb_dicom_is_grey_with_the_colour_overlay_filled(files):
     grey = files["screen"]
     rgb = np.repeat(grey[..., None], 3, axis=-1)
     x, y = IMAGE_AT
@@ -337,7 +337,7 @@ def test_video_without_pixel_spacing_refuses_poses_and_crop_works(files):
     assert "--pixel-spacing" in e.value.fix
 
 
-def test_detect_region_finds_a_fan(sim):
+def test_detect_region_finds_a_fan():
     """A curvilinear image: the changing pixels form a sector; the region is its bounding box and the fan."""
     n = 20
     h, w = 160, 200
@@ -420,19 +420,19 @@ def test_learned_poses_on_the_h264_capture_stay_near_those_on_the_original_frame
 
 def test_cli_reconstructs_a_dicom_cine(files, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["--quiet", "reconstruct", str(files["cine"]), "--poses", "learned", "--no-quality-check",
+    code = main(["--quiet", "reconstruct", str(files["cine"]), "--poses", "learned",
                  "--no-render", "--no-mrb", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     assert (out / "volume.nrrd").stat().st_size > 0
     report = json.loads((out / "report.json").read_text())
     assert report["input"]["image_region"]["source"] == "DICOM ultrasound region"
-    assert report["frame_size"] == [128, 128]
+    assert report["frame_size"] == [128, 128] and "quality" in report
 
 
 def test_cli_reconstructs_a_video_capture_and_converts_it(files, sim, tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["--quiet", "reconstruct", str(files["video"]), "--pixel-spacing", "0.2", "0.2", "--poses", "learned",
-                 "--no-quality-check", "--no-render", "--no-mrb", "--out", str(out)])
+                 "--no-render", "--no-mrb", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     assert (out / "volume.nrrd").stat().st_size > 0
     report = json.loads((out / "report.json").read_text())

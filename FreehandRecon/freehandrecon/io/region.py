@@ -4,7 +4,8 @@ A capture holds more than the B-mode image: menus, text, rulers, a border. :func
 largest region of changing speckle (a rectangle for linear probes; the fan is reported for curvilinear ones,
 found with :func:`freehandrecon.compound.masks.detect_fan`); :func:`finish_capture` crops the frames to it
 (or to the DICOM region, or to ``--crop``), fills colour overlay pixels from their grey neighbours, and counts
-the static overlays left inside the image (calipers, text: bright pixels that never change).
+the static overlays left inside the image (calipers, text: bright pixels whose range over the cine stays
+within coding noise).
 
 Static overlays stay in the frames (they are what the scanner showed) but are hidden from the pose
 estimators: :func:`without_static_overlays` replaces them by the local median of the surrounding pixels of
