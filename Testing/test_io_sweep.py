@@ -86,9 +86,9 @@ def test_tusrec_default_and_explicit_calibration(tmp_path, spine):
 def test_missing_and_unknown_files(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         read_sweep(tmp_path / "nothing.igs.mha")
-    (tmp_path / "x.avi").write_bytes(b"RIFF")
+    (tmp_path / "x.wav").write_bytes(b"RIFF")
     with pytest.raises(InputError, match="not a supported sweep file"):
-        read_sweep(tmp_path / "x.avi")
+        read_sweep(tmp_path / "x.wav")
     (tmp_path / "empty.npz").write_bytes(b"")
     with pytest.raises(InputError, match="empty"):
         read_sweep(tmp_path / "empty.npz")

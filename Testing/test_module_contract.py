@@ -149,8 +149,9 @@ def test_requirements_match_pyproject():
     deps = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
     shipped_by_slicer = {"numpy", "vtk", "slicer-core", "torch"}  # torch: through the PyTorch extension
     # matplotlib: plots of `freehandrecon evaluate`; tqdm: command-line progress bars; pytorch-msssim:
-    # training losses. The module never uses them.
-    command_line_only = {"matplotlib", "tqdm", "pytorch-msssim"}
+    # training losses; pydicom, av: DICOM and video readers (the module takes its sweeps from the scene, and the
+    # readers import them only when such a file is read). The module never uses them.
+    command_line_only = {"matplotlib", "tqdm", "pytorch-msssim", "pydicom", "av"}
     expected = {d for d in deps if re.split(r"[<>=~! \[;]", d)[0] not in shipped_by_slicer | command_line_only}
     assert reqs == expected
     assert {re.split(r"[<>=~! \[;]", r)[0] for r in reqs} == {"h5py", "safetensors"}

@@ -53,7 +53,8 @@ class _Progress:
 
 def _add_input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", type=Path, help="sweep file: PLUS sequence (.igs.mha, .mha, .mhd), TUS-REC scan "
-                   "(.h5 with calib_matrix.csv beside it), Slicer image sequence (.seq.nrrd) or .npz")
+                   "(.h5 with calib_matrix.csv beside it), Slicer image sequence (.seq.nrrd), .npz, DICOM ultrasound "
+                   "cine loop (.dcm) or screen/video capture (.mp4, .mov, .avi, .mkv; needs --pixel-spacing)")
     p.add_argument("--plus-config", type=Path, metavar="XML",
                    help="PLUS configuration XML: image-to-probe calibration (CoordinateDefinitions) and, for "
                    "reconstruct, its VolumeReconstruction settings as defaults (options given here win)")
@@ -66,6 +67,9 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
                    "calib_matrix.csv")
     p.add_argument("--pixel-spacing", type=float, nargs=2, metavar=("SX", "SY"),
                    help="override the pixel spacing in mm (columns, rows) read from the file")
+    p.add_argument("--crop", type=int, nargs=4, metavar=("X", "Y", "W", "H"),
+                   help="DICOM and video inputs: the image region in pixels (left, top, width, height) instead of "
+                   "the DICOM ultrasound region or the detected one")
 
 
 def _reconstruct_parser(sub: argparse._SubParsersAction) -> None:
@@ -156,7 +160,8 @@ def _read(args: argparse.Namespace):
 
     return read_sweep(args.input, plus_config=args.plus_config, image_to_reference=args.image_to_reference,
                       calibration=args.calibration,
-                      pixel_spacing=tuple(args.pixel_spacing) if args.pixel_spacing else None)
+                      pixel_spacing=tuple(args.pixel_spacing) if args.pixel_spacing else None,
+                      crop=getattr(args, "crop", None))
 
 
 def build_request(args: argparse.Namespace, sweep):

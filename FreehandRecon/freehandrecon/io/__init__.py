@@ -7,6 +7,8 @@
 ``.h5``, ``.hdf5``                     TUS-REC scan (+ ``calib_matrix.csv``)
 ``.npz``                               numpy archive (:mod:`.npz`)
 ``.seq.nrrd``                          Slicer sequence (:mod:`freehandrecon.mrml`)
+``.dcm``, ``.dicom`` (or a DICM file)  DICOM ultrasound cine loop, read only (:mod:`.dicom`)
+``.mp4``, ``.mov``, ``.avi``, ...      screen/video capture, read only (:mod:`.video`)
 =====================================  ==============================================
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..sweep import Sweep
+from . import dicom, video
 from .common import check_output, check_spacing, existing_file
 from .matrix_file import read_matrix_file
 from .metaimage import MetaImage, read_metaimage, write_metaimage
@@ -28,7 +31,9 @@ from .transform_chain import Chain, TransformGraph, split_transform_name
 from .tusrec import read_tusrec_calibration, sweep_from_tusrec, write_tusrec
 
 SUPPORTED = {".igs.mha": "plus", ".mha": "plus", ".mhd": "plus", ".h5": "tusrec", ".hdf5": "tusrec",
-             ".npz": "npz", ".seq.nrrd": "seq.nrrd"}
+             ".npz": "npz", ".seq.nrrd": "seq.nrrd", **dict.fromkeys(dicom.SUFFIXES, "dicom"),
+             **dict.fromkeys(video.SUFFIXES, "video")}
+READ_ONLY = ("dicom", "video")
 _SUPPORTED_TEXT = ", ".join(SUPPORTED)
 
 
@@ -38,24 +43,34 @@ def sweep_format(path: str | os.PathLike) -> str:
     for suffix in sorted(SUPPORTED, key=len, reverse=True):
         if name.endswith(suffix):
             return SUPPORTED[suffix]
+    if dicom.is_dicom_file(path):  # DICOM files often have no extension
+        return "dicom"
     raise InputError(f"'{path}' is not a supported sweep file (by its extension).",
                      f"Give one of: {_SUPPORTED_TEXT}.")
 
 
 def read_sweep(path: str | os.PathLike, *, plus_config: str | os.PathLike | PlusConfig | None = None,
                image_to_reference: str | None = "ImageToReference", calibration=None,
-               pixel_spacing: tuple[float, float] | float | None = None) -> Sweep:
+               pixel_spacing: tuple[float, float] | float | None = None, crop=None) -> Sweep:
     """Read a sweep, dispatching on the extension (see the module docstring).
 
     ``plus_config`` and ``image_to_reference`` apply to PLUS files; ``calibration`` is
     a matrix/matrix file/PLUS config for PLUS files and the ``calib_matrix.csv`` for
     TUS-REC (default: the one beside the scan). ``pixel_spacing`` (mm, > 0) replaces
-    the spacing found in the file.
+    the spacing found in the file. ``crop`` ``(x, y, w, h)`` pixels replaces the image region of DICOM and
+    video inputs (default: the DICOM ultrasound region, else detected; see :mod:`.region`).
     """
     fmt = sweep_format(path)
     spacing = None if pixel_spacing is None else check_spacing(pixel_spacing, "pixel spacing override")
     existing_file(path, "sweep file")
-    if fmt == "plus":
+    if crop is not None and fmt not in READ_ONLY:
+        raise InputError("--crop applies to DICOM and video inputs only.",
+                         "Drop --crop; use --clip X0 Y0 W H to reconstruct part of the frames.")
+    if fmt == "dicom":
+        sweep = dicom.read_dicom_sweep(path, pixel_spacing=spacing, crop=crop)
+    elif fmt == "video":
+        sweep = video.read_video_sweep(path, crop=crop)
+    elif fmt == "plus":
         sweep = sweep_from_plus(path, plus_config=plus_config, image_to_reference=image_to_reference,
                                 calibration=calibration)
     elif fmt == "tusrec":
@@ -79,6 +94,9 @@ def write_sweep(sweep: Sweep, path: str | os.PathLike, force: bool = False) -> P
     A TUS-REC ``.h5`` gets its ``calib_matrix.csv`` in the same folder.
     """
     fmt = sweep_format(path)
+    if fmt in READ_ONLY:
+        raise InputError(f"FreehandRecon reads {fmt} files but does not write them ('{path}').",
+                         "Write one of: .igs.mha, .seq.nrrd, .h5, .npz.")
     out = check_output(path, force)
     if fmt == "plus":
         return write_plus_sequence(sweep, out, force=force)

@@ -292,8 +292,8 @@ def write_plus_sequence(sweep: Sweep, path: str | os.PathLike, force: bool = Fal
 
     Each frame gets ``<transform_name>Transform = pixel_to_world`` (pixels to mm, as
     PLUS's Image frame is in pixels) with status OK, its timestamp and ImageStatus OK;
-    ``ElementSpacing`` is 1 and the orientation MF. Extra channels are not stored (a
-    warning says so); use .npz or .h5 to keep them.
+    ``ElementSpacing`` is 1 (the pixel spacing when the sweep has no poses) and the orientation MF.
+    Extra channels are not stored (a warning says so); use .npz or .h5 to keep them.
     """
     out = check_output(path, force)
     split_transform_name(transform_name)
@@ -310,5 +310,6 @@ def write_plus_sequence(sweep: Sweep, path: str | os.PathLike, force: bool = Fal
         if sweep.timestamps is not None:
             fields[f"{tag}Timestamp"] = repr(float(sweep.timestamps[n]))
         fields[f"{tag}ImageStatus"] = "OK"
-    return write_metaimage(out, sweep.frames, spacing=(1.0, 1.0, 1.0), fields=fields, compress=compress,
-                           force=force)
+    # untracked: no transform carries the pixel spacing, so ElementSpacing does (as the reader expects)
+    spacing = (1.0, 1.0, 1.0) if p2w is not None else (*sweep.pixel_spacing, 1.0)
+    return write_metaimage(out, sweep.frames, spacing=spacing, fields=fields, compress=compress, force=force)

@@ -69,6 +69,10 @@ def estimate_poses(sweep: Sweep, method: str = "learned", *, model: str | Path |
         from .speckle import DecorrelationCurve
 
         curve = curve if isinstance(curve, DecorrelationCurve) else DecorrelationCurve.load(curve)
+    if sweep.metadata.get("static_overlay_pixels"):  # scanner captures: hide calipers and text (io/region.py)
+        from ..io.region import without_static_overlays
+
+        sweep = without_static_overlays(sweep)
     warnings = common.check_speckle(sweep.frames)
     direction = common.resolve_direction(sweep, sweep_direction)
     t0 = time.perf_counter()
