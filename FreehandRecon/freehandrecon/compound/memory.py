@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from ..errors import ResourceError
+from .engine import planned_engine
 from .grid import OutputGrid
 from .options import CompoundOptions
 
@@ -14,15 +15,22 @@ from .options import CompoundOptions
 CHUNK_PIXELS = {"nearest": 1 << 20, "linear": 1 << 18}
 # The tiled mean path (paste.py) keeps only the chunk's frame pixels, so its chunks can be larger.
 FAST_CHUNK_PIXELS = 1 << 21
+# Numpy engine: peak bytes per chunk pixel (measured with tracemalloc, rounded up): coordinates, flat
+# indices, compacted samples; linear adds 8 corner indices (intp) and float32 weights, max/latest the
+# selected corners and (latest) the int64 pixel order.
+NUMPY_PIXEL_BYTES = {("nearest", False): 64, ("nearest", True): 96, ("linear", False): 256, ("linear", True): 400}
 
 
 def uses_fast_paste(options: CompoundOptions) -> bool:
-    """Whether :func:`compound` takes the tiled multi-worker path (mean/importance without PLUS arithmetic)."""
-    return options.compounding in ("mean", "importance") and not options.plus_arithmetic
+    """Whether :func:`compound` takes the torch engine's tiled multi-worker path (mean/importance without PLUS
+    arithmetic)."""
+    return (options.compounding in ("mean", "importance") and not options.plus_arithmetic
+            and planned_engine(options) == "torch")
 
 
 def default_workers(options: CompoundOptions) -> int:
-    """Paste worker threads before any memory limit: one per torch thread (CPU, fast path), at most 4."""
+    """Paste worker threads before any memory limit: one per torch thread (CPU, fast path), at most 4;
+    the numpy engine has one."""
     if not uses_fast_paste(options) or str(options.device).startswith("cuda"):
         return 1
     import torch
@@ -51,6 +59,9 @@ def chunk_frames_for(options: CompoundOptions, frame_pixels: int) -> int:
 def chunk_bytes(options: CompoundOptions, frame_pixels: int) -> int:
     if uses_fast_paste(options):  # frame values (float32 at most) + threshold test; tile buffers are per worker
         return 12 * frame_pixels * chunk_frames_for(options, frame_pixels)
+    if planned_engine(options) == "numpy":
+        per_pixel = NUMPY_PIXEL_BYTES[(options.interpolation, options.compounding in ("max", "latest"))]
+        return per_pixel * frame_pixels * chunk_frames_for(options, frame_pixels)
     per_pixel = 48 if options.interpolation == "nearest" else 8 * 24 + 32
     if options.plus_arithmetic:
         per_pixel += 64 if options.interpolation == "nearest" else 8 * 64
