@@ -48,3 +48,26 @@ def all_inside(lo: np.ndarray, hi: np.ndarray, dims: tuple[int, int, int], neare
     if nearest:
         return bool((lo >= 0).all() and ((hi >> FRAC_BITS) <= limit >> FRAC_BITS).all())
     return bool((lo >= 0).all() and (hi <= limit).all())
+
+
+def classify_tiles(row_term: np.ndarray, col_term: np.ndarray, rows_per_tile: int, dims: tuple[int, int, int],
+                   nearest: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Split each frame's rows into tiles of ``rows_per_tile``: tile ``starts``/``ends`` (row offsets) and,
+    per frame and tile ``[n, T]``, whether it lies wholly outside the grid (skip it) or wholly inside
+    (no bounds checks)."""
+    cmin, cmax = col_term[:, :, [0, -1]].min(axis=2), col_term[:, :, [0, -1]].max(axis=2)  # [n, 3]
+    hc = row_term.shape[2]
+    starts = np.arange(0, hc, rows_per_tile)
+    ends = np.minimum(starts + rows_per_tile, hc)
+    rf, rl = row_term[:, :, starts], row_term[:, :, ends - 1]  # rows at both ends of each tile [n, 3, T]
+    lo = np.minimum(rf, rl) + cmin[:, :, None]
+    hi = np.maximum(rf, rl) + cmax[:, :, None]
+    size = np.asarray(dims, dtype=np.int64)[None, :, None]
+    if nearest:
+        lo_v, hi_v = lo >> FRAC_BITS, hi >> FRAC_BITS
+        outside = ((hi_v < 0) | (lo_v > size - 1)).any(axis=1)
+        inside = ((lo_v >= 0) & (hi_v <= size - 1)).all(axis=1)
+    else:
+        outside = ((hi < 0) | (lo > (size - 1) * ONE)).any(axis=1)
+        inside = ((lo >= 0) & (hi <= (size - 1) * ONE)).all(axis=1)
+    return starts, ends, outside, inside

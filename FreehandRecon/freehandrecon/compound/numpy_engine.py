@@ -14,7 +14,7 @@ from numpy.lib import NumpyVersion
 
 from ..errors import Cancelled
 from .engine import PasteJob
-from .fixedpoint import FRAC_BITS, ONE, all_inside, coordinate_terms, term_bounds
+from .fixedpoint import FRAC_BITS, ONE, classify_tiles, coordinate_terms, term_bounds
 from .options import HoleFilling
 
 # np.add.at got a fast path in numpy 1.25; before that it is ~10x slower than np.bincount.
@@ -41,137 +41,160 @@ def _scatter_max(acc: np.ndarray, index: np.ndarray, values: np.ndarray) -> None
         np.maximum.at(acc, index, values)
 
 
-def _flat_index(c: np.ndarray, dims: tuple[int, int, int]) -> np.ndarray:
-    """Flat voxel index (intp) of integer voxel coordinates ``c[:, 3, ...]`` (x, y, z)."""
-    nx, ny, _ = dims
-    flat = np.multiply(c[:, 2], nx * ny, dtype=np.intp)
-    flat += np.multiply(c[:, 1], nx, dtype=np.intp)
-    flat += c[:, 0]
-    return flat
+# Pixels per tile: the tile's work arrays (8 corners for linear) stay in the L2 cache.
+TILE_PIXELS = {"nearest": 1 << 15, "linear": 1 << 14}
 
 
 def _linear_weights(frac: np.ndarray) -> np.ndarray:
     """Trilinear weights ``[8, m]`` float32 of the corners (z, y, x order) from raw fractions ``[3, m]``;
     the same float32 operations as the torch engine, so the weights are bit-identical."""
-    g1 = frac.astype(np.float32)
-    g1 *= np.float32(1.0 / ONE)
-    g = np.stack([np.float32(1.0) - g1, g1], axis=1)  # [axis, side, m]
+    g = np.empty((3, 2, frac.shape[1]), dtype=np.float32)  # [axis, (1 - f, f), m]
+    np.multiply(frac, np.float32(1.0 / ONE), out=g[:, 1], casting="unsafe")
+    np.subtract(np.float32(1.0), g[:, 1], out=g[:, 0])
     yz = g[2][:, None, :] * g[1][None, :, :]  # [z-side, y-side, m]
     return (yz[:, :, None, :] * g[0][None, None, :, :]).reshape(8, -1)
+
+
+class _Accumulators:
+    """Flat float32 accumulators of one compounding mode, and the kernel that pastes one tile into them."""
+
+    def __init__(self, dims: tuple[int, int, int], nearest: bool, mode: str) -> None:
+        nx, ny, nz = dims
+        self.dims, self.nearest = dims, nearest
+        self.nvox = nx * ny * nz
+        length = self.nvox + nx * ny + nx + 2  # a zero-weight corner of a pixel on the last voxel may point past it
+        self.size = np.asarray(dims, dtype=np.int64).reshape(3, 1)
+        self.offsets = np.array([0, 1, nx, nx + 1, nx * ny, nx * ny + 1, nx * ny + nx, nx * ny + nx + 1],
+                                dtype=np.intp)[:, None]
+        self.wsum = np.zeros(length, dtype=np.float32)  # coverage: summed (importance-weighted) weights
+        self.vsum = self.vmax = self.key = None
+        if mode in ("mean", "importance"):
+            self.vsum = np.zeros(length, dtype=np.float32)
+        elif mode == "max":
+            self.vmax = np.full(length, -np.inf, dtype=np.float32)
+        else:
+            self.key = np.full(length, -1, dtype=np.int64)  # latest: highest pixel order (frame, row, column)
+
+    def paste(self, c: np.ndarray, vals: np.ndarray, valid: np.ndarray | None, check: bool,
+              imp: np.ndarray | None, order: np.ndarray | None) -> None:
+        """Paste pixels with raw coordinates ``c`` ``[3, P]`` (int32/int64, consumed), float32 values ``[P]``,
+        validity (None: all), importance weights and (latest) pixel order; ``check``: bounds-check them."""
+        nx, ny, _ = self.dims
+        frac = None if self.nearest else c & (ONE - 1)
+        c >>= FRAC_BITS  # floor: the voxel (nearest: rounded, its offset is folded into c)
+        if check:
+            if self.nearest:
+                ok = ((c >= 0) & (c < self.size)).all(axis=0)
+            else:
+                ok = ((c >= 0) & (c + (frac > 0) <= self.size - 1)).all(axis=0)
+            valid = ok if valid is None else valid & ok
+        flat = np.multiply(c[2], nx * ny, dtype=np.intp)
+        flat += np.multiply(c[1], nx, dtype=np.intp)
+        flat += c[0]
+        if valid is not None:
+            flat, vals = flat[valid], vals[valid]
+            imp = None if imp is None else imp[valid]
+            order = None if order is None else order[valid]
+            frac = None if frac is None else frac[:, valid]
+        if flat.size == 0:
+            return
+        if self.nearest:
+            _scatter_add(self.wsum, flat, imp)
+            if self.vsum is not None:
+                _scatter_add(self.vsum, flat, vals if imp is None else vals * imp)
+            elif self.vmax is not None:
+                _scatter_max(self.vmax, flat, vals)
+            else:
+                _scatter_max(self.key, flat, order)
+            return
+        w8 = _linear_weights(frac)  # [8, m]
+        index8 = (flat[None, :] + self.offsets).reshape(-1)
+        wt = w8 if imp is None else w8 * imp
+        _scatter_add(self.wsum, index8, wt.reshape(-1))
+        if self.vsum is not None:
+            wt *= vals
+            _scatter_add(self.vsum, index8, wt.reshape(-1))
+            return
+        ok8 = (w8 >= MIN_WEIGHT).reshape(-1)
+        corners = index8[ok8]
+        if self.vmax is not None:
+            _scatter_max(self.vmax, corners, np.broadcast_to(vals, w8.shape).reshape(-1)[ok8])
+        else:
+            _scatter_max(self.key, corners, np.broadcast_to(order, w8.shape).reshape(-1)[ok8])
+
+    def result(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flat volume and coverage ``[nvox]`` float32 (``frames``: to look the latest pixels up)."""
+        nvox = self.nvox
+        coverage = self.wsum[:nvox]
+        if self.vsum is not None:
+            volume = np.zeros(nvox, dtype=np.float32)
+            np.divide(self.vsum[:nvox], coverage, out=volume, where=coverage > 0)
+            return volume, coverage
+        if self.vmax is not None:
+            volume = self.vmax[:nvox]
+            volume[~np.isfinite(volume)] = 0.0
+            return volume, coverage
+        _, h, w = frames.shape
+        volume = np.zeros(nvox, dtype=np.float32)
+        block = 1 << 18  # the gather's index arrays (~40 bytes a voxel) stay small
+        for b in range(0, nvox, block):
+            k = self.key[b:b + block]
+            hit = np.flatnonzero(k >= 0)
+            f, rest = np.divmod(k[hit], h * w)
+            row, col = np.divmod(rest, w)
+            volume[b + hit] = frames[f, row, col]
+        return volume, coverage
 
 
 def paste_frames(job: PasteJob) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Volume and coverage ``[nz, ny, nx]`` float32, pixels pasted and paste workers used (always 1)."""
     frames, fixed, sel, opts, dims = job.frames, job.fixed, job.selection, job.options, job.dims
     n, h, w = frames.shape
-    nx, ny, nz = dims
-    nvox = nx * ny * nz
-    length = nvox + nx * ny + nx + 2  # a zero-weight corner of a pixel on the last voxel may point past the end
     nearest = opts.interpolation == "nearest"
-    mode = opts.compounding
     x0, y0, x1, y1 = sel.rect
     hc, wc = sel.shape
     static = sel.mask
     imp = None if sel.weights is None else sel.weights.astype(np.float32, copy=False)
     thr = None if opts.pixel_threshold is None else np.float32(opts.pixel_threshold)
-    size = np.asarray(dims, dtype=np.int64).reshape(1, 3, 1, 1)
-    offsets = np.array([0, 1, nx, nx + 1, nx * ny, nx * ny + 1, nx * ny + nx, nx * ny + nx + 1],
-                       dtype=np.intp)[:, None]
     per_frame = hc * wc if static is None else int(static.sum())
-
-    wsum = np.zeros(length, dtype=np.float32)  # coverage: summed (importance-weighted) trilinear weights
-    vsum = vmax = key = None
-    if mode in ("mean", "importance"):
-        vsum = np.zeros(length, dtype=np.float32)
-    elif mode == "max":
-        vmax = np.full(length, -np.inf, dtype=np.float32)
-    else:
-        key = np.full(length, -1, dtype=np.int64)  # latest: highest pixel order (frame, row, column) per voxel
-
+    acc = _Accumulators(dims, nearest, opts.compounding)
+    rows_per_tile = max(1, TILE_PIXELS[opts.interpolation] // wc)
+    cols = np.arange(x0, x1 + 1, dtype=np.int64)
     pasted = 0
     for s in range(0, n, job.step):
         if job.should_cancel is not None and job.should_cancel():
             raise Cancelled("Compounding cancelled by the user.", "Run it again when ready; nothing was changed.")
         e = min(n, s + job.step)
-        vals = frames[s:e, y0:y1 + 1, x0:x1 + 1].astype(np.float32)
         row_term, col_term = coordinate_terms(fixed[s:e], sel.rect, nearest)
         lo, hi = term_bounds(row_term, col_term)
-        inside = all_inside(lo, hi, dims, nearest)
         ctype = np.int32 if max(abs(int(lo.min())), abs(int(hi.max()))) < 2**30 else np.int64
-        c = row_term.astype(ctype)[:, :, :, None] + col_term.astype(ctype)[:, :, None, :]  # [m, 3, Hc, Wc]
-        valid = None if static is None else np.broadcast_to(static, vals.shape)
-        if thr is not None:
-            bright = vals >= thr
-            valid = bright if valid is None else valid & bright
-        pasted += int(valid.sum()) if valid is not None else (e - s) * per_frame
-        frac = None if nearest else c & (ONE - 1)
-        c >>= FRAC_BITS  # floor: integer voxel (nearest: rounded, as the offset is folded in)
-        if not inside:
-            if nearest:
-                ok = ((c >= 0) & (c < size)).all(axis=1)
-            else:
-                ok = ((c >= 0) & (c + (frac > 0) <= size - 1)).all(axis=1)
-            valid = ok if valid is None else valid & ok
-        flat = _flat_index(c, dims)
-        del c
-        if valid is None:
-            index, v = flat.reshape(-1), vals.reshape(-1)
-            wimp = None if imp is None else np.broadcast_to(imp, vals.shape).reshape(-1)
-        else:
-            index, v = flat[valid], vals[valid]
-            wimp = None if imp is None else np.broadcast_to(imp, vals.shape)[valid]
-        if key is not None:
-            order = ((np.arange(s, e, dtype=np.int64) * (h * w))[:, None, None]
-                     + (np.arange(y0, y1 + 1, dtype=np.int64) * w)[None, :, None]
-                     + np.arange(x0, x1 + 1, dtype=np.int64)[None, None, :])
-            order = np.broadcast_to(order, vals.shape)
-            order = order.reshape(-1) if valid is None else order[valid]
-        if nearest:
-            _scatter_add(wsum, index, wimp)
-            if vsum is not None:
-                _scatter_add(vsum, index, v if wimp is None else v * wimp)
-            elif vmax is not None:
-                _scatter_max(vmax, index, v)
-            else:
-                _scatter_max(key, index, order)
-        else:
-            fr = frac.transpose(1, 0, 2, 3).reshape(3, -1) if valid is None else frac.transpose(1, 0, 2, 3)[:, valid]
-            del frac
-            w8 = _linear_weights(fr)  # [8, m]
-            del fr
-            index8 = index[None, :] + offsets  # [8, m]
-            wt = w8 if wimp is None else w8 * wimp
-            _scatter_add(wsum, index8.reshape(-1), wt.reshape(-1))
-            if vsum is not None:
-                _scatter_add(vsum, index8.reshape(-1), (wt * v).reshape(-1))
-            else:
-                ok8 = w8 >= MIN_WEIGHT
-                corners = index8[ok8]
-                if vmax is not None:
-                    _scatter_max(vmax, corners, np.broadcast_to(v, w8.shape)[ok8])
-                else:
-                    _scatter_max(key, corners, np.broadcast_to(order, w8.shape)[ok8])
+        row_term, col_term = row_term.astype(ctype), col_term.astype(ctype)
+        starts, ends, outside, inside = classify_tiles(row_term, col_term, rows_per_tile, dims, nearest)
+        if thr is None:
+            pasted += (e - s) * per_frame
+        for f in range(e - s):
+            block = frames[s + f, y0:y1 + 1, x0:x1 + 1]
+            if thr is not None:  # pixels pasted: counted whether or not they land in the grid
+                bright = block >= thr
+                pasted += int(np.count_nonzero(bright if static is None else bright & static))
+            for k in np.flatnonzero(~outside[f]):
+                r0, r1 = int(starts[k]), int(ends[k])
+                c = (row_term[f, :, r0:r1, None] + col_term[f, :, None, :]).reshape(3, -1)
+                vals = block[r0:r1].astype(np.float32).reshape(-1)
+                valid = None if static is None else static[r0:r1].reshape(-1)
+                if thr is not None:
+                    bright = vals >= thr
+                    valid = bright if valid is None else valid & bright
+                order = None  # latest: the pixels' order in the sweep (frame, row, column)
+                if acc.key is not None:
+                    rows = np.arange(y0 + r0, y0 + r1, dtype=np.int64) * w + (s + f) * (h * w)
+                    order = (rows[:, None] + cols[None, :]).reshape(-1)
+                acc.paste(c, vals, valid, not bool(inside[f, k]), None if imp is None else imp[r0:r1].reshape(-1),
+                          order)
         if job.progress is not None:
             job.progress(e, n)
-
-    shape = (nz, ny, nx)
-    coverage = wsum[:nvox]
-    if vsum is not None:
-        hit = coverage > 0
-        volume = np.zeros(nvox, dtype=np.float32)
-        np.divide(vsum[:nvox], coverage, out=volume, where=hit)
-    elif vmax is not None:
-        volume = vmax[:nvox]
-        volume[~np.isfinite(volume)] = 0.0
-    else:
-        volume = np.zeros(nvox, dtype=np.float32)
-        block = 1 << 20  # the gather's index arrays stay small
-        for b in range(0, nvox, block):
-            k = key[b:b + block]
-            hit = np.flatnonzero(k >= 0)
-            f, rest = np.divmod(k[hit], h * w)
-            row, col = np.divmod(rest, w)
-            volume[b + hit] = frames[f, row, col]
+    volume, coverage = acc.result(frames)
+    shape = (dims[2], dims[1], dims[0])
     return volume.reshape(shape), coverage.reshape(shape), pasted, 1
 
 
