@@ -1,4 +1,5 @@
-"""Compounding benchmark (thin wrapper): ``python benchmarks/bench_compound.py [--device cuda] [--quick]``."""
+"""Compounding benchmark (thin wrapper):
+``python benchmarks/bench_compound.py [--device cuda] [--quick] [--engine auto|torch|numpy]``."""
 
 from freehandrecon.bench import main
 

@@ -45,14 +45,33 @@ def _run_case(case: dict) -> dict:
     """Run one case in this process (called in a fresh subprocess by :func:`run_compound_benchmark`)."""
     import warnings
 
-    import torch
-
     from .compound import CompoundOptions, compound, fit_grid
-    from .compound.holes import fill_normalized, fill_sticks
+    from .compound.engine import require_engine
 
-    torch.set_num_threads(int(case.get("threads", 2)))
+    engine = require_engine(CompoundOptions(engine=case.get("engine", "auto"), device=case["device"]))
     dev = case["device"]
+    if engine == "torch":
+        import torch
+
+        torch.set_num_threads(int(case.get("threads", 2)))
+    if case["kind"] == "normalized" and engine == "numpy":
+        from .compound.numpy_engine import fill_normalized as fill_np
+
+        sweep = _spine_sweep()
+        grid = fit_grid(sweep, 0.5)
+        res = compound(sweep, grid, CompoundOptions(engine=engine))
+        times = []
+        for _ in range(10):
+            t0 = time.perf_counter()
+            _, n = fill_np(res.volume, res.coverage, 3)
+            times.append(time.perf_counter() - t0)
+        return {"case": f"normalized fill 3 on {grid.dims[0]}x{grid.dims[1]}x{grid.dims[2]} [numpy]",
+                "seconds": min(times), "filled_voxels": n, "peak_mb": _vm("VmHWM")}
     if case["kind"] in ("stick", "normalized"):
+        import torch
+
+        from .compound.holes import fill_normalized, fill_sticks
+
         sweep = _spine_sweep()
         grid = fit_grid(sweep, 0.5)
         res = compound(sweep, grid, CompoundOptions(device=dev))
@@ -76,7 +95,7 @@ def _run_case(case: dict) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sweep = _spine_sweep() if case["kind"] == "spine" else synthetic_sweep(case["frames"])
-    opts = CompoundOptions(interpolation=case["interpolation"], compounding="mean", device=dev)
+    opts = CompoundOptions(interpolation=case["interpolation"], compounding="mean", device=dev, engine=engine)
     grid = fit_grid(sweep, case["spacing"])
     compound(sweep.subset(slice(0, 2)), grid, opts)  # warm-up (thread pools, first allocations)
     rss0 = _vm("VmRSS")
@@ -86,29 +105,31 @@ def _run_case(case: dict) -> dict:
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     n, h, w = sweep.frames.shape
-    return {"case": f"{case['kind']} {n}x{h}x{w} {case['interpolation']}-mean {case['spacing']} mm",
+    return {"case": f"{case['kind']} {n}x{h}x{w} {case['interpolation']}-mean {case['spacing']} mm [{engine}]",
             "grid": "x".join(str(d) for d in grid.dims), "seconds": dt, "frames_per_s": n / dt,
             "megapixels_per_s": n * h * w / dt / 1e6, "peak_mb": _vm("VmHWM"), "peak_delta_mb": _vm("VmHWM") - rss0,
             "coverage": res.stats["voxels_hit"] / res.stats["voxels"]}
 
 
-def benchmark_cases(device: str = "cpu", quick: bool = False) -> list[dict]:
+def benchmark_cases(device: str = "cpu", quick: bool = False, engine: str = "auto") -> list[dict]:
+    """Cases for ``engine`` ("auto", "torch", "numpy"); stick filling only where torch runs."""
     frames = 200 if quick else 1000
     cases = []
     for kind in ("spine", "synthetic"):
         for interp in ("nearest", "linear"):
             for spacing in (0.5, 1.0):
                 cases.append({"kind": kind, "interpolation": interp, "spacing": spacing, "frames": frames,
-                              "device": device})
-    cases.append({"kind": "stick", "device": device})
-    cases.append({"kind": "normalized", "device": device})
+                              "device": device, "engine": engine})
+    if engine != "numpy":
+        cases.append({"kind": "stick", "device": device, "engine": engine})
+    cases.append({"kind": "normalized", "device": device, "engine": engine})
     return cases
 
 
-def run_compound_benchmark(device: str = "cpu", quick: bool = False) -> list[dict]:
+def run_compound_benchmark(device: str = "cpu", quick: bool = False, engine: str = "auto") -> list[dict]:
     """Run every case in its own Python process (so peak memory is per case) and return the rows."""
     rows = []
-    for case in benchmark_cases(device, quick):
+    for case in benchmark_cases(device, quick, engine):
         code = ("import json,sys; from freehandrecon.bench import _run_case; "
                 "print('BENCH' + json.dumps(_run_case(json.loads(sys.argv[1]))))")
         proc = subprocess.run([sys.executable, "-c", code, json.dumps(case)], capture_output=True, text=True)
@@ -139,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="FreehandRecon compounding benchmark")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="200 synthetic frames instead of 1000")
+    p.add_argument("--engine", choices=("auto", "torch", "numpy"), default="auto",
+                   help="compounding engine (auto: torch when installed, else numpy)")
     a = p.parse_args(argv)
-    print(format_table(run_compound_benchmark(a.device, a.quick)))
+    print(format_table(run_compound_benchmark(a.device, a.quick, a.engine)))
     return 0
 
 

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from ..errors import ResourceError
+from .engine import planned_engine
 from .grid import OutputGrid
 from .options import CompoundOptions
 
@@ -14,15 +15,23 @@ from .options import CompoundOptions
 CHUNK_PIXELS = {"nearest": 1 << 20, "linear": 1 << 18}
 # The tiled mean path (paste.py) keeps only the chunk's frame pixels, so its chunks can be larger.
 FAST_CHUNK_PIXELS = 1 << 21
+# Numpy engine: bytes per tile pixel, a generous bound on tracemalloc's peak per tile (spine sweep: ~19 for
+# nearest-mean, ~122 for linear-mean): coordinates, flat indices, compacted samples; linear adds 8 corner
+# indices (intp) and float32 weights, max/latest the selected corners and (latest) the int64 pixel order.
+# Its accumulators and outputs take less than voxel_bytes counts, which is kept as their bound.
+NUMPY_PIXEL_BYTES = {("nearest", False): 64, ("nearest", True): 96, ("linear", False): 256, ("linear", True): 400}
 
 
 def uses_fast_paste(options: CompoundOptions) -> bool:
-    """Whether :func:`compound` takes the tiled multi-worker path (mean/importance without PLUS arithmetic)."""
-    return options.compounding in ("mean", "importance") and not options.plus_arithmetic
+    """Whether :func:`compound` takes the torch engine's tiled multi-worker path (mean/importance without PLUS
+    arithmetic)."""
+    return (options.compounding in ("mean", "importance") and not options.plus_arithmetic
+            and planned_engine(options) == "torch")
 
 
 def default_workers(options: CompoundOptions) -> int:
-    """Paste worker threads before any memory limit: one per torch thread (CPU, fast path), at most 4."""
+    """Paste worker threads before any memory limit: one per torch thread (CPU, fast path), at most 4;
+    the numpy engine has one."""
     if not uses_fast_paste(options) or str(options.device).startswith("cuda"):
         return 1
     import torch
@@ -48,9 +57,16 @@ def chunk_frames_for(options: CompoundOptions, frame_pixels: int) -> int:
     return max(1, per_chunk // max(frame_pixels, 1))
 
 
-def chunk_bytes(options: CompoundOptions, frame_pixels: int) -> int:
+def chunk_bytes(options: CompoundOptions, frame_pixels: int, frame_width: int = 0) -> int:
+    """Bytes of the per-chunk work arrays (``frame_width``: pixels per row, for the numpy engine's tiles)."""
     if uses_fast_paste(options):  # frame values (float32 at most) + threshold test; tile buffers are per worker
         return 12 * frame_pixels * chunk_frames_for(options, frame_pixels)
+    if planned_engine(options) == "numpy":  # works tile by tile; per frame: the threshold masks
+        from .numpy_engine import TILE_PIXELS
+
+        per_pixel = NUMPY_PIXEL_BYTES[(options.interpolation, options.compounding in ("max", "latest"))]
+        tile = min(frame_pixels, max(TILE_PIXELS[options.interpolation], int(frame_width)))  # whole rows
+        return per_pixel * tile + 2 * frame_pixels
     per_pixel = 48 if options.interpolation == "nearest" else 8 * 24 + 32
     if options.plus_arithmetic:
         per_pixel += 64 if options.interpolation == "nearest" else 8 * 64
@@ -73,7 +89,7 @@ def estimate_memory_bytes(grid: OutputGrid, options: CompoundOptions, frame_shap
     ``workers``: paste worker threads. By default the minimum (one) is counted: :func:`compound` adds
     workers, each with its own accumulator, only while they fit the memory limit."""
     frame_pixels = int(frame_shape[0]) * int(frame_shape[1])
-    fixed = chunk_bytes(options, frame_pixels) + 4 * 3 * 3 * 8 * int(num_frames)
+    fixed = chunk_bytes(options, frame_pixels, int(frame_shape[1])) + 4 * 3 * 3 * 8 * int(num_frames)
     pad = grid.dims[0] * grid.dims[1] + grid.dims[0] + 2
     nw = 1 if workers is None else int(workers)
     extra = (nw - 1) * worker_bytes(grid, options) if uses_fast_paste(options) else 0

@@ -14,6 +14,7 @@ from .masks import FanMask
 INTERPOLATIONS = ("nearest", "linear")
 COMPOUNDINGS = ("mean", "max", "latest", "importance")
 HOLE_METHODS = ("none", "normalized", "stick")
+ENGINES = ("auto", "torch", "numpy")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class CompoundOptions:
     ``[H, W]`` weights 0..1 or 0..255. ``plus_arithmetic`` reproduces IGSIO's integer arithmetic
     (14-bit fixed-point positions, per-insertion rounding of the running mean, truncating stick filling)
     for bit-level comparisons with PLUS; it is slower and only changes the mean modes and hole filling.
+    ``engine``: "torch" (CPU or CUDA; needs PyTorch), "numpy" (CPU; no PyTorch, no ``plus_arithmetic``;
+    stick filling still borrows torch) or "auto" (torch when it can be imported, else numpy).
     """
 
     interpolation: str = "nearest"
@@ -61,6 +64,7 @@ class CompoundOptions:
     device: str = "cpu"
     max_memory_bytes: int | None = None
     plus_arithmetic: bool = False
+    engine: str = "auto"
 
     def validate(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
@@ -81,6 +85,8 @@ class CompoundOptions:
         self.hole_filling.validate()
         if not (self.device == "cpu" or str(self.device).startswith("cuda")):
             raise InputError(f"Unknown device '{self.device}'.", "Use 'cpu' or 'cuda'.")
+        if self.engine not in ENGINES:
+            raise InputError(f"Unknown compounding engine '{self.engine}'.", f"Use one of {', '.join(ENGINES)}.")
 
 
 @dataclass

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .splat import FRAC_BITS, HALF, ONE
+from .fixedpoint import classify_tiles, coordinate_terms
+from .splat import FRAC_BITS, ONE
 
 # Pixels per tile: linear keeps its 8-corner buffers in L2; nearest has few ops per pixel and likes more.
 TILE_PIXELS = {"nearest": 1 << 17, "linear": 1 << 15, "cuda": 1 << 22}
@@ -226,29 +227,8 @@ def make_chunk(frames: np.ndarray, fixed: np.ndarray, s: int, e: int, rect: tupl
                dims: tuple[int, int, int], nearest: bool, rows_per_tile: int, device: torch.device) -> Chunk:
     """Values and coordinate terms of frames ``[s, e)``; tiles wholly outside the grid are left out."""
     x0, y0, x1, y1 = rect
-    cols = np.arange(x0, x1 + 1, dtype=np.int64)
-    rows = np.arange(y0, y1 + 1, dtype=np.int64)
-    fx = fixed[s:e]
-    a, b, o = fx[:, :, 0], fx[:, :, 1], fx[:, :, 2]
-    if nearest:
-        o = o + HALF
-    row_term = o[:, :, None] + b[:, :, None] * rows[None, None, :]  # [n, 3, Hc]
-    col_term = a[:, :, None] * cols[None, None, :]  # [n, 3, Wc]
-    cmin, cmax = col_term[:, :, [0, -1]].min(axis=2), col_term[:, :, [0, -1]].max(axis=2)  # [n, 3]
-    hc = rows.size
-    starts = np.arange(0, hc, rows_per_tile)
-    ends = np.minimum(starts + rows_per_tile, hc)
-    rf, rl = row_term[:, :, starts], row_term[:, :, ends - 1]  # rows at both ends of each tile [n, 3, T]
-    lo = np.minimum(rf, rl) + cmin[:, :, None]
-    hi = np.maximum(rf, rl) + cmax[:, :, None]
-    size = np.asarray(dims, dtype=np.int64)[None, :, None]
-    if nearest:
-        lo_v, hi_v = lo >> FRAC_BITS, hi >> FRAC_BITS
-        outside = ((hi_v < 0) | (lo_v > size - 1)).any(axis=1)
-        inside = ((lo_v >= 0) & (hi_v <= size - 1)).all(axis=1)
-    else:
-        outside = ((hi < 0) | (lo > (size - 1) * ONE)).any(axis=1)
-        inside = ((lo >= 0) & (hi <= (size - 1) * ONE)).all(axis=1)
+    row_term, col_term = coordinate_terms(fixed[s:e], rect, nearest)  # [n, 3, Hc], [n, 3, Wc]
+    starts, ends, outside, inside = classify_tiles(row_term, col_term, rows_per_tile, dims, nearest)
     tiles = [(int(f), int(starts[k]), int(ends[k]), not bool(inside[f, k]))
              for f, k in zip(*np.nonzero(~outside))]
     block = frames[s:e, y0:y1 + 1, x0:x1 + 1]

@@ -13,16 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-FRAC_BITS = 14
-ONE = 1 << FRAC_BITS
-HALF = ONE >> 1
-MIN_WEIGHT_RAW = ONE // 8  # IGSIO: linear max/latest only touch corners with trilinear weight >= 1/8
+from .fixedpoint import (FRAC_BITS, HALF, MIN_WEIGHT_RAW, ONE, all_inside, coordinate_terms, fixed_matrices,
+                         term_bounds)
 
-
-def fixed_matrices(pixel_to_voxel: np.ndarray) -> np.ndarray:
-    """``[N, 4, 4]`` pixel->voxel matrices -> int64 ``[N, 3, 3]`` raw fixed-point columns (i, j, origin)."""
-    cols = pixel_to_voxel[:, :3, [0, 1, 3]]
-    return np.rint(cols * ONE).astype(np.int64)
+__all__ = ["FRAC_BITS", "ONE", "HALF", "MIN_WEIGHT_RAW", "fixed_matrices", "ChunkGeometry", "chunk_coords",
+           "nearest_indices", "linear_corners", "SequentialMean"]
 
 
 @dataclass
@@ -37,24 +32,11 @@ def chunk_coords(fixed: np.ndarray, rect: tuple[int, int, int, int], dims: tuple
                  device: torch.device, nearest: bool) -> tuple[torch.Tensor, bool]:
     """Raw fixed-point coordinates ``[n, 3, Hc, Wc]`` (rounding offset folded in for nearest) and whether
     every pixel of the chunk lands inside the grid (so bounds checks can be skipped)."""
-    x0, y0, x1, y1 = rect
-    cols = np.arange(x0, x1 + 1, dtype=np.int64)
-    rows = np.arange(y0, y1 + 1, dtype=np.int64)
-    a, b, o = fixed[:, :, 0], fixed[:, :, 1], fixed[:, :, 2]
-    if nearest:
-        o = o + HALF
-    row_term = o[:, :, None] + b[:, :, None] * rows[None, None, :]
-    col_term = a[:, :, None] * cols[None, None, :]
-    # extremes of an affine map over a rectangle are at its corners
-    lo = row_term[:, :, [0, -1]].min(axis=2) + col_term[:, :, [0, -1]].min(axis=2)
-    hi = row_term[:, :, [0, -1]].max(axis=2) + col_term[:, :, [0, -1]].max(axis=2)
+    row_term, col_term = coordinate_terms(fixed, rect, nearest)
+    lo, hi = term_bounds(row_term, col_term)
     big = max(abs(int(lo.min())), abs(int(hi.max())))
     dtype = torch.int32 if big < 2**30 else torch.int64
-    limit = (np.asarray(dims, dtype=np.int64) - 1) * ONE
-    if nearest:
-        inside = bool((lo >= 0).all() and ((hi >> FRAC_BITS) <= limit >> FRAC_BITS).all())
-    else:
-        inside = bool((lo >= 0).all() and (hi <= limit).all())
+    inside = all_inside(lo, hi, dims, nearest)
     r = torch.from_numpy(row_term).to(device=device, dtype=dtype)
     c = torch.from_numpy(col_term).to(device=device, dtype=dtype)
     return r[:, :, :, None] + c[:, :, None, :], inside

@@ -1,0 +1,248 @@
+"""Numpy compounding engine: the torch engine's results without PyTorch (a stock Slicer has numpy only).
+
+Same fixed-point pixel positions, same float32 trilinear weights and the same validity rules as the torch
+engine (:mod:`.splat`); pixels that are not pasted are dropped (compacted) rather than sent to a trash slot.
+Frames are pasted chunk by chunk into flat float32 accumulators with ``np.add.at`` / ``np.maximum.at``
+(buffered and vectorised since numpy 1.25; older numpy sums with ``np.bincount`` over the chunk's span).
+Normalized hole filling is a separable box sum (shifted adds). Stick filling still needs torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib import NumpyVersion
+
+from ..errors import Cancelled
+from .engine import PasteJob
+from .fixedpoint import FRAC_BITS, ONE, classify_tiles, coordinate_terms, term_bounds
+from .options import HoleFilling
+
+# np.add.at got a fast path in numpy 1.25; before that it is ~10x slower than np.bincount.
+FAST_UFUNC_AT = NumpyVersion(np.__version__) >= "1.25.0"
+MIN_WEIGHT = np.float32(0.125)  # linear max/latest only touch corners with trilinear weight >= 1/8 (IGSIO)
+
+
+def _scatter_add(acc: np.ndarray, index: np.ndarray, values: np.ndarray | None) -> None:
+    """``acc[index] += values`` with repeated indices summed (``values`` None: add 1 per index)."""
+    if index.size == 0:
+        return
+    if FAST_UFUNC_AT:
+        np.add.at(acc, index, np.float32(1.0) if values is None else values)
+        return
+    lo, hi = int(index.min()), int(index.max()) + 1
+    if hi - lo > 4 * index.size + 65536:  # a sparse span: bincount's buffer would dwarf the chunk
+        np.add.at(acc, index, np.float32(1.0) if values is None else values)
+        return
+    acc[lo:hi] += np.bincount(index - lo, weights=values, minlength=hi - lo)
+
+
+def _scatter_max(acc: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
+    if index.size:
+        np.maximum.at(acc, index, values)
+
+
+# Pixels per tile: the tile's work arrays (8 corners for linear) stay in the L2 cache.
+TILE_PIXELS = {"nearest": 1 << 15, "linear": 1 << 14}
+
+
+def _linear_weights(frac: np.ndarray) -> np.ndarray:
+    """Trilinear weights ``[8, m]`` float32 of the corners (z, y, x order) from raw fractions ``[3, m]``;
+    the same float32 operations as the torch engine, so the weights are bit-identical."""
+    g = np.empty((3, 2, frac.shape[1]), dtype=np.float32)  # [axis, (1 - f, f), m]
+    np.multiply(frac, np.float32(1.0 / ONE), out=g[:, 1], casting="unsafe")
+    np.subtract(np.float32(1.0), g[:, 1], out=g[:, 0])
+    yz = g[2][:, None, :] * g[1][None, :, :]  # [z-side, y-side, m]
+    return (yz[:, :, None, :] * g[0][None, None, :, :]).reshape(8, -1)
+
+
+class _Accumulators:
+    """Flat float32 accumulators of one compounding mode, and the kernel that pastes one tile into them."""
+
+    def __init__(self, dims: tuple[int, int, int], nearest: bool, mode: str) -> None:
+        nx, ny, nz = dims
+        self.dims, self.nearest = dims, nearest
+        self.nvox = nx * ny * nz
+        length = self.nvox + nx * ny + nx + 2  # a zero-weight corner of a pixel on the last voxel may point past it
+        self.size = np.asarray(dims, dtype=np.int64).reshape(3, 1)
+        self.offsets = np.array([0, 1, nx, nx + 1, nx * ny, nx * ny + 1, nx * ny + nx, nx * ny + nx + 1],
+                                dtype=np.intp)[:, None]
+        self.wsum = np.zeros(length, dtype=np.float32)  # coverage: summed (importance-weighted) weights
+        self.vsum = self.vmax = self.key = None
+        if mode in ("mean", "importance"):
+            self.vsum = np.zeros(length, dtype=np.float32)
+        elif mode == "max":
+            self.vmax = np.full(length, -np.inf, dtype=np.float32)
+        else:
+            self.key = np.full(length, -1, dtype=np.int64)  # latest: highest pixel order (frame, row, column)
+
+    def paste(self, c: np.ndarray, vals: np.ndarray, valid: np.ndarray | None, check: bool,
+              imp: np.ndarray | None, order: np.ndarray | None) -> None:
+        """Paste pixels with raw coordinates ``c`` ``[3, P]`` (int32/int64, consumed), float32 values ``[P]``,
+        validity (None: all), importance weights and (latest) pixel order; ``check``: bounds-check them."""
+        nx, ny, _ = self.dims
+        frac = None if self.nearest else c & (ONE - 1)
+        c >>= FRAC_BITS  # floor: the voxel (nearest: rounded, its offset is folded into c)
+        if check:
+            if self.nearest:
+                ok = ((c >= 0) & (c < self.size)).all(axis=0)
+            else:
+                ok = ((c >= 0) & (c + (frac > 0) <= self.size - 1)).all(axis=0)
+            valid = ok if valid is None else valid & ok
+        flat = np.multiply(c[2], nx * ny, dtype=np.intp)
+        flat += np.multiply(c[1], nx, dtype=np.intp)
+        flat += c[0]
+        if valid is not None:
+            flat, vals = flat[valid], vals[valid]
+            imp = None if imp is None else imp[valid]
+            order = None if order is None else order[valid]
+            frac = None if frac is None else frac[:, valid]
+        if flat.size == 0:
+            return
+        if self.nearest:
+            _scatter_add(self.wsum, flat, imp)
+            if self.vsum is not None:
+                _scatter_add(self.vsum, flat, vals if imp is None else vals * imp)
+            elif self.vmax is not None:
+                _scatter_max(self.vmax, flat, vals)
+            else:
+                _scatter_max(self.key, flat, order)
+            return
+        w8 = _linear_weights(frac)  # [8, m]
+        index8 = (flat[None, :] + self.offsets).reshape(-1)
+        wt = w8 if imp is None else w8 * imp
+        _scatter_add(self.wsum, index8, wt.reshape(-1))
+        if self.vsum is not None:
+            wt *= vals
+            _scatter_add(self.vsum, index8, wt.reshape(-1))
+            return
+        ok8 = (w8 >= MIN_WEIGHT).reshape(-1)
+        corners = index8[ok8]
+        if self.vmax is not None:
+            _scatter_max(self.vmax, corners, np.broadcast_to(vals, w8.shape).reshape(-1)[ok8])
+        else:
+            _scatter_max(self.key, corners, np.broadcast_to(order, w8.shape).reshape(-1)[ok8])
+
+    def result(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flat volume and coverage ``[nvox]`` float32 (``frames``: to look the latest pixels up)."""
+        nvox = self.nvox
+        coverage = self.wsum[:nvox]
+        if self.vsum is not None:
+            volume = np.zeros(nvox, dtype=np.float32)
+            np.divide(self.vsum[:nvox], coverage, out=volume, where=coverage > 0)
+            return volume, coverage
+        if self.vmax is not None:
+            volume = self.vmax[:nvox]
+            volume[~np.isfinite(volume)] = 0.0
+            return volume, coverage
+        _, h, w = frames.shape
+        volume = np.zeros(nvox, dtype=np.float32)
+        block = 1 << 18  # the gather's index arrays (~40 bytes a voxel) stay small
+        for b in range(0, nvox, block):
+            k = self.key[b:b + block]
+            hit = np.flatnonzero(k >= 0)
+            f, rest = np.divmod(k[hit], h * w)
+            row, col = np.divmod(rest, w)
+            volume[b + hit] = frames[f, row, col]
+        return volume, coverage
+
+
+def paste_frames(job: PasteJob) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Volume and coverage ``[nz, ny, nx]`` float32, pixels pasted and paste workers used (always 1)."""
+    frames, fixed, sel, opts, dims = job.frames, job.fixed, job.selection, job.options, job.dims
+    n, h, w = frames.shape
+    nearest = opts.interpolation == "nearest"
+    x0, y0, x1, y1 = sel.rect
+    hc, wc = sel.shape
+    static = sel.mask
+    imp = None if sel.weights is None else sel.weights.astype(np.float32, copy=False)
+    thr = None if opts.pixel_threshold is None else np.float32(opts.pixel_threshold)
+    per_frame = hc * wc if static is None else int(static.sum())
+    acc = _Accumulators(dims, nearest, opts.compounding)
+    rows_per_tile = max(1, TILE_PIXELS[opts.interpolation] // wc)
+    cols = np.arange(x0, x1 + 1, dtype=np.int64)
+    pasted = 0
+    for s in range(0, n, job.step):
+        if job.should_cancel is not None and job.should_cancel():
+            raise Cancelled("Compounding cancelled by the user.", "Run it again when ready; nothing was changed.")
+        e = min(n, s + job.step)
+        row_term, col_term = coordinate_terms(fixed[s:e], sel.rect, nearest)
+        lo, hi = term_bounds(row_term, col_term)
+        ctype = np.int32 if max(abs(int(lo.min())), abs(int(hi.max()))) < 2**30 else np.int64
+        row_term, col_term = row_term.astype(ctype), col_term.astype(ctype)
+        starts, ends, outside, inside = classify_tiles(row_term, col_term, rows_per_tile, dims, nearest)
+        if thr is None:
+            pasted += (e - s) * per_frame
+        for f in range(e - s):
+            block = frames[s + f, y0:y1 + 1, x0:x1 + 1]
+            if thr is not None:  # pixels pasted: counted whether or not they land in the grid
+                bright = block >= thr
+                pasted += int(np.count_nonzero(bright if static is None else bright & static))
+            for k in np.flatnonzero(~outside[f]):
+                r0, r1 = int(starts[k]), int(ends[k])
+                c = (row_term[f, :, r0:r1, None] + col_term[f, :, None, :]).reshape(3, -1)
+                vals = block[r0:r1].astype(np.float32).reshape(-1)
+                valid = None if static is None else static[r0:r1].reshape(-1)
+                if thr is not None:
+                    bright = vals >= thr
+                    valid = bright if valid is None else valid & bright
+                order = None  # latest: the pixels' order in the sweep (frame, row, column)
+                if acc.key is not None:
+                    rows = np.arange(y0 + r0, y0 + r1, dtype=np.int64) * w + (s + f) * (h * w)
+                    order = (rows[:, None] + cols[None, :]).reshape(-1)
+                acc.paste(c, vals, valid, not bool(inside[f, k]), None if imp is None else imp[r0:r1].reshape(-1),
+                          order)
+        if job.progress is not None:
+            job.progress(e, n)
+    volume, coverage = acc.result(frames)
+    shape = (dims[2], dims[1], dims[0])
+    return volume.reshape(shape), coverage.reshape(shape), pasted, 1
+
+
+def _box_sum(a: np.ndarray, radius: int) -> np.ndarray:
+    """Sum over a ``(2 radius + 1)``^3 box around every voxel, zero outside (separable shifted adds)."""
+    out = a
+    for axis in range(3):
+        src = out
+        out = src.copy()
+        n = src.shape[axis]
+        for d in range(1, min(radius, n - 1) + 1):
+            hi = [slice(None)] * 3
+            lo = [slice(None)] * 3
+            hi[axis], lo[axis] = slice(d, None), slice(None, n - d)
+            out[tuple(hi)] += src[tuple(lo)]
+            out[tuple(lo)] += src[tuple(hi)]
+        del src
+    return out
+
+
+def fill_normalized(volume: np.ndarray, coverage: np.ndarray, size: int = 3) -> tuple[np.ndarray, int]:
+    """Normalised convolution: holes (coverage 0) get ``box(volume*coverage) / box(coverage)`` over a
+    ``size``^3 box (made odd, so it is centred), as :func:`.holes.fill_normalized`; returns the filled
+    volume ``[nz, ny, nx]`` float32 and the number of voxels filled."""
+    radius = (int(size) | 1) // 2
+    s = _box_sum(volume * coverage, radius)
+    wgt = _box_sum(coverage, radius)
+    fill = coverage <= 0
+    fill &= wgt > 0
+    out = volume.copy()
+    out[fill] = s[fill] / wgt[fill]
+    return out, int(np.count_nonzero(fill))
+
+
+def fill_holes(volume: np.ndarray, coverage: np.ndarray, hf: HoleFilling, truncate: bool) -> tuple[np.ndarray, int]:
+    """Hole filling ``hf``; stick filling borrows the torch implementation (checked present beforehand)."""
+    if hf.method == "normalized":
+        return fill_normalized(volume, coverage, hf.size)
+    if hf.method == "stick":
+        import torch
+
+        from . import holes
+
+        out, filled = holes.fill_sticks(torch.from_numpy(volume), torch.from_numpy(coverage > 0), hf.size,
+                                        hf.sticks, truncate=truncate)
+        return out.numpy(), filled
+    return volume, 0
+
+
+def to_numpy(a: np.ndarray) -> np.ndarray:
+    return a
