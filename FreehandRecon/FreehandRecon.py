@@ -289,7 +289,8 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _showDependencyState(self, p) -> None:
         """While the chosen action needs packages that are not installed, Apply (and Check sweep) say so and
         install them when pressed; the reconstruction runs on the next press."""
-        needApply = self.logic.missingDependencies(p.poses, checkQuality=p.poses == "learned")
+        needApply = self.logic.missingDependencies(p.poses, checkQuality=p.poses == "learned",
+                                                   fillHoles=p.fillHoles, device=p.device)
         needCheck = self.logic.missingDependencies("tracked", checkQuality=True)
         install = _("Install dependencies")
         self.ui.applyButton.text = install if needApply else _("Apply")
@@ -433,7 +434,8 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onApplyButton(self) -> None:
         p = self._parameterNode
-        missing = self.logic.missingDependencies(p.poses, checkQuality=p.poses == "learned")
+        missing = self.logic.missingDependencies(p.poses, checkQuality=p.poses == "learned", fillHoles=p.fillHoles,
+                                                 device=p.device)
         if missing:
             self._installDependencies(missing)
             return

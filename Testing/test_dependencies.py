@@ -12,8 +12,10 @@ REQUIREMENTS = Path(__file__).resolve().parents[1] / "FreehandRecon" / "Resource
 
 
 def test_needs_per_action():
-    torch_for_tracked = ["torch"] if dependencies.TRACKED_NEEDS_TORCH else []
-    assert dependencies.needed_for("tracked") == torch_for_tracked
+    assert dependencies.needed_for("tracked") == []  # the numpy engine compounds without torch
+    assert dependencies.needed_for("tracked", fill_holes="normalized") == []
+    assert dependencies.needed_for("tracked", fill_holes="stick") == ["torch"]
+    assert dependencies.needed_for("tracked", device="cuda") == ["torch"]
     assert dependencies.needed_for("speckle") == ["torch"]
     assert dependencies.needed_for("learned") == ["torch", "safetensors"]
     assert dependencies.needed_for("tracked", check_quality=True) == ["torch", "safetensors"]

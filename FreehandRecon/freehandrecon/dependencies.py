@@ -18,10 +18,6 @@ from typing import Callable, Iterable
 
 from .errors import Cancelled
 
-# Tracked reconstruction compounds with torch until the numpy engine is merged; then this becomes False
-# and a tracked reconstruction needs nothing beyond a stock Slicer.
-TRACKED_NEEDS_TORCH = True
-
 # What each need is, for the panel's tooltip: import name -> (pip distribution, why).
 PACKAGES = {
     "torch": ("torch", "PyTorch (from the PyTorch extension)"),
@@ -38,11 +34,15 @@ class InstallDeclined(Cancelled):
         super().__init__(problem, fix)
 
 
-def needed_for(poses: str = "tracked", check_quality: bool = False) -> list[str]:
+def needed_for(poses: str = "tracked", check_quality: bool = False, fill_holes: str = "none",
+               device: str = "cpu") -> list[str]:
     """Import names an action needs beyond a stock Slicer: a reconstruction with ``poses`` ("tracked",
-    "learned", "speckle"), or the quality guard (``check_quality``; learned poses run it first)."""
+    "learned", "speckle"), or the quality guard (``check_quality``; learned poses run it first).
+
+    Tracked reconstruction compounds with the numpy engine when torch is absent; only stick hole filling
+    and a CUDA device still need torch there."""
     need = []
-    if poses != "tracked" or check_quality or TRACKED_NEEDS_TORCH:
+    if poses != "tracked" or check_quality or fill_holes == "stick" or str(device).startswith("cuda"):
         need.append("torch")
     if poses == "learned" or check_quality:
         need.append("safetensors")  # the bundled model and the guard are .safetensors files

@@ -367,15 +367,18 @@ class FreehandReconLogic:
     # --- poses ------------------------------------------------------------------------------------
 
     @staticmethod
-    def missingDependencies(poses: str = "tracked", checkQuality: bool = False) -> list[str]:
-        """Python packages (pip names) that a reconstruction with ``poses``, or the quality check
-        (``checkQuality``), still needs in this Slicer; [] when it can run. Nothing is imported."""
+    def missingDependencies(poses: str = "tracked", checkQuality: bool = False, fillHoles: str = "none",
+                            device: str = "cpu") -> list[str]:
+        """Python packages (pip names) that a reconstruction with ``poses`` (and ``fillHoles``, ``device``), or
+        the quality check (``checkQuality``), still needs in this Slicer; [] when it can run. Nothing is imported.
+        A tracked reconstruction needs nothing beyond a stock Slicer, except for stick hole filling or CUDA."""
         _choice(poses, POSE_METHODS, "pose source")
-        return dependencies.missing(dependencies.needed_for(poses, checkQuality))
+        return dependencies.missing(dependencies.needed_for(poses, checkQuality, fillHoles, device))
 
     @classmethod
-    def _requireTorch(cls, poses: str = "learned", checkQuality: bool = False) -> None:
-        missing = cls.missingDependencies(poses, checkQuality)
+    def _requireTorch(cls, poses: str = "learned", checkQuality: bool = False, fillHoles: str = "none",
+                      device: str = "cpu") -> None:
+        missing = cls.missingDependencies(poses, checkQuality, fillHoles, device)
         if not missing:
             return
         what = "PyTorch" if missing == ["torch"] else "the Python packages " + ", ".join(missing)
@@ -481,7 +484,7 @@ class FreehandReconLogic:
 
             _choice(preset, mrml.PRESET_NAMES, "volume rendering preset")
         roi, roiParent = self._roiInParentFrame(self._node(roiNode, "ROI"))
-        self._requireTorch(poses, checkQuality and poses == "learned")
+        self._requireTorch(poses, checkQuality and poses == "learned" and qualityReport is None, fillHoles, device)
         from .compound import CompoundOptions, HoleFilling, detect_fan
         from .logic import ReconstructionLogic, ReconstructionRequest, reconstruct_sweep
 
