@@ -155,15 +155,6 @@ def check_axes(mats: np.ndarray, what: str = "image-to-world transforms", scaled
     m = np.asarray(mats, dtype=np.float64).reshape(-1, 4, 4)
     rot = m[:, :3, :3]
     norms = np.linalg.norm(rot, axis=1)  # [N, 3] column lengths
-    if not scaled:
-        off = np.abs(norms - 1.0).max(axis=1)
-        k = int(np.argmax(off))
-        if off[k] > SCALE_TOL:
-            where = "" if len(m) == 1 else f" of frame {k}"
-            raise CalibrationError(f"The {what}{where} scale lengths by {np.round(norms[k], 4).tolist()} along their "
-                                   "axes; image-to-world transforms must be rigid (pixel spacing is separate).",
-                                   "Remove the scaling from the transform (give the pixel spacing separately), or "
-                                   "check the tracker and calibration data.")
     unit = rot / np.where(norms > 0, norms, 1.0)[:, None, :]
     gram = np.einsum("nji,njk->nik", unit, unit) - np.eye(3)
     shear = np.abs(gram).max(axis=(1, 2))
@@ -174,6 +165,15 @@ def check_axes(mats: np.ndarray, what: str = "image-to-world transforms", scaled
         raise CalibrationError(f"The {what}{where} are sheared: two axes are {angle:.1f} degrees from "
                                "perpendicular (only rotation, translation and per-axis pixel scaling are valid).",
                                "Check the matrix (a transposed or mistyped entry?) and the calibration it came from.")
+    if not scaled:
+        off = np.abs(norms - 1.0).max(axis=1)
+        k = int(np.argmax(off))
+        if off[k] > SCALE_TOL:
+            where = "" if len(m) == 1 else f" of frame {k}"
+            raise CalibrationError(f"The {what}{where} scale lengths by {np.round(norms[k], 4).tolist()} along their "
+                                   "axes; image-to-world transforms must be rigid (pixel spacing is separate).",
+                                   "Remove the scaling from the transform (give the pixel spacing separately), or "
+                                   "check the tracker and calibration data.")
 
 
 def split_scale(pixel_to_x: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
