@@ -430,8 +430,8 @@ def _sweep_info(args: argparse.Namespace) -> dict:
         sweep = _read(args)
         note = None
     except CalibrationError as err:
-        if sweep_format(args.input) != "plus":
-            raise
+        if sweep_format(args.input) != "plus" or args.plus_config is not None or args.calibration is not None:
+            raise  # a calibration the user gave must work; only a bare recording is summarised without poses
         # A PLUS recording without its config: summarise what the file holds instead of failing.
         from .io import read_sweep
 
