@@ -146,7 +146,10 @@ class Sweep:
             if m.shape[0] != f.shape[0]:
                 raise InputError(f"{m.shape[0]} transforms for {f.shape[0]} frames.",
                                  "Give exactly one image-to-world transform per frame.")
-            geometry.check_axes(m, "image-to-world transforms", scaled=False)
+            # Shear is never valid. Scaled axes are refused where sweeps enter from arrays and files
+            # (io.npz.sweep_from_arrays, TUS-REC); Slicer's sequence reader keeps pixel_to_world under a
+            # spacing override and so may carry the ratio in image_to_world.
+            geometry.check_axes(m, "image-to-world transforms", scaled=True)
             self.image_to_world = m
         if self.timestamps is not None:
             self.timestamps = _checked_timestamps(self.timestamps, f.shape[0])

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import geometry
 from ..errors import FreehandReconError, InputError, ResourceError
 from ..sweep import Sweep, check_channel_name
 from .common import atomic_outputs, check_array_fits, check_output, check_spacing, existing_file, grey_frames
@@ -35,6 +36,11 @@ def sweep_from_arrays(frames: Any, pixel_spacing: Any, image_to_world: Any = Non
     if metadata is not None and not isinstance(metadata, dict):
         raise InputError(f"metadata must be a dict, got {type(metadata).__name__}.", "Pass metadata={...} or None.")
     named = {check_channel_name(k): v for k, v in (channels or {}).items()}
+    if image_to_world is not None:
+        poses = _floats(image_to_world, "image_to_world")
+        if poses.ndim == 3 and poses.shape[1:] == (4, 4):
+            geometry.validate_transforms(poses)
+            geometry.check_axes(poses, "image-to-world transforms", scaled=False)
     return Sweep(frames=_stack(frames, "frames"), pixel_spacing=check_spacing(pixel_spacing),
                  image_to_world=None if image_to_world is None else _floats(image_to_world, "image_to_world"),
                  timestamps=None if timestamps is None else _floats(timestamps, "timestamps"),
