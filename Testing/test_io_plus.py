@@ -354,12 +354,12 @@ def test_bad_configs(tmp_path):
     bad.write_text("<PlusConfiguration><CoordinateDefinitions>")
     with pytest.raises(InputError, match="not valid XML"):
         read_plus_config(bad)
-    bad.write_text('<P><CoordinateDefinitions><Transform From="Image" To="Probe" Matrix="1 0 0 0 1"/>'
-                   "</CoordinateDefinitions></P>")
+    bad.write_text('<PlusConfiguration><CoordinateDefinitions><Transform From="Image" To="Probe" Matrix="1 0 0 0 1"/>'
+                   "</CoordinateDefinitions></PlusConfiguration>")
     with pytest.raises(CalibrationError, match="has 5 numbers; a 4x4 matrix needs 16"):
         read_plus_config(bad)
-    bad.write_text('<P><CoordinateDefinitions><Transform From="Image" Matrix="1 0 0 0 0 1 0 0 0 0 1 0 0 0 0 1"/>'
-                   "</CoordinateDefinitions></P>")
+    bad.write_text('<PlusConfiguration><CoordinateDefinitions><Transform From="Image" '
+                   'Matrix="1 0 0 0 0 1 0 0 0 0 1 0 0 0 0 1"/></CoordinateDefinitions></PlusConfiguration>')
     with pytest.raises(CalibrationError, match="without From, To or Matrix"):
         read_plus_config(bad)
     with pytest.raises(CalibrationError, match="no ImageToTracker transform"):
@@ -389,7 +389,7 @@ def test_matrix_files(tmp_path):
 
 def test_slicer_reads_the_transforms_we_write(tmp_path):
     """Slicer's own sequence-metafile reader sees the same per-frame ImageToReference matrices."""
-    pytest.importorskip("slicer")
+    import slicer  # noqa: F401 - slicer-core is a dependency: fail, do not skip, when it is missing
     import vtk
 
     from freehandrecon import mrml

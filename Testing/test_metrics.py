@@ -162,3 +162,28 @@ def test_motionless_sweep_has_undefined_rates():
     poses = _elevational(3, 0.0)
     r = metrics.evaluate_poses(poses, _elevational(3, 0.1), (4, 4), (1, 1))
     assert np.isnan(r["final_drift_rate_length_pct"]) and r["final_drift_mm"] == pytest.approx(0.2)
+
+
+def test_drift_of_a_non_square_frame_uses_its_true_centre():
+    """frame_shape is (height, width): the centre of a 10-row, 100-column frame is 4.5 mm deep, not 49.5."""
+    from freehandrecon.metrics import drift_per_frame, frame_centre
+
+    np.testing.assert_allclose(frame_centre((10, 100), (1.0, 1.0)), [49.5, 4.5, 0.0, 1.0])
+    true = np.repeat(np.eye(4)[None], 3, axis=0)
+    est = true.copy()
+    est[2, :3, :3] = [[1, 0, 0], [0, 0, -1], [0, 1, 0]]  # 90 degrees about x: (x, y, 0) -> (x, 0, y)
+    drift = drift_per_frame(true, est, (10, 100), (1.0, 1.0))
+    assert drift[2] == pytest.approx(4.5 * np.sqrt(2.0))  # with height and width swapped: 49.5 * sqrt(2)
+
+
+def test_angle_errors_wrap_at_180_degrees():
+    """179 degrees estimated for a true -179 is a 2 degree error, not 358."""
+    from freehandrecon.geometry import params_to_matrix
+    from freehandrecon.metrics import per_dof_bias, per_dof_errors
+
+    true = params_to_matrix(np.array([[0, 0, 0, 0, 0, 0], [0, 0, 1, 0, 0, -179.0]]))
+    est = params_to_matrix(np.array([[0, 0, 0, 0, 0, 0], [0, 0, 1, 0, 0, 179.0]]))
+    errors = per_dof_errors(true, est, (1, 1), (1.0, 1.0))
+    bias = per_dof_bias(true, est, (1, 1), (1.0, 1.0))
+    assert errors["rz_deg"] == pytest.approx(2.0, abs=1e-6)
+    assert bias["rz_deg"] == pytest.approx(-2.0, abs=1e-6)

@@ -25,7 +25,13 @@ DATA = Path(__file__).parent / "Data"
 SPINE = DATA / "igsio" / "SpinePhantomFreehand.igs.mha"
 SPINE_CFG = DATA / "igsio" / "Config_VolumeReconstruction_SpinePhantom_NN_MEAN.xml"
 SHIPPED = guard_available()
-needs_shipped = pytest.mark.skipif(not SHIPPED, reason="the shipped quality guard is not installed")
+# The guard ships with the package (Resources/Models): a missing one is a failure, not a reason to skip.
+needs_shipped = pytest.mark.usefixtures("shipped_guard")
+
+
+@pytest.fixture
+def shipped_guard():
+    assert SHIPPED, "the shipped quality guard (Resources/Models) is missing"
 
 
 # --- losses ---------------------------------------------------------------------------------------------------
@@ -93,7 +99,7 @@ def test_mahalanobis_uses_the_nearest_site_and_auroc_counts_pairs():
     stats = fit_stats(z, labels)
     near = stats.mahalanobis(np.array([[0.0, 0, 0], [10.0, 10, 10]]))
     far = stats.mahalanobis(np.array([[5.0, 5, 5], [-8.0, 0, 0]]))
-    assert near.max() < 1.0 < 4.0 < far.min()
+    assert near.max() < 1.0 and far.min() > 4.0
     # the ensemble normalises each layer on calibration data and takes the largest
     noise = rng.normal(0, 1, (400, 2)) * 5
     ens = fit_ensemble([noise, z], labels, [noise[:100], z[:100]], ["a", "latent"])
@@ -353,3 +359,29 @@ def test_quality_train_and_eval_run_end_to_end(tmp_path):
     assert main(["--quiet", "quality-eval", "--guard", str(tmp_path / "g" / "quality_guard_v1.json"), "--cache",
                  cache, "--out", str(tmp_path / "e"), *small]) == 0
     assert (tmp_path / "e" / "eval.md").read_text().count("|") > 20
+
+
+def test_ledoit_wolf_shrinkage_is_clamped_to_one():
+    """Spikes along the axes: the sample covariance is nearly (tr S / p) I but each outer product is far from
+    it, so the unclamped shrinkage beta^2 / delta^2 is about 19; clamped to 1 the covariance must be exactly
+    the scaled identity, never a negative mix of S."""
+    a = np.array([1.0, 1.1, 0.9, 1.05])
+    x = np.concatenate([np.diag(a), -np.diag(a)])  # centred: every row has its negative
+    cov, shrink = ledoit_wolf(x)
+    s = x.T @ x / len(x)
+    assert shrink == 1.0
+    np.testing.assert_allclose(cov, np.trace(s) / 4 * np.eye(4), atol=1e-12)
+    many = np.random.default_rng(0).normal(size=(5000, 3)) * [1.0, 2.0, 3.0]  # plenty of samples: little shrinkage
+    _, small = ledoit_wolf(many - many.mean(axis=0))
+    assert 0.0 <= small < 0.05
+
+
+def test_knn_takes_the_kth_neighbour_not_the_next():
+    """Bank latents at known angles from the query: with k=3 the score is the 3rd smallest chord distance."""
+    from freehandrecon.quality.ood import EnsembleStats
+
+    angles = np.deg2rad([10.0, 20.0, 30.0, 40.0, 50.0])
+    bank = np.c_[np.cos(angles), np.sin(angles), np.zeros(5)]
+    ens = EnsembleStats(layers=[], names=[], centre=np.zeros(0), scale=np.ones(0), bank=bank, k=3)
+    d = ens.knn(np.array([[1.0, 0.0, 0.0]]))
+    assert d[0] == pytest.approx(2 * np.sin(np.deg2rad(30.0) / 2))  # chord to the 30-degree latent

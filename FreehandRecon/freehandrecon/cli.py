@@ -12,8 +12,12 @@ import argparse
 import importlib
 import json
 import logging
+import math
+import signal
 import sys
+import threading
 import traceback
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
@@ -164,22 +168,53 @@ def _read(args: argparse.Namespace):
                       crop=getattr(args, "crop", None))
 
 
+MAX_HOLE_SIZE = 64  # voxels: a normalized kernel of 64^3 or 64-voxel sticks is already far beyond any gap
+
+
+def check_reconstruct_numbers(args: argparse.Namespace) -> None:
+    """Refuse zero, negative, NaN or absurd numeric options before any work (argparse takes any float)."""
+    from .errors import InputError
+
+    if args.max_memory_gb is not None and not (math.isfinite(args.max_memory_gb) and args.max_memory_gb > 0):
+        raise InputError(f"--max-memory-gb must be a positive number of GB, got {args.max_memory_gb}.",
+                         "Give e.g. --max-memory-gb 8, or leave it out for 80 % of the available memory.")
+    if args.hole_size is not None and not 1 <= args.hole_size <= MAX_HOLE_SIZE:
+        raise InputError(f"--hole-size must be 1..{MAX_HOLE_SIZE} voxels, got {args.hole_size}.",
+                         "Give a kernel width (normalized) or stick length limit (stick) of a few voxels, e.g. 3 "
+                         "or 9; leave it out for the default.")
+    if args.sticks is not None and not 1 <= args.sticks <= 13:
+        raise InputError(f"--sticks must be 1..13, got {args.sticks}.", "Use 1 (PLUS default) to 13.")
+    if args.pixel_threshold is not None and not math.isfinite(args.pixel_threshold):
+        raise InputError(f"--pixel-threshold must be a finite number, got {args.pixel_threshold}.",
+                         "Give e.g. --pixel-threshold 5, or leave it out.")
+    if args.pixel_spacing is not None and not all(math.isfinite(v) and v > 0 for v in args.pixel_spacing):
+        raise InputError(f"--pixel-spacing must be two positive numbers, got {args.pixel_spacing}.",
+                         "Give the true spacing in mm, e.g. --pixel-spacing 0.2 0.2.")
+    if args.clip is not None and (args.clip[0] < 0 or args.clip[1] < 0 or args.clip[2] <= 0 or args.clip[3] <= 0):
+        raise InputError(f"--clip X0 Y0 W H must have X0, Y0 >= 0 and W, H > 0, got {args.clip}.",
+                         "Give the rectangle of pixels to keep, e.g. --clip 0 0 640 480.")
+
+
 def build_request(args: argparse.Namespace, sweep):
     """Merge PLUS config defaults with explicit command-line options into a ReconstructionRequest."""
     from .compound import CompoundOptions, FanMask, detect_fan, options_from_plus_config
     from .errors import InputError
     from .logic import ReconstructionRequest, Roi
 
+    check_reconstruct_numbers(args)
     spacing = (1.0, 1.0, 1.0)
     opts = CompoundOptions()
     if args.plus_config is not None:
+        from .io.plus_config import read_plus_config
+
+        read_plus_config(args.plus_config)  # refuses a broken or wrong XML with a clear message first
         opts, spacing = options_from_plus_config(args.plus_config)
     if args.spacing:
         if len(args.spacing) not in (1, 3):
             raise InputError(f"--spacing takes one or three values, got {len(args.spacing)}.",
                              "Use e.g. --spacing 0.5 or --spacing 0.5 0.5 1.0.")
         spacing = tuple(args.spacing) * (3 if len(args.spacing) == 1 else 1)
-    if any(s <= 0 for s in spacing):
+    if not all(math.isfinite(s) and s > 0 for s in spacing):
         raise InputError(f"Output spacing must be positive, got {spacing} mm.", "Use e.g. --spacing 0.5.")
     changes = {}
     if args.interpolation:
@@ -198,7 +233,7 @@ def build_request(args: argparse.Namespace, sweep):
         changes["device"] = args.device
     if args.plus_compatible:
         changes["plus_arithmetic"] = True
-    if args.max_memory_gb:
+    if args.max_memory_gb is not None:
         changes["max_memory_bytes"] = int(args.max_memory_gb * 2**30)
     if args.fan:
         if args.fan == ["auto"]:
@@ -208,22 +243,31 @@ def build_request(args: argparse.Namespace, sweep):
                                  "Give the fan explicitly: --fan OX OY A0 A1 R0 R1, or drop --fan for linear probes.")
             changes["fan"] = fan
         elif len(args.fan) == 6:
-            v = [float(x) for x in args.fan]
+            try:
+                v = [float(x) for x in args.fan]
+            except ValueError:
+                raise InputError(f"--fan takes 'auto' or 6 numbers, got {args.fan}.",
+                                 "Use --fan auto or --fan OX OY A0 A1 R0 R1 (pixels, degrees, pixels).") from None
+            if not all(math.isfinite(x) for x in v) or v[2] >= v[3] or not 0 <= v[4] < v[5]:
+                raise InputError(f"--fan {' '.join(args.fan)}: the angles must be finite with A0 < A1 and the "
+                                 "radii 0 <= R0 < R1.", "Use e.g. --fan 380 20 -45 45 120 360, or --fan auto.")
             changes["fan"] = FanMask((v[0], v[1]), (v[2], v[3]), v[4], v[5])
         else:
             raise InputError(f"--fan takes 'auto' or 6 numbers, got {args.fan}.", "Use --fan auto or --fan OX OY A0 A1 R0 R1.")
-    if args.fill_holes or args.hole_size or args.sticks:
+    if args.fill_holes or args.hole_size is not None or args.sticks is not None:
         hf = opts.hole_filling
         hf = replace(hf, method=args.fill_holes or (hf.method if hf.method != "none" else "normalized"))
-        if args.hole_size:
+        if args.hole_size is not None:
             hf = replace(hf, size=args.hole_size)
-        if args.sticks:
+        if args.sticks is not None:
             hf = replace(hf, sticks=args.sticks)
         changes["hole_filling"] = hf
     opts = replace(opts, **changes)
     if opts.compounding == "importance" and opts.importance_mask is None:
         raise InputError("--compounding importance needs per-pixel weights.", "Pass --importance-mask FILE.")
     roi = Roi(tuple(args.roi[:3]), tuple(args.roi[3:])) if args.roi else None
+    if roi is not None:
+        roi.validate()
     from .logic import PoseRequest
 
     poses = PoseRequest(method=args.poses, model=str(args.model) if args.model else None,
@@ -242,6 +286,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .logic import check_outputs_free, run_reconstruct_job
 
     check_outputs_free(args.out, ("volume.nrrd", "report.json"), args.force)  # before any slow work
+    check_reconstruct_numbers(args)
     sweep = _read(args)
     if args.poses_file is not None:
         from .io.pose_file import read_pose_file
@@ -279,7 +324,7 @@ def cmd_estimate_poses(args: argparse.Namespace) -> int:
     from .logic import compare_with_tracked
     from .poses import estimate_poses, sweep_with_poses
 
-    check_output(args.out, args.force)
+    check_output(args.out, args.force)  # before any slow work
     sweep = _read(args)
     progress = _Progress(args.quiet)
     try:
@@ -326,9 +371,14 @@ def cmd_calibrate_speckle(args: argparse.Namespace) -> int:
     from .io.common import check_output
     from .poses.speckle import DecorrelationCurve
 
+    from .errors import InputError
+
     check_output(args.out, args.force)
     sweep = _read(args)
-    sweep.pixel_to_world()  # a calibration sweep must be tracked: raises the no-poses error with its fix
+    if sweep.image_to_world is None:  # a calibration sweep must be tracked
+        raise InputError(f"'{args.input}' has no poses; calibrate-speckle needs a tracked sweep (the tracker gives "
+                         "the true elevational distances).",
+                         "Give a tracked sweep with its calibration (--plus-config or --calibration).")
     curve = DecorrelationCurve.calibrate(sweep)
     curve.save(args.out, force=args.force)
     print(json.dumps({"frames": sweep.num_frames, "depth_bands_mm": [round(float(d), 2) for d in curve.depths_mm],
@@ -353,23 +403,80 @@ def _calibrate_speckle_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_info(args: argparse.Namespace) -> int:
     import numpy as np
 
-    sweep = _read(args)
-    info = {"frames": sweep.num_frames, "frame_size": [sweep.frame_shape[1], sweep.frame_shape[0]],
-            "dtype": str(sweep.frames.dtype), "pixel_spacing_mm": list(sweep.pixel_spacing),
-            "has_poses": sweep.image_to_world is not None, "channels": sorted(sweep.channels),
-            "metadata": {k: str(v) for k, v in sweep.metadata.items()}}
-    if sweep.image_to_world is not None:
-        centres = sweep.image_to_world[:, :3, 3]
-        info["path_length_mm"] = float(np.linalg.norm(np.diff(centres, axis=0), axis=1).sum())
-    if sweep.timestamps is not None:
-        info["duration_s"] = float(sweep.timestamps[-1] - sweep.timestamps[0])
+    from .io import sweep_format
+
+    if sweep_format(args.input) == "tusrec":
+        info = _tusrec_info(args)  # shapes and poses only: never reads every frame
+    else:
+        info = _sweep_info(args)
     print(json.dumps(info, indent=2))
     return 0
 
 
-def cmd_convert(args: argparse.Namespace) -> int:
-    from .io import write_sweep
+def _summary(num_frames: int, frame_shape, dtype, spacing, image_to_world, timestamps, channels, metadata) -> dict:
+    import numpy as np
 
+    info = {"frames": int(num_frames), "frame_size": [int(frame_shape[1]), int(frame_shape[0])], "dtype": str(dtype),
+            "pixel_spacing_mm": [float(v) for v in spacing], "has_poses": image_to_world is not None,
+            "channels": sorted(channels), "metadata": {k: str(v) for k, v in metadata.items()}}
+    if image_to_world is not None:
+        centres = np.asarray(image_to_world)[:, :3, 3]
+        info["path_length_mm"] = float(np.linalg.norm(np.diff(centres, axis=0), axis=1).sum())
+    if timestamps is not None:
+        info["duration_s"] = float(timestamps[-1] - timestamps[0])
+    return info
+
+
+def _sweep_info(args: argparse.Namespace) -> dict:
+    from .errors import CalibrationError
+    from .io import sweep_format
+
+    try:
+        sweep = _read(args)
+        note = None
+    except CalibrationError as err:
+        if sweep_format(args.input) != "plus" or args.plus_config is not None or args.calibration is not None:
+            raise  # a calibration the user gave must work; only a bare recording is summarised without poses
+        # A PLUS recording without its config: summarise what the file holds instead of failing.
+        from .io import read_sweep
+
+        sweep = read_sweep(args.input, image_to_reference=None,
+                           pixel_spacing=tuple(args.pixel_spacing) if args.pixel_spacing else None)
+        note = f"{err.problem} Fix: {err.fix}"
+    info = _summary(sweep.num_frames, sweep.frame_shape, sweep.frames.dtype, sweep.pixel_spacing, sweep.image_to_world,
+                    sweep.timestamps, sweep.channels, sweep.metadata)
+    if sweep_format(args.input) == "plus":
+        from .io.metaimage import read_metaimage_fields
+
+        fields = read_metaimage_fields(args.input)
+        info["transforms_in_file"] = sorted({k.split("_", 2)[2] for k in fields
+                                             if k.startswith("Seq_Frame") and k.count("_") >= 2
+                                             and k.endswith("Transform")})
+    if note is not None:
+        info["poses_note"] = note
+    return info
+
+
+def _tusrec_info(args: argparse.Namespace) -> dict:
+    from .io.tusrec import tusrec_summary
+
+    s = tusrec_summary(args.input, calibration=args.calibration,
+                       pixel_spacing=tuple(args.pixel_spacing) if args.pixel_spacing else None)
+    shape = s["frames_shape"]
+    if s["timestamps"] is not None:
+        from .sweep import _checked_timestamps
+
+        _checked_timestamps(s["timestamps"], shape[0])
+    return _summary(shape[0], shape[1:3], s["dtype"], s["spacing"], s["image_to_world"], s["timestamps"],
+                    s["channels"], s["metadata"])
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .io import sweep_format, write_sweep
+    from .io.common import check_output
+
+    sweep_format(args.output)  # an unsupported output name is refused before reading
+    check_output(args.output, args.force)
     sweep = _read(args)
     write_sweep(sweep, args.output, force=args.force)
     print(f"wrote {args.output} ({sweep.num_frames} frames)")
@@ -388,6 +495,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     print(format_table(run_compound_benchmark(device=args.device, quick=args.quick)))
     return 0
+
+
+def _plain_help(sub: argparse._SubParsersAction) -> None:
+    """Strip reST markup (``code``, **bold**) that descriptions borrowed from docstrings carry into --help."""
+    for parser in sub.choices.values():
+        if parser.description:
+            parser.description = parser.description.replace("``", "'").replace("**", "")
+        for action in parser._actions:
+            if action.help:
+                action.help = action.help.replace("``", "'").replace("**", "")
 
 
 _COMMAND_MODULES = (".simulate.command", ".evaluate", ".train.command", ".quality.command", ".vessels")
@@ -419,7 +536,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run (default: cpu)")
     p.add_argument("--quick", action="store_true", help="smaller cases (a smoke run)")
     p.set_defaults(func=cmd_bench)
+    _plain_help(sub)
     return parser
+
+
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM (a batch system, ``kill``) takes the same clean path as Ctrl-C: finally blocks remove temp files."""
+    raise KeyboardInterrupt
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one plain line, without the source path and line of the code that raised them."""
+    print(f"freehandrecon: warning: {message}", file=sys.stderr if file is None else file)
+
+
+def _cli_text(text: str) -> str:
+    """Messages written for Python callers, in command-line words."""
+    return text.replace("force=True (--force)", "--force").replace("pass force=True", "pass --force")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -427,6 +560,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    previous_term = signal.getsignal(signal.SIGTERM) if _main_thread() else None
+    previous_show = warnings.showwarning
+    if previous_term is not None:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    if not args.verbose:
+        warnings.showwarning = _show_warning
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -435,14 +574,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FreehandReconError as err:
         if args.verbose:
             traceback.print_exc()
-        print(f"freehandrecon: error: {err.problem}", file=sys.stderr)
+        print(f"freehandrecon: error: {_cli_text(err.problem)}", file=sys.stderr)
         if err.fix:
-            print(f"freehandrecon: fix: {err.fix}", file=sys.stderr)
+            print(f"freehandrecon: fix: {_cli_text(err.fix)}", file=sys.stderr)
         return err.exit_code
+    except MemoryError:
+        print("freehandrecon: error: the computation ran out of memory.", file=sys.stderr)
+        print("freehandrecon: fix: use a coarser --spacing, a smaller --roi, or a machine with more memory.",
+              file=sys.stderr)
+        return 4
     except Exception:  # noqa: BLE001 - last resort: report a bug with its traceback
         traceback.print_exc()
         print("freehandrecon: internal error (a bug); please report it with the traceback above.", file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        warnings.showwarning = previous_show
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

@@ -103,11 +103,6 @@ def check_channel_timestamps(bmode: np.ndarray | None, channel: np.ndarray | Non
 
 # --- display ----------------------------------------------------------------------------------------
 
-def preset_for(name: str) -> str:
-    """Volume rendering preset of channel ``name``."""
-    return CHANNEL_PRESETS.get(name, DEFAULT_CHANNEL_PRESET)
-
-
 def _channel_pairs(channel_nodes: Mapping[str, Any] | list[Any]) -> list[tuple[Any, str]]:
     items = channel_nodes.items() if isinstance(channel_nodes, Mapping) else \
         [(n.GetAttribute("FreehandRecon.Channel") or n.GetName(), n) for n in channel_nodes]

@@ -21,6 +21,10 @@ import numpy as np
 
 from .errors import CalibrationError
 
+LAST_ROW_TOL = 1e-6  # a homogeneous transform's last row is 0 0 0 1 (files carry ~6 digits)
+SCALE_TOL = 0.05  # image-mm -> world-mm axes may differ from unit length by this (tracker noise is far smaller)
+SHEAR_TOL = 0.1  # |cos| between normalised axes; real PLUS calibrations reach 0.048
+
 
 def pixel_scale_matrix(spacing: tuple[float, float]) -> np.ndarray:
     """Return the 4x4 matrix mapping pixel (i, j, 0, 1) to image mm."""
@@ -117,6 +121,9 @@ def validate_transforms(mats: np.ndarray, what: str = "image-to-world transforms
     bad = ~np.isfinite(m).all(axis=(1, 2))
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
+        if m.shape[0] == 1:
+            raise CalibrationError(f"The {what} contain NaN or infinite values.",
+                                   "Write the matrix with 16 finite numbers (check the file it came from).")
         raise CalibrationError(f"The {what} of frame {k} contain NaN or infinite values.",
                                "Drop that frame (its tracker status is probably INVALID) or fix the tracking data.")
     det = np.linalg.det(m[:, :3, :3])
@@ -126,7 +133,47 @@ def validate_transforms(mats: np.ndarray, what: str = "image-to-world transforms
         k = int(np.flatnonzero(singular)[0])
         raise CalibrationError(f"The {what} of frame {k} are singular (determinant {det[k]:.3g}).",
                                "Check the calibration matrix and the tracker data for that frame.")
+    projective = np.abs(m[:, 3] - np.array([0.0, 0.0, 0.0, 1.0])).max(axis=1) > LAST_ROW_TOL
+    if projective.any():
+        k = int(np.flatnonzero(projective)[0])
+        where = "" if m.shape[0] == 1 else f" of frame {k}"
+        raise CalibrationError(f"The {what}{where} have last row {np.round(m[k, 3], 6).tolist()}, not 0 0 0 1: "
+                               "a projective matrix, not a rigid transform (with pixel scaling).",
+                               "Check that the matrix is written row by row (not transposed) and is a homogeneous "
+                               "4x4 transform.")
     return m
+
+
+def check_axes(mats: np.ndarray, what: str = "image-to-world transforms", scaled: bool = True) -> None:
+    """Refuse sheared (and, unless ``scaled``, scaled) ``[N, 4, 4]`` transforms, naming ``what``.
+
+    The rotation part must have orthogonal axes once each column's length (a pixel spacing, for
+    pixel-to-mm calibrations) is divided out. PLUS calibrations are least-squares fits whose axes
+    are a few degrees from orthogonal (the bundled ones up to cos = 0.048), hence the tolerances.
+    With ``scaled=False`` (image-mm to world-mm) each column must also have unit length.
+    """
+    m = np.asarray(mats, dtype=np.float64).reshape(-1, 4, 4)
+    rot = m[:, :3, :3]
+    norms = np.linalg.norm(rot, axis=1)  # [N, 3] column lengths
+    unit = rot / np.where(norms > 0, norms, 1.0)[:, None, :]
+    gram = np.einsum("nji,njk->nik", unit, unit) - np.eye(3)
+    shear = np.abs(gram).max(axis=(1, 2))
+    k = int(np.argmax(shear))
+    if shear[k] > SHEAR_TOL:
+        where = "" if len(m) == 1 else f" of frame {k}"
+        angle = float(np.degrees(np.arcsin(min(float(shear[k]), 1.0))))
+        raise CalibrationError(f"The {what}{where} are sheared: two axes are {angle:.1f} degrees from "
+                               "perpendicular (only rotation, translation and per-axis pixel scaling are valid).",
+                               "Check the matrix (a transposed or mistyped entry?) and the calibration it came from.")
+    if not scaled:
+        off = np.abs(norms - 1.0).max(axis=1)
+        k = int(np.argmax(off))
+        if off[k] > SCALE_TOL:
+            where = "" if len(m) == 1 else f" of frame {k}"
+            raise CalibrationError(f"The {what}{where} scale lengths by {np.round(norms[k], 4).tolist()} along their "
+                                   "axes; image-to-world transforms must be rigid (pixel spacing is separate).",
+                                   "Remove the scaling from the transform (give the pixel spacing separately), or "
+                                   "check the tracker and calibration data.")
 
 
 def split_scale(pixel_to_x: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:

@@ -23,7 +23,7 @@ import numpy as np
 from . import __version__
 from .compound import (CompoundOptions, CompoundResult, OutputGrid, compound, estimate_memory_bytes, fit_grid,
                        grid_from_roi)
-from .errors import Cancelled, OutputExistsError
+from .errors import Cancelled, InputError, OutputExistsError
 from .fusion import channel_options
 from .poses import PoseEstimate, estimate_poses, sweep_with_poses
 from .sweep import Sweep
@@ -41,6 +41,19 @@ class Roi:
     center: tuple[float, float, float]
     size: tuple[float, float, float]
     orientation: np.ndarray | None = None
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` unless the centre is 3 finite numbers and the size 3 positive ones."""
+        try:
+            c = np.asarray(self.center, dtype=np.float64).reshape(-1)
+            z = np.asarray(self.size, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            c = z = np.array([])
+        if c.size != 3 or z.size != 3 or not np.isfinite(c).all() or not (np.isfinite(z).all() and (z > 0).all()):
+            raise InputError(f"The output box (ROI) needs a finite centre and a positive size in mm; got centre "
+                             f"{self.center!r}, size {self.size!r}.",
+                             "Give e.g. --roi 0 0 0 100 100 100 (centre x y z, size x y z, mm), or leave it out to "
+                             "fit the box to the frames.")
 
 
 @dataclass
@@ -104,6 +117,7 @@ def reconstruct_sweep(sweep: Sweep, request: ReconstructionRequest, progress: Pr
                       should_cancel: Callable[[], bool] | None = None) -> ReconstructionResult:
     """Estimate poses when asked, then compound the B-mode frames and every requested channel."""
     t0 = time.perf_counter()
+    check_request(sweep, request)
     report = check_quality(sweep, request.poses, progress)
     quality = None if report is None else report.to_json()
     sweep, estimate = posed_sweep(sweep, request.poses, progress, should_cancel)
@@ -125,6 +139,37 @@ def reconstruct_sweep(sweep: Sweep, request: ReconstructionRequest, progress: Pr
         res.stats["compounding"] = channel_opts[name].compounding
     return ReconstructionResult(bmode, channels, grid, time.perf_counter() - t0, memory, sweep.frames.dtype,
                                 sweep, estimate, quality)
+
+
+def check_spacing_mm(spacing: Any) -> tuple[float, float, float]:
+    """An output spacing given as one or three positive numbers (mm) -> three floats; InputError otherwise."""
+    values = spacing if isinstance(spacing, (list, tuple, np.ndarray)) else [spacing]
+    ok = len(values) in (1, 3) and all(isinstance(v, (int, float, np.integer, np.floating))
+                                       and not isinstance(v, bool) and np.isfinite(v) and v > 0 for v in values)
+    if not ok:
+        raise InputError(f"The output spacing must be one or three positive numbers in mm; got {spacing!r}.",
+                         "Give e.g. spacing 0.5 (mm), or (0.5, 0.5, 1.0).")
+    return tuple(float(v) for v in values) * (3 if len(values) == 1 else 1)
+
+
+def check_request(sweep: Any, request: Any) -> None:
+    """Refuse, before any slow work, arguments that are not a sweep and a request, or settings that cannot work."""
+    if not isinstance(sweep, Sweep):
+        raise InputError(f"Expected a freehandrecon.sweep.Sweep to reconstruct, got {type(sweep).__name__}.",
+                         "Read the sweep first, e.g. freehandrecon.io.read_sweep(path).")
+    if not isinstance(request, ReconstructionRequest):
+        raise InputError(f"Expected a ReconstructionRequest, got {type(request).__name__}.",
+                         "Build one with freehandrecon.logic.ReconstructionRequest(spacing_mm=..., ...).")
+    check_spacing_mm(request.spacing_mm)
+    if request.roi is not None:
+        request.roi.validate()
+    thr = request.options.pixel_threshold
+    if thr is not None:
+        request.options.validate()
+        if not (sweep.frames >= float(thr)).any():
+            raise InputError(f"No pixel of the sweep reaches the pixel threshold {thr:g} (the brightest is "
+                             f"{float(sweep.frames.max()):g}); the volume would be empty.",
+                             "Lower the threshold (--pixel-threshold) below the echo intensities, or leave it out.")
 
 
 def check_quality(sweep: Sweep, poses: PoseRequest, progress: ProgressCallback | None = None) -> Any:
@@ -233,11 +278,33 @@ def compare_with_tracked(sweep: Sweep, estimate: PoseEstimate | None, digits: in
 
 
 def check_outputs_free(out_dir: Path, names: tuple[str, ...], force: bool) -> None:
-    """Refuse, before any work, to overwrite existing outputs unless ``force``."""
+    """Refuse, before any work, to overwrite existing outputs unless ``force``, and an ``out_dir`` that
+    cannot be written (a file, under a file, read-only) or whose output names are taken by folders."""
+    from .io.common import check_folder_writable
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"The output folder '{out_dir}' is a file.", "Give --out a folder (new or existing).")
+    check_folder_writable(out_dir.absolute().parent)  # the results are staged beside out_dir
+    if out_dir.is_dir():
+        check_folder_writable(out_dir)
+    folders = [n for n in names if (out_dir / n).is_dir()]
+    if folders:
+        raise InputError(f"{out_dir} holds folders named {', '.join(folders)} where output files go.",
+                         "Choose another --out folder, or move those folders away; --force replaces files only.")
     existing = [n for n in names if (out_dir / n).exists()]
     if existing and not force:
         raise OutputExistsError(f"{out_dir} already holds {', '.join(existing)}.",
                                 "Choose another --out directory, or pass --force to overwrite these files.")
+
+
+def previous_results(out_dir: Path) -> list[Path]:
+    """Files of an earlier run in ``out_dir`` (the known result names and per-channel volumes)."""
+    if not out_dir.is_dir():
+        return []
+    known = set(OUTPUT_FILES) | {FUSED_RENDER}
+    return sorted(p for p in out_dir.iterdir() if p.is_file() and (p.name in known or (
+        p.name.startswith("volume_") and p.name.endswith(".nrrd"))))
 
 
 def run_reconstruct_job(sweep: Sweep, request: ReconstructionRequest, out_dir: Path, *, force: bool = False,
@@ -331,9 +398,26 @@ def run_reconstruct_job(sweep: Sweep, request: ReconstructionRequest, out_dir: P
         report.update(extra_report or {})
         report["write_seconds"] = round(time.perf_counter() - t_write, 3)
         (tmp / "report.json").write_text(json.dumps(_jsonable(report), indent=2))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for f in tmp.iterdir():
-            os.replace(f, out_dir / f.name)
+        _install_results(tmp, out_dir, force)
         return report
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _install_results(tmp: Path, out_dir: Path, force: bool) -> None:
+    """Move the new result set from ``tmp`` into ``out_dir``; with ``force`` the previous run's results
+    that this run did not write (e.g. render.png after --no-render) go too, so the folder holds one run."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    new = sorted(tmp.iterdir())
+    stale = [p for p in previous_results(out_dir) if not (tmp / p.name).exists()] if force else []
+    trash = tmp / ".previous"
+    trash.mkdir()
+    for p in stale:  # same file system: renames, undone below if installing the new set fails
+        os.replace(p, trash / p.name)
+    try:
+        for f in new:
+            os.replace(f, out_dir / f.name)
+    except OSError:
+        for p in stale:
+            os.replace(trash / p.name, p)
+        raise

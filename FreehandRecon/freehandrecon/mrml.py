@@ -35,7 +35,7 @@ from slicer import util
 from . import geometry
 from .errors import CalibrationError, InputError, OutputExistsError
 from .io.common import atomic_outputs, existing_file
-from .sweep import Sweep, to_grey
+from .sweep import Sweep, check_channel_name, to_grey
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Presets"
 PRESETS_FILE = PRESETS_DIR / "FreehandReconPresets.xml"
@@ -707,7 +707,7 @@ def read_seq_nrrd(path: str | os.PathLike, transforms_path: str | os.PathLike | 
     browser.SetAndObserveMasterSequenceNodeID(image.GetID())
     channel_seqs = []
     for cpath in sorted(p.parent.glob(f"{stem}{CHANNEL_FILE_INFIX}*.seq.nrrd")):
-        ch = cpath.name[len(stem) + len(CHANNEL_FILE_INFIX): -len(".seq.nrrd")]
+        ch = check_channel_name(cpath.name[len(stem) + len(CHANNEL_FILE_INFIX): -len(".seq.nrrd")], str(cpath))
         seq = _read_sequence(scene, cpath, "vtkMRMLVolumeSequenceStorageNode", f"{stem}_{ch}")
         seq.SetAttribute(CHANNEL_ATTRIBUTE, ch)
         browser.AddSynchronizedSequenceNode(seq)
@@ -728,6 +728,9 @@ def read_seq_nrrd(path: str | os.PathLike, transforms_path: str | os.PathLike | 
             browser.GetProxyNode(seq).SetAndObserveTransformNodeID(proxy.GetID())
     sweep = sweep_from_browser(browser, image_sequence=image, pixel_spacing=pixel_spacing)
     sweep.metadata.update(source=str(p), transforms_file=None if tpath is None else str(tpath))
+    if tpath is None:
+        sweep.metadata["no_poses_reason"] = (f"no transform file {stem}{TRANSFORM_SUFFIX}.seq.mha beside it "
+                                             f"in '{p.parent}'")
     return sweep
 
 

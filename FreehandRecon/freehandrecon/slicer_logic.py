@@ -463,6 +463,7 @@ class FreehandReconLogic:
         is invoked on both. Returns the volume node; ``lastNodes`` and ``lastReport`` hold the other nodes
         and figures.
         """
+        _validate_reconstruct_args(browserNode, spacingMm, imageSequence)
         _choice(poses, POSE_METHODS, "pose source")
         _choice(interpolation, INTERPOLATIONS, "interpolation")
         _choice(compounding, COMPOUNDINGS, "compounding mode")
@@ -1121,3 +1122,19 @@ class FreehandReconLogic:
             node = scene.GetNodeByID(node_id)
             if node is not None:
                 scene.RemoveNode(node)
+
+
+def _validate_reconstruct_args(browserNode: Any, spacingMm: Any, imageSequence: Any) -> None:
+    """Refuse arguments of the wrong kind before any work, with the message a console user needs."""
+    from .logic import check_spacing_mm
+
+    for value, what in ((browserNode, "browserNode"), (imageSequence, "imageSequence")):
+        if value is not None and not isinstance(value, str) and not callable(getattr(value, "IsA", None)):
+            raise InputError(f"{what} must be a sequence browser or sequence node, its ID or its name; got "
+                             f"{type(value).__name__} {value!r:.40}.",
+                             "Pass e.g. slicer.util.getNode('SpinePhantomFreehand browser').")
+        if value is not None and not isinstance(value, str) and value.IsA("vtkMRMLSequenceNode") \
+                and value.GetNumberOfDataNodes() == 0:
+            raise InputError(f"The sequence '{value.GetName()}' is empty (it holds no frames).",
+                             "Record or load a sweep into it first, or pick another sequence.")
+    check_spacing_mm(spacingMm)

@@ -8,6 +8,8 @@ See :mod:`freehandrecon.geometry` for the coordinate conventions.
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -17,6 +19,25 @@ from . import geometry
 from .errors import InputError
 
 SUPPORTED_DTYPES = (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.float32, np.float64)
+# Channel names become parts of output file names (volume_<name>.nrrd, <stem>_channel-<name>.seq.nrrd),
+# so only plain names are accepted: letters, digits, '_', '-' and '.', not '.' or '..' alone.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def check_channel_name(name: Any, source: str = "") -> str:
+    """Return ``name`` if it is a safe channel name; :class:`InputError` naming ``source`` otherwise.
+
+    Every reader and the :class:`Sweep` itself apply this rule, so a name read from a file
+    can never lead an output file outside its folder.
+    """
+    where = f" in '{source}'" if source else ""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or name in (".", ".."):
+        shown = repr(name)[:80]
+        raise InputError(f"The channel name {shown}{where} is not allowed: channel names become parts of output "
+                         "file names, so they must be 1-64 letters, digits, '_', '-' or '.' (not '.' or '..', no "
+                         "path separators).",
+                         "Rename the channel (e.g. 'photoacoustic', 'doppler') in the file or the code that wrote it.")
+    return name
 
 
 @dataclass
@@ -59,7 +80,10 @@ class Sweep:
     def pixel_to_world(self) -> np.ndarray:
         """``[N, 4, 4]`` transforms from pixel ``(i, j, 0, 1)`` to world mm."""
         if self.image_to_world is None:
-            raise InputError("This sweep has no poses (no image-to-world transforms).",
+            source = self.metadata.get("source")
+            reason = self.metadata.get("no_poses_reason")
+            raise InputError(f"This sweep{f' ({source})' if source else ''} has no poses (no image-to-world "
+                             f"transforms){f': {reason}' if reason else ''}.",
                              "Use a tracked input with its calibration, or estimate poses first "
                              "(--poses learned|speckle).")
         return self.image_to_world @ geometry.pixel_scale_matrix(self.pixel_spacing)
@@ -111,6 +135,7 @@ class Sweep:
             raise InputError(f"Frames of {f.shape[2]}x{f.shape[1]} pixels are too small.", "Check the input file.")
         if f.dtype.type not in SUPPORTED_DTYPES:
             raise InputError(f"Unsupported pixel type {f.dtype}.", "Convert frames to uint8, uint16 or float32.")
+        _check_finite_frames(f, "B-mode frames")
         sx, sy = (float(v) for v in self.pixel_spacing)
         if not (np.isfinite(sx) and np.isfinite(sy) and sx > 0 and sy > 0):
             raise InputError(f"Pixel spacing must be positive, got ({sx}, {sy}) mm.",
@@ -121,13 +146,21 @@ class Sweep:
             if m.shape[0] != f.shape[0]:
                 raise InputError(f"{m.shape[0]} transforms for {f.shape[0]} frames.",
                                  "Give exactly one image-to-world transform per frame.")
+            # Shear is never valid. Scaled axes are refused where sweeps enter from arrays and files
+            # (io.npz.sweep_from_arrays, TUS-REC); Slicer's sequence reader keeps pixel_to_world under a
+            # spacing override and so may carry the ratio in image_to_world.
+            geometry.check_axes(m, "image-to-world transforms", scaled=True)
             self.image_to_world = m
         if self.timestamps is not None:
-            t = np.asarray(self.timestamps, dtype=np.float64)
-            if t.shape != (f.shape[0],):
-                raise InputError(f"{t.size} timestamps for {f.shape[0]} frames.", "Give one timestamp per frame.")
-            self.timestamps = t
+            self.timestamps = _checked_timestamps(self.timestamps, f.shape[0])
+        if not isinstance(self.channels, dict):
+            raise InputError(f"Sweep channels must be a dict of name -> [N, H, W] array, got "
+                             f"{type(self.channels).__name__}.", "Pass channels={'photoacoustic': frames, ...}.")
         for name, ch in self.channels.items():
+            check_channel_name(name, str(self.metadata.get("source", "")) if isinstance(self.metadata, dict) else "")
+            if isinstance(ch, np.ndarray) and ch.dtype.type not in SUPPORTED_DTYPES:
+                raise InputError(f"Channel '{name}' has unsupported pixel type {ch.dtype}.",
+                                 "Convert the channel frames to uint8, uint16 or float32.")
             if not isinstance(ch, np.ndarray) or ch.shape[0] != f.shape[0]:
                 n = getattr(ch, "shape", ("?",))[0]
                 raise InputError(f"Channel '{name}' has {n} frames but the B-mode sweep has {f.shape[0]}.",
@@ -135,6 +168,47 @@ class Sweep:
             if ch.shape[1:] != f.shape[1:]:
                 raise InputError(f"Channel '{name}' frames are {ch.shape[2]}x{ch.shape[1]} but B-mode frames "
                                  f"are {f.shape[2]}x{f.shape[1]}.", "Resample the channel onto the B-mode grid.")
+            _check_finite_frames(ch, f"channel '{name}' frames")
+
+
+def _check_finite_frames(frames: np.ndarray, what: str) -> None:
+    """Refuse NaN or infinite pixels: they would count as data (coverage) but carry none."""
+    if not np.issubdtype(frames.dtype, np.floating):
+        return
+    finite = np.isfinite(frames).reshape(frames.shape[0], -1).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise InputError(f"The {what} contain NaN or infinite pixels ({bad.size} frame(s), the first is frame "
+                         f"{int(bad[0])}).",
+                         "Replace them with a number that means no echo (e.g. numpy.nan_to_num(frames)), or drop "
+                         "those frames.")
+
+
+def _checked_timestamps(timestamps: Any, n: int) -> np.ndarray:
+    """``[n]`` finite, non-decreasing seconds; repeated values are allowed with a warning."""
+    try:
+        t = np.asarray(timestamps, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError("The timestamps are not numbers.", "Give one timestamp in seconds per frame.") from None
+    if t.shape != (n,):
+        raise InputError(f"The timestamps have shape {t.shape} for {n} frames; expected ({n},).",
+                         "Give one timestamp per frame, as a flat list.")
+    if not np.isfinite(t).all():
+        k = int(np.flatnonzero(~np.isfinite(t))[0])
+        raise InputError(f"The timestamp of frame {k} is {t[k]} (not a finite number).",
+                         "Fix or drop that frame's timestamp; every frame needs a time in seconds.")
+    step = np.diff(t)
+    if (step < 0).any():
+        k = int(np.flatnonzero(step < 0)[0])
+        raise InputError(f"The timestamps go backwards: frame {k + 1} ({t[k + 1]:.6g} s) is earlier than frame {k} "
+                         f"({t[k]:.6g} s).",
+                         "Sort the frames by acquisition time, or fix the timestamps (a clock reset or a "
+                         "concatenated file?).")
+    if (step == 0).any():
+        repeats = int((step == 0).sum())
+        warnings.warn(f"{repeats} frame(s) repeat the previous frame's timestamp (first: frame "
+                      f"{int(np.flatnonzero(step == 0)[0]) + 1}); duplicated frames?", stacklevel=4)
+    return t
 
 
 def to_grey(frames: np.ndarray) -> np.ndarray:

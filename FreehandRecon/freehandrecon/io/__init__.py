@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 
 from ..errors import InputError
@@ -63,6 +64,14 @@ def read_sweep(path: str | os.PathLike, *, plus_config: str | os.PathLike | Plus
     fmt = sweep_format(path)
     spacing = None if pixel_spacing is None else check_spacing(pixel_spacing, "pixel spacing override")
     existing_file(path, "sweep file")
+    if isinstance(calibration, (str, os.PathLike)) and not Path(calibration).is_file():
+        from ..errors import CalibrationError
+
+        raise CalibrationError(f"The calibration file '{calibration}' does not exist.",
+                               "Check the path given to --calibration.")
+    if fmt in ("npz", "seq.nrrd") and calibration is not None:
+        warnings.warn(f"{path}: the calibration is not used: {fmt} files store image-to-world poses directly "
+                      "(calibration applies to PLUS and TUS-REC files).", stacklevel=2)
     if crop is not None and fmt not in READ_ONLY:
         raise InputError("--crop applies to DICOM and video inputs only.",
                          "Drop --crop; use --clip X0 Y0 W H to reconstruct part of the frames.")

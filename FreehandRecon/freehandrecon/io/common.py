@@ -29,15 +29,84 @@ def existing_file(path: str | os.PathLike, what: str = "input file") -> Path:
     return p
 
 
-def check_output(path: str | os.PathLike, force: bool) -> Path:
-    """Refuse to overwrite ``path`` unless ``force``; make sure its folder exists."""
+def check_output(path: str | os.PathLike, force: bool, create_folder: bool = False) -> Path:
+    """Refuse to overwrite ``path`` unless ``force``; check, before any work, that it can be written.
+
+    An existing folder of that name is refused even with ``force`` (only files are replaced), as
+    are a missing folder (unless ``create_folder``: the writer will make it), a folder that is
+    really a file, and a folder that cannot be written.
+    """
     p = Path(path)
+    if p.is_dir():
+        raise InputError(f"The output '{p}' is an existing folder, not a file.",
+                         "Give a file name (e.g. inside that folder); --force replaces files, never folders.")
     if p.exists() and not force:
         raise OutputExistsError(f"The output file '{p}' already exists.",
                                 "Choose another output name or pass force=True (--force) to overwrite it.")
-    if not p.parent.exists():
-        raise InputError(f"The output folder '{p.parent}' does not exist.", "Create the folder first.")
+    check_folder_writable(p.parent, create=create_folder)
     return p
+
+
+def check_folder_writable(folder: str | os.PathLike, create: bool = True) -> Path:
+    """Check that files can be written in ``folder`` (or, with ``create``, that it can be made).
+
+    Looks for the nearest folder that exists: a file in the way, a missing folder (without
+    ``create``) or a folder where a test file cannot be created (read-only, no permission, full)
+    raise :class:`InputError` now rather than after a long computation.
+    """
+    target = Path(folder) if str(folder) else Path(".")
+    probe = target
+    while not probe.exists():
+        if probe.is_symlink():
+            raise InputError(f"The output folder '{target}' lies under a broken link '{probe}'.",
+                             "Give an output location that exists or can be created.")
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise InputError(f"The output location '{target}' lies under '{probe}', which is a file, not a folder.",
+                         "Choose another output folder (or rename that file).")
+    if probe != target and not create:
+        raise InputError(f"The output folder '{target}' does not exist.", "Create the folder first.")
+    try:
+        with tempfile.TemporaryFile(dir=probe, prefix=".freehandrecon-check-"):
+            pass
+    except OSError as exc:
+        raise InputError(f"Cannot write in '{probe}' ({exc.strerror or exc}).",
+                         "Choose an output location you can write to (not read-only, not full).") from None
+    return target
+
+
+def check_array_fits(shape: Iterable[int], itemsize: int, what: str, path: str | os.PathLike) -> int:
+    """Refuse to read an array whose declared size is absurd or exceeds the available memory.
+
+    A damaged or crafted header can declare terabytes in a tiny file; this runs before any read.
+    Returns the size in bytes.
+    """
+    dims = [int(d) for d in shape]
+    if any(d < 0 for d in dims):
+        raise InputError(f"'{path}': {what} declares a negative size {tuple(dims)}.",
+                         "The file is damaged; copy or export it again.")
+    nbytes = int(itemsize)
+    for d in dims:
+        nbytes *= d
+    limit = physical_memory_bytes()
+    if nbytes > limit:
+        from ..errors import ResourceError
+
+        raise ResourceError(f"'{path}': {what} of shape {tuple(dims)} would take {nbytes / 2**30:.3g} GiB, more "
+                            f"than this machine's {limit / 2**30:.3g} GiB of memory.",
+                            "Check that the file is not damaged (its header may claim a wrong size); read it on a "
+                            "machine with more memory, or split the sweep.")
+    return nbytes
+
+
+def physical_memory_bytes() -> int:
+    """The machine's physical memory (64 GiB where the OS does not say): no array read can be larger."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 64 << 30
 
 
 @contextmanager

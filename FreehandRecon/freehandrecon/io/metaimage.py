@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .common import atomic_write, check_output, existing_file
+from .common import atomic_write, check_array_fits, check_output, existing_file
 
 ELEMENT_TYPES: dict[str, str] = {
     "MET_CHAR": "i1", "MET_UCHAR": "u1", "MET_SHORT": "i2", "MET_USHORT": "u2",
@@ -180,6 +180,11 @@ def _data_source(fields: dict[str, str], header: Path, data_start: int) -> tuple
     return data, skip
 
 
+def read_metaimage_fields(path: str | os.PathLike) -> dict[str, str]:
+    """Only the header fields of a .mha/.mhd file (no pixel data is read)."""
+    return _read_header(existing_file(path, "MetaImage file"))[0]
+
+
 def read_metaimage(path: str | os.PathLike) -> MetaImage:
     """Read a .mha or .mhd (+ .raw/.zraw) MetaImage; see :class:`MetaImage`.
 
@@ -203,6 +208,7 @@ def read_metaimage(path: str | os.PathLike) -> MetaImage:
     dtype = _dtype(fields, p)
     spacing, offset, direction = _geometry(fields, ndims, p)
     shape = tuple(reversed(dims)) + ((channels,) if channels > 1 else ())
+    check_array_fits(shape, dtype.itemsize, "the image (DimSize)", p)  # before reading or decompressing
     count = int(np.prod(shape, dtype=np.int64))
     expected = count * dtype.itemsize
 

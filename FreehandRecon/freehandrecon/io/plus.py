@@ -245,6 +245,9 @@ def sweep_from_plus(path: str | os.PathLike, plus_config: str | os.PathLike | Pl
         chain = None
     else:
         chain = graph.resolve(image_to_reference)
+        if calibration is not None and all(e.source == "sequence file" for e, _ in chain.steps):
+            warnings.warn(f"{seq.path}: the calibration given ({_describe(calibration)}) is not used: {image_to_reference} "
+                          f"is resolved from the file alone ({chain.description}).", stacklevel=2)
         keep &= chain.valid
         dropped = np.flatnonzero(~keep)
         meta.update(image_to_reference=image_to_reference, transforms_used=chain.names, chain=chain.description)
@@ -269,6 +272,10 @@ def sweep_from_plus(path: str | os.PathLike, plus_config: str | os.PathLike | Pl
     meta["pixel_spacing_source"] = source
     return Sweep(frames=frames, pixel_spacing=spacing, image_to_world=image_to_world, timestamps=stamps,
                  metadata=meta)
+
+
+def _describe(calibration: Calibration) -> str:
+    return str(calibration) if isinstance(calibration, (str, os.PathLike)) else type(calibration).__name__
 
 
 def _ranges(idx: np.ndarray) -> str:

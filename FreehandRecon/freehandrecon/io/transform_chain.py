@@ -144,8 +144,10 @@ class TransformGraph:
                 # algebra stays finite. Frames marked OK must be usable transforms.
                 m = np.where(e.status[:, None, None], m, np.eye(4))
                 geometry.validate_transforms(m, what=f"{e.name} transforms ({e.source})")
+                geometry.check_axes(m, f"{e.name} transforms ({e.source})")
             else:
                 geometry.validate_transforms(m[None], what=f"{e.name} matrix ({e.source})")
+                geometry.check_axes(m, f"{e.name} matrix ({e.source})")
             total = (np.linalg.inv(m) if inv else m) @ total
         total[~valid] = np.eye(4)
         return Chain(total, valid, list(steps))

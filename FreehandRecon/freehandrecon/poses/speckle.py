@@ -245,7 +245,11 @@ class DecorrelationCurve:
         common.check_speckle(sweep.frames)
         frames, spacing, _ = _prepare(sweep.frames, sweep.pixel_spacing, max_size)
         n, h, w = frames.shape
-        grid = blockmatch.patch_grid((h, w), rows, cols)
+        try:
+            grid = blockmatch.patch_grid((h, w), rows, cols)
+        except ValueError as err:
+            raise InputError(f"Frames of {w}x{h} pixels are too small to calibrate speckle decorrelation ({err}).",
+                             "Use a calibration sweep with frames of at least about 64x64 pixels.") from None
         centres = _patch_centres_mm(grid, (h, w), spacing)  # [P, 2] centre frame
         depth = centres[:, 1] + (h - 1) * spacing[1] / 2
         rel_all = sweep.image_to_world

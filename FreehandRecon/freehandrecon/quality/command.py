@@ -139,7 +139,9 @@ def cmd_quality(args: argparse.Namespace) -> int:
     from .guard import check_sweep, load_guard
 
     if args.out is not None:
-        _free([args.out], args.force)
+        from ..io.common import check_output
+
+        check_output(args.out, args.force, create_folder=True)  # before any slow work
     guard = load_guard(args.guard)
     sweep = _read(args)
     bar = _progress(args)

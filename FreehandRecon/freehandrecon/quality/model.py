@@ -105,7 +105,3 @@ class GuardAE(nn.Module):
 def build_guard(config: GuardConfig | None = None) -> GuardAE:
     """A freshly initialised guard autoencoder."""
     return GuardAE(config or GuardConfig())
-
-
-def num_parameters(net: nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())

@@ -52,13 +52,6 @@ class Phantom:
     def vessels(self) -> list[dict[str, Any]]:
         return list(self.structure.get("vessels", []))
 
-    def density_at(self, points: np.ndarray) -> np.ndarray:
-        """Scatterer density (per mm^3) of the buckets holding world ``points [..., 3]``."""
-        idx = np.floor((np.asarray(points, dtype=np.float64) - self.lo) / self.bucket_size).astype(np.int64)
-        idx = np.clip(idx, 0, np.asarray(self.grid) - 1)
-        flat = (idx[..., 0] * self.grid[1] + idx[..., 1]) * self.grid[2] + idx[..., 2]
-        return self.bucket_density[flat]
-
 
 # --- structure ---------------------------------------------------------------------------------------
 
