@@ -386,6 +386,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 _COMMAND_MODULES = (".simulate.command", ".evaluate", ".train.command", ".quality.command", ".vessels")
+_COMMAND_MODULES += (".adapt.command",)  # freehandrecon adapt (calibrate once, then go trackerless)
 
 
 def build_parser() -> argparse.ArgumentParser:
