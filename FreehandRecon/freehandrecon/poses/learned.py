@@ -255,6 +255,27 @@ def decorrelation_inputs(config: PoseNetConfig, frames: np.ndarray, frame_shape:
                           floor_lag=config.decorrelation_floor_lag)
 
 
+def adapted_geometry_warnings(model: LoadedModel, sweep: Sweep) -> list[str]:
+    """A warning when a probe model (``freehandrecon adapt``) meets frames of another size or pixel spacing than
+    it was adapted on (another depth or probe setting, for which its curve and fine-tuning do not hold)."""
+    inputs = (model.meta.get("adaptation") or {}).get("inputs") or []
+    if not inputs:
+        return []
+    size = list(inputs[0].get("frame_size", []))
+    spacing = inputs[0].get("pixel_spacing_mm", [])
+    here = [sweep.frame_shape[1], sweep.frame_shape[0]]
+    if size == here and len(spacing) == 2 and np.allclose(spacing, sweep.pixel_spacing, rtol=0.01, atol=1e-6):
+        return []
+    msg = (f"The probe model was adapted on frames of {size[0]}x{size[1]} pixels at "
+           f"{' x '.join(f'{float(v):.4g}' for v in spacing)} mm, but this sweep has {here[0]}x{here[1]} at "
+           f"{' x '.join(f'{float(v):.4g}' for v in sweep.pixel_spacing)} mm: its curve and fine-tuning may not hold. "
+           "Run freehandrecon adapt on sweeps with this probe setting.")
+    import logging
+
+    logging.getLogger(__name__).warning(msg)
+    return [msg]
+
+
 def estimate_relative(sweep: Sweep, *, model: LoadedModel | str | Path | None = None, device: str = "cpu",
                       progress: Callable[[str, float], None] | None = None,
                       should_cancel: Callable[[], bool] | None = None,
@@ -268,7 +289,7 @@ def estimate_relative(sweep: Sweep, *, model: LoadedModel | str | Path | None = 
     common.check_pixel_spacing_known(sweep)
     m = model if isinstance(model, LoadedModel) else load_model(model, device=device)
     common.require_min_frames(sweep.num_frames, m.min_frames, "the learned pose estimator")
-    warnings = common.check_speckle(sweep.frames)
+    warnings = common.check_speckle(sweep.frames) + adapted_geometry_warnings(m, sweep)
     t0 = time.perf_counter()
     frames = common.resample_frames(sweep.frames, sweep.pixel_spacing, m.config.input_spacing, m.config.input_size)
     if should_cancel is not None and should_cancel():
