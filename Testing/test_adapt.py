@@ -49,7 +49,8 @@ def leftovers(folder: Path) -> list[str]:
 def adapted(tmp_path_factory, sims):
     root = tmp_path_factory.mktemp("adapt")
     write_sweep(sims[0], root / "tracked.npz")
-    write_sweep(Sweep(sims[1].frames, sims[1].pixel_spacing, metadata=dict(sims[1].metadata)), root / "untracked.npz")
+    # the same probe setting without its tracking (another site-f seed would be another probe setting)
+    write_sweep(Sweep(sims[0].frames, sims[0].pixel_spacing, metadata=dict(sims[0].metadata)), root / "untracked.npz")
     code = cli.main(["--quiet", "adapt", str(root / "tracked.npz"), "--out", str(root / "probe"), "--epochs", "1",
                      "--steps-per-epoch", "3", "--batch-size", "2"])
     assert code == 0
@@ -208,7 +209,9 @@ def test_module_logic_adapts_from_browsers(tmp_path, sims, monkeypatch):
     scene = mrml.new_scene()
     monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
     a = mrml.sweep_to_browser(scene, sims[0], name="SweepA")
-    b = mrml.sweep_to_browser(scene, sims[1], name="SweepB")
+    # a second sweep of the same probe setting: the first played backwards (a functional check, not a measurement)
+    back = sims[0].subset(slice(None, None, -1))
+    b = mrml.sweep_to_browser(scene, back, name="SweepB")
     short = mrml.sweep_to_browser(scene, sims[0].subset(slice(0, 30)), name="Short")
     logic = FreehandReconLogic(scene)
     nodes = scene.GetNumberOfNodes()
@@ -223,7 +226,7 @@ def test_module_logic_adapts_from_browsers(tmp_path, sims, monkeypatch):
     assert (tmp_path / "probe" / "probe_model.json").is_file() and logic.lastAdaptation is report
     assert scene.GetNumberOfNodes() == nodes  # adapting adds nothing to the scene
     transforms = logic.estimatePoses(b, "learned", model=str(tmp_path / "probe" / "probe_model.json"))
-    assert transforms.GetNumberOfDataNodes() == sims[1].num_frames
+    assert transforms.GetNumberOfDataNodes() == back.num_frames
 
 
 # --- a real sweep: adaptation should not make drift worse ---------------------------------------------

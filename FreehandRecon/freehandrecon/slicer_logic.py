@@ -767,8 +767,8 @@ class FreehandReconLogic:
         named = []
         for ref in nodes:
             node = self._node(ref, "sequence browser")
-            name = node.GetName() if node is not None else str(ref)
-            named.append((name, self.readSweep(node, None, pixelSpacingMm, calibrationNode)))
+            sweep = self.readSweep(node, None, pixelSpacingMm, calibrationNode)
+            named.append((str(sweep.metadata.get("image_sequence") or node.GetName()), sweep))
         ft = FineTuneOptions()
         ft.epochs = ft.epochs if epochs is None else int(epochs)
         ft.steps_per_epoch = ft.steps_per_epoch if stepsPerEpoch is None else int(stepsPerEpoch)
