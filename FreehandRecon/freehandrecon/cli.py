@@ -508,6 +508,7 @@ def _plain_help(sub: argparse._SubParsersAction) -> None:
 
 
 _COMMAND_MODULES = (".simulate.command", ".evaluate", ".train.command", ".quality.command", ".vessels")
+_COMMAND_MODULES += (".adapt.command",)  # freehandrecon adapt (calibrate once, then go trackerless)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -175,18 +175,21 @@ def check_request(sweep: Any, request: Any) -> None:
 def check_quality(sweep: Sweep, poses: PoseRequest, progress: ProgressCallback | None = None) -> Any:
     """Run the quality guard before learned poses: warn when the sweep is unlike the model's training data.
 
+    The guard is the one a probe model from ``freehandrecon adapt`` carries, else the shipped one.
     Returns the guard's :class:`~freehandrecon.quality.QualityReport` (None when not asked, not
     learned, or no guard is installed).
     """
     if poses.method != "learned" or not poses.check_quality:
         return None
-    from .quality import check_sweep, guard_available
+    from .poses.learned import model_bundle
+    from .quality import check_sweep, guard_available, load_guard
 
-    if not guard_available():
+    probe_guard = model_bundle(poses.model).get("guard")  # a probe model from `freehandrecon adapt` brings its own
+    if probe_guard is None and not guard_available():
         log.warning("The quality guard is not installed; learned poses are not checked for out-of-distribution "
                     "sweeps.")
         return None
-    report = check_sweep(sweep, progress=progress)
+    report = check_sweep(sweep, guard=None if probe_guard is None else load_guard(probe_guard), progress=progress)
     if report.verdict != "ok":
         log.warning(report.message)
     return report

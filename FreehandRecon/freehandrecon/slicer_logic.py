@@ -211,6 +211,7 @@ class FreehandReconLogic:
         self.lastReport: dict[str, Any] = {}
         self.lastNodes: dict[str, Any] = {}
         self.lastQuality: Any = None
+        self.lastAdaptation: dict[str, Any] = {}
 
     # --- scene and inputs -------------------------------------------------------------------------
 
@@ -494,7 +495,7 @@ class FreehandReconLogic:
         importance = self._importanceMask(importanceMask, compounding, sweep.frame_shape)
         quality = qualityReport
         if quality is None and poses == "learned" and checkQuality:
-            quality = self._learnedQuality(sweep, progress)
+            quality = self._learnedQuality(sweep, progress, model)
         elif quality is not None:
             self.lastQuality = quality
         sweep = self._sweepWithPoses(sweep, poses, model, sweepDirection, device, progress, shouldCancel, curve)
@@ -751,6 +752,35 @@ class FreehandReconLogic:
             self._removeNewNodes(scene, before)
             raise
 
+    def adaptModel(self, browserNodes: Any, outDir: str | Path, progress: ProgressCallback | None = None,
+                   shouldCancel: Callable[[], bool] | None = None, *, epochs: int | None = None,
+                   stepsPerEpoch: int | None = None, device: str = "cpu", force: bool = False,
+                   pixelSpacingMm: tuple[float, float] | None = None, calibrationNode: Any = None) -> dict[str, Any]:
+        """Calibrate once, then go trackerless: adapt the learned pose model, the decorrelation curve and the
+        quality guard to the probe of the tracked sweeps in ``browserNodes`` (one browser, or a list; nodes,
+        IDs or names) and write ``probe_model.json`` (with its weights, curve and guard) and ``report.json``
+        into ``outDir`` (see :func:`freehandrecon.adapt.adapt_probe`). Returns the report (held-out drift
+        before and after, seconds); give ``outDir/probe_model.json`` as the model of :meth:`estimatePoses` or
+        :meth:`reconstruct`. Nothing is written, and the scene is not changed, when it fails or is cancelled.
+        """
+        _choice(device, DEVICES, "device")
+        self._requireTorch("learned", checkQuality=True)
+        from .adapt import AdaptOptions, FineTuneOptions, adapt_probe
+
+        nodes = list(browserNodes) if isinstance(browserNodes, (list, tuple)) else [browserNodes]
+        named = []
+        for ref in nodes:
+            node = self._node(ref, "sequence browser")
+            sweep = self.readSweep(node, None, pixelSpacingMm, calibrationNode)
+            named.append((str(sweep.metadata.get("image_sequence") or node.GetName()), sweep))
+        ft = FineTuneOptions()
+        ft.epochs = ft.epochs if epochs is None else int(epochs)
+        ft.steps_per_epoch = ft.steps_per_epoch if stepsPerEpoch is None else int(stepsPerEpoch)
+        report = adapt_probe(named, Path(outDir), AdaptOptions(ft, device=device), force=force, progress=progress,
+                             should_cancel=shouldCancel)
+        self.lastAdaptation = report
+        return report
+
     def checkSweep(self, browserNode: Any, guard: Any = None, progress: ProgressCallback | None = None, *,
                    imageSequence: Any = None, pixelSpacingMm: tuple[float, float] | None = None,
                    addNodes: bool = True) -> Any:
@@ -823,11 +853,13 @@ class FreehandReconLogic:
             series.append(s)
         return {"qualityTable": table, "qualityChart": chart, "qualitySeries": series}
 
-    def _learnedQuality(self, sweep: Any, progress: ProgressCallback | None) -> Any:
-        """The guard's report before learned poses, or None when no guard is installed."""
+    def _learnedQuality(self, sweep: Any, progress: ProgressCallback | None, model: Any = None) -> Any:
+        """The guard's report before learned poses (the guard a probe model carries, else the shipped one), or
+        None when no guard is installed."""
         from .logic import PoseRequest, check_quality
 
-        report = check_quality(sweep, PoseRequest(method="learned"), progress)
+        model = None if model is None or str(model) in ("", ".") else str(model)
+        report = check_quality(sweep, PoseRequest(method="learned", model=model), progress)
         if report is not None:
             self.lastQuality = report
         return report

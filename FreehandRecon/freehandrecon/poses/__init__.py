@@ -48,11 +48,13 @@ def estimate_poses(sweep: Sweep, method: str = "learned", *, model: str | Path |
     Args:
         method: ``"tracked"`` (the sweep's own poses), ``"learned"`` or ``"speckle"``.
         model: for learned, the model file (``.safetensors`` with its ``.json``; default the shipped one);
-            for speckle, a decorrelation-curve JSON from ``freehandrecon calibrate-speckle`` (default: the
-            simulator's curve for simulated sweeps, else a typical probe's curve).
+            for speckle, a decorrelation-curve JSON from ``freehandrecon calibrate-speckle`` or a probe model
+            from ``freehandrecon adapt`` (its curve) (default: the simulator's curve for simulated sweeps, else
+            a typical probe's curve).
         sweep_direction: ``"auto"``, ``"forward"`` or ``"backward"`` (see :func:`common.resolve_direction`).
         curve: the probe's decorrelation curve (JSON from ``freehandrecon calibrate-speckle``), used by speckle
-            and by learned models of architecture v2; default as for ``model`` with speckle.
+            and by learned models of architecture v2; default the curve a probe model carries, else as for
+            ``model`` with speckle.
         first: pose of the first frame; default the sweep's first tracked pose, else
             :func:`common.default_first_pose`.
     """
@@ -65,6 +67,11 @@ def estimate_poses(sweep: Sweep, method: str = "learned", *, model: str | Path |
         rel = common.relative_centre(sweep.image_to_world, sweep.frame_shape, sweep.pixel_spacing)
         return PoseEstimate(sweep.image_to_world.copy(), rel, "tracked", direction=common.net_elevation_sign(rel))
     common.check_pixel_spacing_known(sweep)
+    if method == "speckle" and curve is None and model is not None:
+        from .learned import model_bundle
+
+        curve = model_bundle(model).get("curve")  # a probe model from `freehandrecon adapt` carries its curve
+        model = None if curve is not None else model
     if curve is not None:  # read it first: a bad curve file is an input error whichever estimator runs
         from .speckle import DecorrelationCurve
 

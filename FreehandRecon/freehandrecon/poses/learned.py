@@ -40,6 +40,7 @@ class LoadedModel:
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     device: str = "cpu"
+    bundle: dict[str, Path] = field(default_factory=dict)  # files a probe model carries: "curve", "guard"
 
     @property
     def window(self) -> int:
@@ -91,6 +92,45 @@ def save_model(net: PoseNet, scales: np.ndarray, out_dir: str | Path, name: str,
 
 _FIX = ("Re-download/reinstall FreehandRecon to restore the shipped model, or retrain with `freehandrecon train` "
         "(which writes matching files).")
+BUNDLED = ("curve", "guard")  # what a probe model from `freehandrecon adapt` carries beside its weights
+
+
+def bundled_files(js: Path, meta: dict[str, Any]) -> dict[str, Path]:
+    """The files a model description names under "curve" and "guard" (``{"file", "sha256"}``, written by
+    ``freehandrecon adapt``), checked against their sha256; ``{}`` for a model that bundles none."""
+    out = {}
+    for key in BUNDLED:
+        entry = meta.get(key)
+        if not isinstance(entry, dict) or "file" not in entry:
+            continue
+        p = js.parent / str(entry["file"])
+        fix = ("Keep the files `freehandrecon adapt` wrote together (move or copy the whole folder), or run adapt "
+               "again.")
+        if not p.is_file():
+            raise ResourceError(f"The {key} file {p} that {js.name} carries is missing.", fix)
+        if sha256_file(p) != entry.get("sha256"):
+            raise ResourceError(f"The {key} file {p} does not match the checksum in {js.name}: it was changed or "
+                                "belongs to another probe model.", fix)
+        out[key] = p
+    return out
+
+
+def model_bundle(path: str | Path | None) -> dict[str, Path]:
+    """:func:`bundled_files` of the pose model at ``path``; ``{}`` when ``path`` is None or is not a pose model
+    description (e.g. a speckle curve JSON given as ``--model``)."""
+    if path is None:
+        return {}
+    p = Path(path)
+    p = p.with_suffix(".json") if p.suffix == ".safetensors" else p
+    if p.suffix != ".json" or not p.is_file():
+        return {}
+    try:
+        meta = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        return {}
+    return bundled_files(p, meta)
 
 
 def load_model(path: str | Path | None = None, device: str = "cpu") -> LoadedModel:
@@ -121,7 +161,7 @@ def load_model(path: str | Path | None = None, device: str = "cpu") -> LoadedMod
     scales = np.asarray(meta["scales"], dtype=np.float64)
     if scales.shape != (6,) or not np.all(scales > 0):
         raise ResourceError(f"{js} has invalid per-DoF scales {meta.get('scales')}.", "Retrain or reinstall the model.")
-    return LoadedModel(net, config, scales, meta, js, device)
+    return LoadedModel(net, config, scales, meta, js, device, bundled_files(js, meta))
 
 
 def _window_starts(pairs: int, window: int, stride: int) -> list[int]:
@@ -215,6 +255,27 @@ def decorrelation_inputs(config: PoseNetConfig, frames: np.ndarray, frame_shape:
                           floor_lag=config.decorrelation_floor_lag)
 
 
+def adapted_geometry_warnings(model: LoadedModel, sweep: Sweep) -> list[str]:
+    """A warning when a probe model (``freehandrecon adapt``) meets frames of another size or pixel spacing than
+    it was adapted on (another depth or probe setting, for which its curve and fine-tuning do not hold)."""
+    inputs = (model.meta.get("adaptation") or {}).get("inputs") or []
+    if not inputs:
+        return []
+    size = list(inputs[0].get("frame_size", []))
+    spacing = inputs[0].get("pixel_spacing_mm", [])
+    here = [sweep.frame_shape[1], sweep.frame_shape[0]]
+    if size == here and len(spacing) == 2 and np.allclose(spacing, sweep.pixel_spacing, rtol=0.01, atol=1e-6):
+        return []
+    msg = (f"The probe model was adapted on frames of {size[0]}x{size[1]} pixels at "
+           f"{' x '.join(f'{float(v):.4g}' for v in spacing)} mm, but this sweep has {here[0]}x{here[1]} at "
+           f"{' x '.join(f'{float(v):.4g}' for v in sweep.pixel_spacing)} mm: its curve and fine-tuning may not hold. "
+           "Run freehandrecon adapt on sweeps with this probe setting.")
+    import logging
+
+    logging.getLogger(__name__).warning(msg)
+    return [msg]
+
+
 def estimate_relative(sweep: Sweep, *, model: LoadedModel | str | Path | None = None, device: str = "cpu",
                       progress: Callable[[str, float], None] | None = None,
                       should_cancel: Callable[[], bool] | None = None,
@@ -222,12 +283,13 @@ def estimate_relative(sweep: Sweep, *, model: LoadedModel | str | Path | None = 
     """Forward-canonical relative motions ``[N-1, 4, 4]`` in the centre frame, and an info dict.
 
     ``curve`` (v2 models): the probe's decorrelation curve, a ``DecorrelationCurve`` or a curve JSON
-    from ``freehandrecon calibrate-speckle``; default :func:`decorrelation.curve_for_sweep`.
+    from ``freehandrecon calibrate-speckle``; default the curve the model carries (a probe model from
+    ``freehandrecon adapt``), else :func:`decorrelation.curve_for_sweep`.
     """
     common.check_pixel_spacing_known(sweep)
     m = model if isinstance(model, LoadedModel) else load_model(model, device=device)
     common.require_min_frames(sweep.num_frames, m.min_frames, "the learned pose estimator")
-    warnings = common.check_speckle(sweep.frames)
+    warnings = common.check_speckle(sweep.frames) + adapted_geometry_warnings(m, sweep)
     t0 = time.perf_counter()
     frames = common.resample_frames(sweep.frames, sweep.pixel_spacing, m.config.input_spacing, m.config.input_size)
     if should_cancel is not None and should_cancel():
@@ -236,7 +298,7 @@ def estimate_relative(sweep: Sweep, *, model: LoadedModel | str | Path | None = 
     if m.config.decorrelation_lags:
         from .decorrelation import curve_for_sweep
 
-        c = curve_for_sweep(sweep, curve)
+        c = curve_for_sweep(sweep, curve if curve is not None else m.bundle.get("curve"))
         curve_source = c.source
         decor = decorrelation_inputs(m.config, frames, sweep.frame_shape, sweep.pixel_spacing, c)
     scaled = predict_scaled(m.net, frames, window=m.window, mode=mode, device=m.device, progress=progress,

@@ -230,7 +230,8 @@ class DecorrelationCurve:
 
     @classmethod
     def calibrate(cls, sweep, *, max_lag: int = 12, rows: int = 5, cols: int = 5, bins: int = 24,
-                  log_compressed: bool = True, max_size: int = 256) -> "DecorrelationCurve":
+                  log_compressed: bool = True, max_size: int = 256,
+                  min_bands: int | None = None) -> "DecorrelationCurve":
         """Fit a curve from a tracked calibration sweep of speckle (mostly elevational motion).
 
         Frame pairs up to ``max_lag`` apart (about 10 roughly geometric lags) are matched in-plane and their patch correlations paired
@@ -238,6 +239,10 @@ class DecorrelationCurve:
         band (patch row) the mean correlation in ``bins`` distance bins, anchored at ``rho(0) = 1`` and
         made non-increasing, is the curve (no shape is assumed: patch-averaged curves near the focus
         are not Gaussian). Estimation must then use the same patch grid and frame size.
+
+        ``min_bands``: by default every depth band must have enough textured pairs; with a number, bands
+        without them (e.g. water above a wire phantom) are left out as long as ``min_bands`` remain
+        (depths outside the kept bands take the nearest one).
         """
         if sweep.image_to_world is None:
             raise InputError("A calibration sweep needs tracked poses.",
@@ -274,24 +279,31 @@ class DecorrelationCurve:
         max_d = max(float(np.percentile(d, 99.5)), 1e-3)
         edges = np.linspace(0.0, max_d, bins + 1)
         dist = np.linspace(0.0, max_d, 256)
-        table, fits = [], []
+        table, fits, kept, missing = [], [], [], []
         for i in range(rows):
             m = band == i
             which = np.clip(np.digitize(d[m], edges) - 1, 0, bins - 1)
             count = np.bincount(which, minlength=bins)
             ok = count >= 3
             if ok.sum() < 3:
-                raise InputError(f"The calibration sweep gives too few usable frame pairs at depth "
-                                 f"{row_depths[i]:.1f} mm.", "Use a longer calibration sweep of speckle with "
-                                 "steady elevational motion of about 0.05-0.3 mm per frame.")
+                missing.append(i)
+                continue
             mean_d = np.bincount(which, d[m], bins)[ok] / count[ok]
             mean_r = np.bincount(which, r[m], bins)[ok] / count[ok]
             # anchor at (0, 1): identical planes correlate fully (noise shows up in the first bins)
             xs, ys = np.concatenate([[0.0], mean_d]), np.concatenate([[1.0], mean_r])
             table.append(np.interp(dist, xs, ys))
             fits.append({"depth_mm": float(row_depths[i]), "pairs": int(m.sum()), "bins": int(ok.sum())})
-        return cls(row_depths, dist, np.array(table), source="calibrated from a tracked sweep",
-                   meta={"fits": fits, "max_lag": max_lag, "patch_height_mm": grid.size * spacing[1]})
+            kept.append(i)
+        if missing and (min_bands is None or len(kept) < min_bands):
+            i = missing[0]
+            raise InputError(f"The calibration sweep gives too few usable frame pairs at depth "
+                             f"{row_depths[i]:.1f} mm.", "Use a longer calibration sweep of speckle with "
+                             "steady elevational motion of about 0.05-0.3 mm per frame.")
+        meta = {"fits": fits, "max_lag": max_lag, "patch_height_mm": grid.size * spacing[1]}
+        if missing:
+            meta["bands_without_texture_mm"] = [round(float(row_depths[i]), 2) for i in missing]
+        return cls(row_depths[kept], dist, np.array(table), source="calibrated from a tracked sweep", meta=meta)
 
     # --- storage ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
