@@ -385,7 +385,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMAND_MODULES = (".simulate.command", ".evaluate", ".train.command", ".quality.command", ".vessels")
+_COMMAND_MODULES = (".simulate.command", ".evaluate", ".train.command", ".quality.command", ".vessels", ".lab.independent_sim")
 
 
 def build_parser() -> argparse.ArgumentParser:
