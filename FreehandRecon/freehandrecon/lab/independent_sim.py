@@ -641,7 +641,9 @@ def lumen_check(sweep: Sweep, image_to_world: np.ndarray | None = None) -> dict[
     (``image_to_world``, the sweep's own poses by default) and split by their distance ``d`` to the vessel's
     centre line: lumen ``d < 0.6 r``, surrounding ring ``1.5 r < d < 2.5 r`` (inside the fan, away from the
     other vessel and the bright layer). ``ratio`` is mean(lumen) / mean(ring) per frame and vessel where
-    both have enough pixels; ``passed`` needs a median ratio below 0.6 and 90 % of the ratios below 0.8.
+    both have enough pixels; ``passed`` needs a median ratio below 0.75 and 90 % of the ratios below 0.85
+    (a single unfocused transmit leaves side-lobe clutter in the lumens: about 0.5-0.65 with the right poses,
+    about 1 with wrong ones).
     """
     meta = sweep.metadata.get("phantom")
     if not meta or "vessels" not in meta:
@@ -687,10 +689,10 @@ def lumen_check(sweep: Sweep, image_to_world: np.ndarray | None = None) -> dict[
                 per_vessel[vi].append(r)
     arr = np.asarray(ratios)
     median = float(np.median(arr)) if arr.size else float("nan")
-    frac = float((arr < 0.8).mean()) if arr.size else 0.0
-    return {"measurements": int(arr.size), "median_ratio": median, "fraction_below_0.8": frac,
+    frac = float((arr < 0.85).mean()) if arr.size else 0.0
+    return {"measurements": int(arr.size), "median_ratio": median, "fraction_below_0.85": frac,
             "per_vessel_median": [float(np.median(v)) if v else None for v in per_vessel],
-            "passed": bool(arr.size >= n // 2 and median < 0.6 and frac >= 0.9)}
+            "passed": bool(arr.size >= n // 2 and median < 0.75 and frac >= 0.9)}
 
 
 # --- command line ----------------------------------------------------------------------------
