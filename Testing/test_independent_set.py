@@ -141,7 +141,11 @@ def test_evaluate_cli_on_the_independent_set(tmp_path, capsys):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     summary = report["summary"]
     assert summary["sweeps"] == 1 and summary["pure_translations"] == 1
-    assert np.isfinite(summary["methods"]["speckle"]["tilt_bias_deg_per_frame_pure_translation"])
+    speckle = summary["methods"]["speckle"]
+    assert speckle["tilt_abs_bias_deg_per_frame_pure_translation"] == pytest.approx(
+        abs(speckle["tilt_bias_deg_per_frame_pure_translation"]))  # one sweep: |mean| = mean |.|
+    assert speckle["tilt_bias_deg_per_frame_pure_translation"] == pytest.approx(
+        report["sweeps"][0]["results"]["speckle"]["per_dof_bias"]["rx_deg"], abs=1e-4)
     # no motion at all drifts by the whole start-end distance: 100 % of it
     assert summary["no_motion"]["fdr_distance_pct"] == pytest.approx(100.0, abs=0.01)
     assert summary_line("independent", summary) in printed

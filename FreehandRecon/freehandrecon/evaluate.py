@@ -265,7 +265,8 @@ def sweep_attribution_table(entries: list[dict[str, Any]]) -> str:
 def set_summary(entries: list[dict[str, Any]], methods: Iterable[str]) -> dict[str, Any]:
     """One set's headline numbers: mean FDR (% of length and % of start-end distance) per method and of the
     no-motion baseline, and per method the mean tilt (rx) bias in degrees per frame over the pure
-    translations (sweeps whose ``trajectory`` is ``translation`` or ``linear``; None when there are none)."""
+    translations (sweeps whose ``trajectory`` is ``translation`` or ``linear``; None when there are none), signed
+    and absolute (biases of opposite signs cancel in the signed mean)."""
     def mean(vals: list[float]) -> float:
         v = np.asarray([x for x in vals if x is not None and math.isfinite(x)], dtype=np.float64)
         return float(v.mean()) if v.size else float("nan")
@@ -279,6 +280,9 @@ def set_summary(entries: list[dict[str, Any]], methods: Iterable[str]) -> dict[s
             "fdr_distance_pct": mean([r["final_drift_rate_distance_pct"] for r in rows]),
             "tilt_bias_deg_per_frame_pure_translation": (
                 mean([e["results"][m]["per_dof_bias"]["rx_deg"] for e in pure if m in e["results"]])
+                if pure else None),
+            "tilt_abs_bias_deg_per_frame_pure_translation": (
+                mean([abs(e["results"][m]["per_dof_bias"]["rx_deg"]) for e in pure if m in e["results"]])
                 if pure else None)}
     out["no_motion"] = {"fdr_length_pct": mean([e["no_motion"]["final_drift_rate_length_pct"] for e in entries]),
                         "fdr_distance_pct": mean([e["no_motion"]["final_drift_rate_distance_pct"] for e in entries])}
@@ -299,8 +303,8 @@ def summary_line(label: str, summary: dict[str, Any]) -> str:
     parts.append(f"no-motion FDR {pct(summary['no_motion'])}")
     tilts = []
     for m, d in summary["methods"].items():
-        t = d["tilt_bias_deg_per_frame_pure_translation"]
-        tilts.append(f"{m} {t:+.3f}" if t is not None and math.isfinite(t) else f"{m} n/a")
+        t, a = d["tilt_bias_deg_per_frame_pure_translation"], d["tilt_abs_bias_deg_per_frame_pure_translation"]
+        tilts.append(f"{m} {t:+.3f} (|.| {a:.3f})" if t is not None and math.isfinite(t) else f"{m} n/a")
     parts.append(f"tilt bias deg/frame on {summary['pure_translations']} pure translations: " + ", ".join(tilts))
     return " | ".join(parts)
 
