@@ -507,8 +507,8 @@ def _plain_help(sub: argparse._SubParsersAction) -> None:
                 action.help = action.help.replace("``", "'").replace("**", "")
 
 
-_COMMAND_MODULES = (".simulate.command", ".evaluate", ".train.command", ".quality.command", ".vessels")
-_COMMAND_MODULES += (".adapt.command",)  # freehandrecon adapt (calibrate once, then go trackerless)
+_COMMAND_MODULES = (".simulate.command", ".evaluate", ".train.command", ".quality.command", ".vessels",
+                    ".lab.independent_sim", ".adapt.command")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,9 @@
 """Evaluation of sensorless pose estimators against known poses (``freehandrecon evaluate``).
 
-Sweeps come from the simulator (held-out site and unseen seeds by default) or from tracked files
-(their tracker poses are the truth). Each method runs through
+Sweeps come from the simulator (held-out site and unseen seeds by default), from tracked files
+(their tracker poses are the truth), or from a bundled set (``--set independent``: sweeps made with an
+independent simulator, pymust, never used for training or model selection; ``--set real``: real tracked
+sweeps with speckle). Each method runs through
 :func:`freehandrecon.poses.estimate_poses` with ``sweep_direction="auto"`` (simulated sweeps carry
 their direction in metadata; tracked ones give it by their net motion), and
 :func:`freehandrecon.metrics.evaluate_poses` scores it. Writes ``report.json`` and PNG plots.
@@ -56,6 +58,46 @@ def file_sweeps(paths: Iterable[Path], **read_options: Any) -> Iterator[tuple[st
             raise InputError(f"'{p}' has no tracked poses to evaluate against.",
                              "Give the tracker transforms and calibration (--plus-config or --calibration).")
         yield Path(p).name, sweep
+
+
+SETS = ("independent", "real")
+DATA_ROOT = Path(__file__).resolve().parents[2] / "Testing" / "Data"
+# Real tracked sweeps with speckle bundled in Testing/Data (file, PLUS config). The other tracked PLUS test
+# sweeps (N-wire and USTC stepper recordings) show wires in water without speckle, and the USTC ones have
+# no image calibration, so they say nothing about speckle-based pose estimation.
+REAL_SWEEPS = (("igsio/SpinePhantomFreehand.igs.mha", "plus/PlusDeviceSet_SpinePhantomFreehandReconstructionOnly.xml"),)
+
+
+def set_sweeps(name: str, data_root: str | Path | None = None) -> list[tuple[str, Path, Path | None]]:
+    """The files of a named evaluation set: ``(name, sweep file, PLUS config or None)``.
+
+    ``independent``: the sweeps made with an independent simulator (pymust) in ``Testing/Data/independent``
+    (never used for training or model selection); ``real``: real tracked sweeps with speckle
+    (:data:`REAL_SWEEPS`).
+    """
+    root = Path(data_root) if data_root is not None else DATA_ROOT
+    if name not in SETS:
+        raise InputError(f"Unknown evaluation set '{name}'.", f"Use one of: {', '.join(SETS)}.")
+    if name == "independent":
+        files = sorted((root / "independent").glob("*.npz"))
+        out = [(f.stem, f, None) for f in files]
+    else:
+        out = [(Path(f).name, root / f, root / c) for f, c in REAL_SWEEPS if (root / f).exists()]
+    if not out:
+        raise InputError(f"No sweeps of the '{name}' set under {root}.",
+                         "Run from a source checkout (the sets live in Testing/Data) or pass --data-root.")
+    return out
+
+
+def named_set(name: str, data_root: str | Path | None = None) -> Iterator[tuple[str, Sweep]]:
+    """The sweeps of a named set (:func:`set_sweeps`), read lazily."""
+    from .io import read_sweep
+
+    for label, path, config in set_sweeps(name, data_root):
+        sweep = read_sweep(path, plus_config=config) if config is not None else read_sweep(path)
+        if sweep.image_to_world is None:
+            raise InputError(f"'{path}' has no poses to evaluate against.", "Check the set's files.")
+        yield label, sweep
 
 
 # --- evaluation ------------------------------------------------------------------------------
@@ -113,6 +155,15 @@ def evaluate_sweep(sweep: Sweep, methods: Iterable[str], *, model: str | Path | 
         results[method] = r
         poses[method] = est.image_to_world
     return results, poses
+
+
+def no_motion_baseline(sweep: Sweep) -> dict[str, float]:
+    """Drift rates of the estimate "the probe never moved" (every frame at the first pose): the score of
+    an estimator that has learned nothing."""
+    true = sweep.image_to_world
+    still = np.repeat(true[:1], sweep.num_frames, axis=0)
+    r = metrics.evaluate_poses(true, still, sweep.frame_shape, sweep.pixel_spacing)
+    return {k: r[k] for k in ("final_drift_mm", "final_drift_rate_length_pct", "final_drift_rate_distance_pct")}
 
 
 def _stats(values: Iterable[float]) -> dict[str, float]:
@@ -190,6 +241,74 @@ def attribution_table(agg: dict[str, dict[str, dict[str, float]]], stat: str = "
     return "\n".join(lines)
 
 
+def sweep_attribution_table(entries: list[dict[str, Any]]) -> str:
+    """Per sweep and method, in Markdown: FDR (% of length), FDR with each group of relative motions taken
+    from the truth (:func:`metrics.drift_attribution`), the elevational step ratio and the mean signed
+    per-frame tilt (rx) error."""
+    groups = list(metrics.ATTRIBUTION_GROUPS)
+    lines = ["| sweep | method | FDR % | " + " | ".join(f"true {g}" for g in groups)
+             + " | tz est/true | rx bias deg/frame |", "|---" * (len(groups) + 5) + "|"]
+
+    def cell(v: Any, fmt: str = "{:.3g}") -> str:
+        return "-" if v is None or not math.isfinite(float(v)) else fmt.format(float(v))
+
+    for e in entries:
+        for m, r in e["results"].items():
+            with_true = r.get("final_drift_rate_length_pct_with_true", {})
+            cells = [cell(r.get("final_drift_rate_length_pct"))] + [cell(with_true.get(g)) for g in groups]
+            cells += [cell(r.get("elevation_step_ratio"), "{:.3f}"),
+                      cell(r.get("per_dof_bias", {}).get("rx_deg"), "{:+.3f}")]
+            lines.append(f"| {e['name']} | {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def set_summary(entries: list[dict[str, Any]], methods: Iterable[str]) -> dict[str, Any]:
+    """One set's headline numbers: mean FDR (% of length and % of start-end distance) per method and of the
+    no-motion baseline, and per method the mean tilt (rx) bias in degrees per frame over the pure
+    translations (sweeps whose ``trajectory`` is ``translation`` or ``linear``; None when there are none), signed
+    and absolute (biases of opposite signs cancel in the signed mean)."""
+    def mean(vals: list[float]) -> float:
+        v = np.asarray([x for x in vals if x is not None and math.isfinite(x)], dtype=np.float64)
+        return float(v.mean()) if v.size else float("nan")
+
+    out: dict[str, Any] = {"sweeps": len(entries), "methods": {}}
+    pure = [e for e in entries if e.get("trajectory") in ("translation", "linear")]
+    for m in methods:
+        rows = [e["results"][m] for e in entries if m in e["results"]]
+        out["methods"][m] = {
+            "fdr_length_pct": mean([r["final_drift_rate_length_pct"] for r in rows]),
+            "fdr_distance_pct": mean([r["final_drift_rate_distance_pct"] for r in rows]),
+            "tilt_bias_deg_per_frame_pure_translation": (
+                mean([e["results"][m]["per_dof_bias"]["rx_deg"] for e in pure if m in e["results"]])
+                if pure else None),
+            "tilt_abs_bias_deg_per_frame_pure_translation": (
+                mean([abs(e["results"][m]["per_dof_bias"]["rx_deg"]) for e in pure if m in e["results"]])
+                if pure else None)}
+    out["no_motion"] = {"fdr_length_pct": mean([e["no_motion"]["final_drift_rate_length_pct"] for e in entries]),
+                        "fdr_distance_pct": mean([e["no_motion"]["final_drift_rate_distance_pct"] for e in entries])}
+    out["pure_translations"] = len(pure)
+    return out
+
+
+def summary_line(label: str, summary: dict[str, Any]) -> str:
+    """``set: N sweeps | learned FDR x % | speckle FDR y % | no-motion FDR z % | tilt bias ...`` (FDR in %
+    of length, start-end distance in brackets)."""
+    def pct(d: dict[str, Any]) -> str:
+        a, b = d["fdr_length_pct"], d["fdr_distance_pct"]
+        return "-" if not math.isfinite(a) else f"{a:.1f} % ({b:.1f} % start-end)"
+
+    parts = [f"{label}: {summary['sweeps']} sweeps"]
+    for m, d in summary["methods"].items():
+        parts.append(f"{m} FDR {pct(d)}")
+    parts.append(f"no-motion FDR {pct(summary['no_motion'])}")
+    tilts = []
+    for m, d in summary["methods"].items():
+        t, a = d["tilt_bias_deg_per_frame_pure_translation"], d["tilt_abs_bias_deg_per_frame_pure_translation"]
+        tilts.append(f"{m} {t:+.3f} (|.| {a:.3f})" if t is not None and math.isfinite(t) else f"{m} n/a")
+    parts.append(f"tilt bias deg/frame on {summary['pure_translations']} pure translations: " + ", ".join(tilts))
+    return " | ".join(parts)
+
+
 def targets_text(targets: dict[str, Any], agg: dict[str, Any]) -> str:
     """One line per target, stating whether the measured numbers meet it."""
     def fmt(v: Any) -> str:
@@ -251,9 +370,10 @@ def run_evaluation(sweeps: Iterable[tuple[str, Sweep]], methods: Iterable[str], 
         meta = sweep.metadata or {}
         entries.append({"name": name, "frames": sweep.num_frames, "frame_shape": list(sweep.frame_shape),
                         "pixel_spacing_mm": list(sweep.pixel_spacing),
-                        **{k: _jsonable(meta[k]) for k in ("site", "seed", "trajectory", "sweep_direction", "source")
+                        **{k: _jsonable(meta[k]) for k in ("site", "seed", "trajectory", "sweep_direction", "source",
+                                                           "probe", "simulator")
                            if k in meta},
-                        "results": _round(results)})
+                        "results": _round(results), "no_motion": _round(no_motion_baseline(sweep))})
         if i < plots:
             safe = _safe_name(name)
             true, shape, spacing = sweep.image_to_world, sweep.frame_shape, sweep.pixel_spacing
@@ -274,7 +394,9 @@ def run_evaluation(sweeps: Iterable[tuple[str, Sweep]], methods: Iterable[str], 
                                     "chains anchored on the true first pose)",
               "sweeps": entries, "aggregate": _round(agg), "targets": targets,
               "table_markdown": markdown_table(agg),
-              "attribution_markdown": attribution_table(agg), "plots": [n for n, _ in figures]}
+              "attribution_markdown": attribution_table(agg),
+              "sweep_attribution_markdown": sweep_attribution_table(entries),
+              "summary": _round(set_summary(entries, methods)), "plots": [n for n, _ in figures]}
     paths = [out_dir / "report.json"] + [out_dir / n for n, _ in figures]
     with atomic_outputs(*paths) as temps:
         temps[0].write_text(json.dumps(report, indent=2, allow_nan=True))
@@ -292,12 +414,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate", help="score sensorless pose estimators on simulated or tracked sweeps (JSON report, plots)",
         description="Run pose estimators on sweeps with known poses and score them (GPE, LPE, final drift and "
-        "drift rates, per-DoF errors, frames/s). Without INPUT files, sweeps are simulated (default: the held-out "
-        "site, unseen seeds). Writes report.json and PNG plots into --out and prints a Markdown table and whether "
+        "drift rates, per-DoF errors, frames/s). Without INPUT files or --set, sweeps are simulated (default: the "
+        "held-out site, unseen seeds). Writes report.json and PNG plots into --out and prints a Markdown table and whether "
         "the targets are met.")
     p.add_argument("inputs", nargs="*", type=Path, metavar="INPUT",
                    help="tracked sweep files to evaluate against their tracker poses (.igs.mha/.mha/.mhd with "
                    "--plus-config or --calibration, TUS-REC .h5, .seq.nrrd, .npz); none: simulate")
+    p.add_argument("--set", choices=SETS, dest="eval_set",
+                   help="a bundled evaluation set instead of INPUT files or simulation: 'independent' (sweeps made "
+                   "with an independent simulator, pymust; never used for training) or 'real' (real tracked sweeps "
+                   "with speckle)")
+    p.add_argument("--data-root", type=Path, metavar="DIR",
+                   help="folder holding the sets (default: Testing/Data of the source checkout)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--methods", nargs="+", choices=ESTIMATORS, default=list(ESTIMATORS),
                    help="estimators to evaluate (default: %(default)s)")
@@ -334,7 +462,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for name in ("sweeps", "frames"):
         if getattr(args, name) < (1 if name == "sweeps" else 2):
             raise InputError(f"--{name} must be at least {1 if name == 'sweeps' else 2}.", f"Give a larger --{name}.")
-    if args.inputs:
+    eval_set = getattr(args, "eval_set", None)
+    if eval_set and args.inputs:
+        raise InputError("Give either INPUT files or --set, not both.", "Drop the files or the --set option.")
+    if eval_set:
+        files = set_sweeps(eval_set, getattr(args, "data_root", None))
+        sweeps = named_set(eval_set, getattr(args, "data_root", None))
+        total = len(files)
+        settings = {"mode": "set", "set": eval_set, "inputs": [str(f) for _, f, _ in files]}
+    elif args.inputs:
         sweeps = file_sweeps(args.inputs, plus_config=args.plus_config, image_to_reference=args.image_to_reference,
                              calibration=args.calibration,
                              pixel_spacing=tuple(args.pixel_spacing) if args.pixel_spacing else None)
@@ -359,6 +495,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(report["table_markdown"])
     print("\nWhere the drift comes from (FDR % of length with one group of relative motions taken from the truth):")
     print(report["attribution_markdown"])
+    print("\nPer sweep (FDR % of length; with one group of relative motions from the truth; mean signed rx "
+          "error per frame):")
+    print(report["sweep_attribution_markdown"])
+    print()
+    label = eval_set or settings["mode"]
+    print(summary_line(label, report["summary"]))
     print()
     print("Targets (issue 3, from the mean over sweeps):")
     print(targets_text(report["targets"], report["aggregate"]))

@@ -1,0 +1,161 @@
+"""The independent validation set (Testing/Data/independent, made with pymust by freehandrecon.lab.independent_sim):
+every sweep loads, has exact rigid poses from its plan, and its vessel lumens are dark where the poses put them;
+the set cannot reach training; ``evaluate --set`` finds it. pymust itself is not needed here."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from freehandrecon import geometry
+from freehandrecon.evaluate import set_sweeps, summary_line
+from freehandrecon.io import read_sweep
+from freehandrecon.lab import independent_sim as lab
+
+ROOT = Path(__file__).resolve().parents[1]
+SET_DIR = ROOT / "Testing" / "Data" / "independent"
+FILES = sorted(SET_DIR.glob("*.npz"))
+PACKAGE = ROOT / "FreehandRecon" / "freehandrecon"
+
+
+def test_the_set_is_committed_with_its_readme():
+    assert len(FILES) >= 4, f"expected independent sweeps in {SET_DIR}, found {len(FILES)}"
+    readme = (SET_DIR / "README.md").read_text()
+    assert "never used for training or model selection" in readme
+    assert "BSD-3" in readme
+    for f in FILES:
+        assert f.stem in readme, f"{f.name} is not described in the README"
+        assert f.stat().st_size < 1_000_000
+
+
+@pytest.fixture(scope="module", params=[f.name for f in FILES] or ["none"])
+def sweep(request):
+    if request.param == "none":
+        pytest.fail(f"no sweeps in {SET_DIR}")
+    return read_sweep(SET_DIR / request.param)
+
+
+def test_sweep_loads_as_uint8_bmode_with_provenance(sweep):
+    meta = sweep.metadata
+    assert sweep.frames.dtype == np.uint8 and sweep.num_frames >= 48
+    assert meta["simulator"].startswith("pymust ")
+    assert meta["purpose"] == lab.PURPOSE
+    pr = lab.PROBES[meta["probe"]]
+    assert sweep.frame_shape == (pr.size, pr.size)
+    assert sweep.pixel_spacing == (pr.spacing_mm, pr.spacing_mm)
+    assert meta["sweep_direction"] in (1, -1)
+    # B-mode, not blank: most imaged pixels carry signal; outside a convex probe's fan is zero
+    mask = lab.fan_mask(pr)
+    assert (sweep.frames[:, mask] > 0).mean() > 0.9
+    assert not sweep.frames[:, ~mask].any()
+    assert pr.convex == (~mask).any()
+
+
+def test_poses_are_exact_rigid_and_those_of_the_plan(sweep):
+    t = sweep.image_to_world
+    rot = t[:, :3, :3]
+    assert np.allclose(rot @ np.transpose(rot, (0, 2, 1)), np.eye(3), atol=1e-12)
+    assert np.allclose(np.linalg.det(rot), 1.0, atol=1e-12)
+    assert np.allclose(t[:, 3], [0, 0, 0, 1])
+    sp = lab.plan(sweep.metadata["name"])
+    poses, phantom, _ = lab.sweep_setup(sp)  # pure numpy: the plan alone gives the poses and the phantom
+    assert np.allclose(t, poses, atol=1e-12)
+    vessels = sweep.metadata["phantom"]["vessels"]
+    assert np.allclose([v["point"] for v in vessels], [v["point"] for v in phantom.vessels])
+    rel = geometry.matrix_to_params(geometry.relative_transforms(t))
+    if sp.trajectory == "translation":  # exactly step_mm along the elevation axis, nothing else
+        assert np.allclose(rel, [0, 0, sp.direction * sp.step_mm, 0, 0, 0], atol=1e-9)
+    elif sp.trajectory == "tilt":  # and the probe fans by tilt_deg over the sweep
+        assert np.isclose(rel[:, 3].sum(), sp.tilt_deg, atol=1e-6)
+
+
+def test_vessel_lumens_are_dark_where_the_poses_put_them(sweep):
+    chk = lab.lumen_check(sweep)
+    assert chk["passed"], chk
+    assert chk["measurements"] >= sweep.num_frames  # both vessels seen in most frames
+    # the check has teeth: the same frames with a mirrored lateral axis (a wrong convention) fail it
+    w = (sweep.frame_shape[1] - 1) * sweep.pixel_spacing[0]
+    mirror = np.diag([-1.0, 1.0, -1.0, 1.0])
+    mirror[0, 3] = w
+    wrong = lab.lumen_check(sweep, sweep.image_to_world @ mirror)
+    assert not wrong["passed"] and wrong["median_ratio"] > chk["median_ratio"] + 0.2, (chk, wrong)
+
+
+def test_lumen_check_rejects_a_sweep_without_phantom(sweep):
+    from freehandrecon.errors import InputError
+    from freehandrecon.sweep import Sweep
+
+    with pytest.raises(InputError, match="phantom"):
+        lab.lumen_check(Sweep(frames=sweep.frames, pixel_spacing=sweep.pixel_spacing,
+                              image_to_world=sweep.image_to_world))
+
+
+def test_training_cannot_reach_the_set():
+    """Grep-level: nothing that trains (pose model or quality guard) or simulates training data names the set
+    or the lab package."""
+    paths = sorted((PACKAGE / "train").rglob("*.py")) + sorted((PACKAGE / "simulate").rglob("*.py"))
+    paths += [PACKAGE / "quality" / "train.py", PACKAGE / "quality" / "data.py"]
+    assert len(paths) > 5
+    pattern = re.compile(r"Data/independent|independent_sim|freehandrecon\.lab|from \.\.?lab\b|import lab\b|"
+                         r"\"independent\"")
+    for p in paths:
+        hits = [line for line in p.read_text().splitlines() if pattern.search(line)]
+        assert not hits, f"{p.relative_to(ROOT)} references the independent set: {hits}"
+
+
+def test_lab_module_does_not_need_pymust():
+    code = ("import sys; import freehandrecon.lab.independent_sim as m; import freehandrecon.cli as c; "
+            "c.build_parser(); print('pymust' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(ROOT / "FreehandRecon"), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_evaluate_finds_the_sets():
+    files = set_sweeps("independent")
+    assert [f for _, f, _ in files] == FILES
+    real = set_sweeps("real")
+    assert [f.name for _, f, _ in real] == ["SpinePhantomFreehand.igs.mha"]
+    assert all(c is not None and c.exists() for _, _, c in real)
+
+
+def test_evaluate_cli_on_the_independent_set(tmp_path, capsys):
+    from freehandrecon.cli import main
+
+    root = tmp_path / "data"
+    (root / "independent").mkdir(parents=True)
+    translation = next(f for f in FILES if read_sweep(f).metadata["trajectory"] == "translation")
+    shutil.copy(translation, root / "independent" / translation.name)
+    rc = main(["--quiet", "evaluate", "--set", "independent", "--data-root", str(root), "--methods", "speckle",
+               "--plots", "0", "--out", str(tmp_path / "out")])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    summary = report["summary"]
+    assert summary["sweeps"] == 1 and summary["pure_translations"] == 1
+    speckle = summary["methods"]["speckle"]
+    assert speckle["tilt_abs_bias_deg_per_frame_pure_translation"] == pytest.approx(
+        abs(speckle["tilt_bias_deg_per_frame_pure_translation"]))  # one sweep: |mean| = mean |.|
+    assert speckle["tilt_bias_deg_per_frame_pure_translation"] == pytest.approx(
+        report["sweeps"][0]["results"]["speckle"]["per_dof_bias"]["rx_deg"], abs=1e-4)
+    # no motion at all drifts by the whole start-end distance: 100 % of it
+    assert summary["no_motion"]["fdr_distance_pct"] == pytest.approx(100.0, abs=0.01)
+    assert summary_line("independent", summary) in printed
+    assert f"| {translation.stem} | speckle |" in printed
+    assert report["settings"] == {"mode": "set", "set": "independent",
+                                  "inputs": [str(root / "independent" / translation.name)]}
+
+
+def test_evaluate_set_refuses_files_too(tmp_path):
+    from freehandrecon.cli import main
+
+    rc = main(["--quiet", "evaluate", str(FILES[0]), "--set", "independent", "--out", str(tmp_path / "o")])
+    assert rc != 0
