@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from freehandrecon.cli import build_parser, main
+from freehandrecon.commands.main import build_parser, main
 
 DATA = Path(__file__).parent / "Data"
 SPINE = DATA / "igsio" / "SpinePhantomFreehand.igs.mha"
@@ -57,7 +57,7 @@ def test_reconstruct_writes_all_outputs(spine_run):
 def test_volume_file_geometry_matches_report(spine_run):
     import slicer  # real Slicer MRML storage reads the file back
 
-    from freehandrecon import mrml
+    from freehandrecon.scene import nodes as mrml
 
     _, out = spine_run
     report = json.loads((out / "report.json").read_text())
@@ -147,7 +147,7 @@ def test_same_volume_from_every_input_format(tmp_path, suffix):
     """Convert the spine sweep, reconstruct from the converted file: the same volume comes out."""
     import slicer
 
-    from freehandrecon import mrml
+    from freehandrecon.scene import nodes as mrml
 
     converted = tmp_path / f"spine{suffix}"
     assert main(["--quiet", "convert", str(SPINE), "--plus-config", str(NN_MEAN), str(converted)]) == 0

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from freehandrecon import geometry
-from freehandrecon.cli import main
+from freehandrecon.commands.main import main
 from freehandrecon.errors import CalibrationError, InputError, ResourceError
 from freehandrecon.io import read_sweep, sweep_from_arrays, write_sweep
 from freehandrecon.io.plus_config import read_plus_config
@@ -87,7 +87,7 @@ def test_h5_channel_dataset_name_is_checked(tmp_path):
 
 
 def test_seq_nrrd_channel_file_name_is_checked(tmp_path):
-    from freehandrecon import mrml
+    from freehandrecon.scene import nodes as mrml
 
     arrays = small_arrays()
     sweep = sweep_from_arrays(arrays["frames"], 0.5, arrays["image_to_world"], channels={"pa": arrays["frames"]})
@@ -418,7 +418,7 @@ def test_messages_name_the_real_problem(tmp_path, capsys):
 
 
 def test_seq_nrrd_without_transforms_names_the_missing_file(tmp_path):
-    from freehandrecon import mrml
+    from freehandrecon.scene import nodes as mrml
 
     arrays = small_arrays()
     paths = mrml.write_seq_nrrd(sweep_from_arrays(arrays["frames"], 0.5, arrays["image_to_world"]),
@@ -442,7 +442,7 @@ def test_warnings_are_plain_lines_on_the_command_line(tmp_path, capsys):
 
 
 def test_help_has_no_rest_markup():
-    from freehandrecon.cli import build_parser
+    from freehandrecon.commands.main import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices
@@ -480,8 +480,8 @@ def test_logic_api_refuses_wrong_arguments():
 
 
 def test_slicer_logic_reconstruct_validates_arguments():
-    from freehandrecon import mrml
-    from freehandrecon.slicer_logic import FreehandReconLogic
+    from freehandrecon.scene import nodes as mrml
+    from freehandrecon.module_logic import FreehandReconLogic
 
     scene = mrml.new_scene()
     logic = FreehandReconLogic(scene)

@@ -392,7 +392,7 @@ def test_slicer_reads_the_transforms_we_write(tmp_path):
     import slicer  # noqa: F401 - slicer-core is a dependency: fail, do not skip, when it is missing
     import vtk
 
-    from freehandrecon import mrml
+    from freehandrecon.scene import nodes as mrml
 
     sweep = sweep_from_plus(SPINE, plus_config=SPINE_CFG)
     out = write_plus_sequence(sweep, tmp_path / "s.seq.mha")

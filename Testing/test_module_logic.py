@@ -14,12 +14,13 @@ import pytest
 import slicer
 import vtk
 
-from freehandrecon import geometry, mrml
+from freehandrecon import geometry
+from freehandrecon.scene import nodes as mrml
 from freehandrecon.compound import CompoundOptions
 from freehandrecon.errors import CalibrationError, Cancelled, InputError, ResourceError
 from freehandrecon.io.plus import sweep_from_plus
 from freehandrecon.logic import ReconstructionRequest, reconstruct_sweep
-from freehandrecon.slicer_logic import SAMPLES, FreehandReconLogic, file_sha256, learnedModelAvailable, sample
+from freehandrecon.module_logic import SAMPLES, FreehandReconLogic, file_sha256, learnedModelAvailable, sample
 from freehandrecon.sweep import Sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +86,7 @@ def test_sample_loads_into_a_browser_with_the_plus_frames_and_poses(scene, plus_
 def test_unknown_sample_and_damaged_sample_are_refused(scene, tmp_path, monkeypatch):
     with pytest.raises(InputError, match="FreehandReconSpinePhantom"):
         FreehandReconLogic().loadSample("NoSuchSample")
-    import freehandrecon.slicer_logic as sl
+    import freehandrecon.module_logic as sl
 
     damaged = tmp_path / SAMPLES[0].fileName
     damaged.write_bytes(SAMPLES[0].path.read_bytes()[:1000])
@@ -423,7 +424,7 @@ def test_check_sweep_with_a_damaged_guard_is_refused_and_adds_nothing(scene, tmp
 
 
 def test_learned_reconstruction_runs_the_guard_first_and_records_it(scene):
-    from freehandrecon.slicer_logic import qualityGuardAvailable
+    from freehandrecon.module_logic import qualityGuardAvailable
 
     assert learnedModelAvailable() and qualityGuardAvailable(), "the shipped pose model or quality guard is missing"
     from freehandrecon.simulate import random_sweep
@@ -486,7 +487,7 @@ def test_memory_estimate_counts_only_the_selected_channels(scene):
 def test_memory_estimate_reads_geometry_only_and_leaves_the_browser_alone(scene):
     logic = FreehandReconLogic()
     browser = logic.loadSample()
-    from freehandrecon.browser_geometry import browser_geometry
+    from freehandrecon.scene.browser import browser_geometry
 
     proxy = browser.GetProxyNode(scene.GetFirstNodeByName("SpinePhantom"))
 
@@ -522,7 +523,7 @@ def test_memory_estimate_honours_the_calibration(scene):
 def test_memory_estimate_reads_the_pixel_spacing_override_as_the_reconstruction_does(scene):
     """The estimate takes the override through the reconstruction's own geometry code, so it predicts the run:
     for a lone image sequence the frames' spacing is the override, and with an ROI the box is the ROI's."""
-    from freehandrecon import browser_geometry
+    from freehandrecon.scene import browser as browser_geometry
 
     logic = FreehandReconLogic()
     browser = logic.loadSample()
@@ -790,7 +791,7 @@ def test_importance_mask_weights_the_pixels(scene):
 def test_reconstruction_report_and_event_for_other_modules(scene):
     import json
 
-    from freehandrecon import slicer_logic
+    from freehandrecon import module_logic as slicer_logic
 
     assert slicer_logic.ReconstructionFinishedEvent == vtk.vtkCommand.UserEvent + 18002
     logic = FreehandReconLogic()
@@ -810,7 +811,7 @@ def test_reconstruction_report_and_event_for_other_modules(scene):
 
 
 def test_geometry_only_reading_matches_the_full_read_for_embedded_poses_and_lone_sequences(scene, plus_sweep):
-    from freehandrecon import browser_geometry
+    from freehandrecon.scene import browser as browser_geometry
 
     logic = FreehandReconLogic(scene)
     embedded = _embedded_pose_browser(scene, plus_sweep, "Embedded")

@@ -9,7 +9,8 @@ import pytest
 import slicer
 import vtk
 
-from freehandrecon import geometry, mrml
+from freehandrecon import geometry
+from freehandrecon.scene import nodes as mrml
 from freehandrecon.errors import CalibrationError, InputError, OutputExistsError
 from freehandrecon.io.plus import sweep_from_plus
 from freehandrecon.sweep import Sweep

@@ -11,10 +11,10 @@ import h5py
 import numpy as np
 import pytest
 
-from freehandrecon.cli import main
+from freehandrecon.commands.main import main
 from freehandrecon.compound import CompoundOptions, compound
 from freehandrecon.errors import InputError
-from freehandrecon.fusion import attach_channel, channel_options, parse_channel_compounding
+from freehandrecon.channels import attach_channel, channel_options, parse_channel_compounding
 from freehandrecon.io import read_sweep, write_sweep
 from freehandrecon.logic import PoseRequest, ReconstructionRequest, reconstruct_sweep
 from freehandrecon.simulate import (BASE, AcquisitionSettings, doppler_frames, photoacoustic_frames,
@@ -147,7 +147,7 @@ def test_tusrec_channels_round_trip_and_timestamp_check(tmp_path, sample):
 
 
 def test_browser_channels_round_trip_and_index_check(sample):
-    from freehandrecon import mrml
+    from freehandrecon.scene import nodes as mrml
 
     sweep = sample.subset(slice(0, 6))
     scene = mrml.new_scene()
@@ -251,8 +251,8 @@ def _rgb(path: Path) -> np.ndarray:
 
 
 def test_fused_display_and_png(tmp_path, sample):
-    from freehandrecon import mrml
-    from freehandrecon.fusion import BMODE_OPACITY_SCALE, render_fused_png, show_result_fused
+    from freehandrecon.scene import nodes as mrml
+    from freehandrecon.channels import BMODE_OPACITY_SCALE, render_fused_png, show_result_fused
     from freehandrecon.logic import ReconstructionLogic
 
     logic = ReconstructionLogic()

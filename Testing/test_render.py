@@ -10,7 +10,7 @@ import pytest
 import vtk
 from vtk.util.numpy_support import vtk_to_numpy
 
-from freehandrecon import mrml, render
+from freehandrecon.scene import nodes as mrml, render
 from freehandrecon.errors import InputError
 
 pytestmark = pytest.mark.render

@@ -205,7 +205,7 @@ def run_one(argv: list[str]) -> tuple[int, str]:
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            from freehandrecon.cli import main
+            from freehandrecon.commands.main import main
 
             code = main(["--quiet", *argv])
         except SystemExit as exc:  # argparse usage errors exit 2 themselves

@@ -118,8 +118,8 @@ def sample_state(spacing_mm: float) -> dict:
     sys.path.insert(0, str(ROOT / "FreehandRecon"))
     import slicer
 
-    from freehandrecon import mrml
-    from freehandrecon.slicer_logic import FreehandReconLogic
+    from freehandrecon.scene import nodes as mrml
+    from freehandrecon.module_logic import FreehandReconLogic
 
     slicer.mrmlScene = mrml.new_scene()
     logic = FreehandReconLogic()
@@ -137,7 +137,7 @@ def render(out: Path, width: int = 460, with_sample: bool = True, spacing_mm: fl
     QtCore, QtWidgets = _qt()
     from PySide6 import QtUiTools
 
-    from freehandrecon import slicer_logic
+    from freehandrecon import module_logic as slicer_logic
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
 

@@ -24,7 +24,7 @@ from . import __version__
 from .compound import (CompoundOptions, CompoundResult, OutputGrid, compound, estimate_memory_bytes, fit_grid,
                        grid_from_roi)
 from .errors import Cancelled, InputError, OutputExistsError
-from .fusion import channel_options
+from .channels import channel_options
 from .poses import PoseEstimate, estimate_poses, sweep_with_poses
 from .sweep import Sweep
 
@@ -208,7 +208,7 @@ class ReconstructionLogic:
     """Reconstruction on a given MRML scene: the object the module, console and CLI share."""
 
     def __init__(self, scene: Any = None) -> None:
-        from . import mrml  # slicer-core is imported only when MRML work is asked for
+        from .scene import nodes as mrml  # slicer-core is imported only when MRML work is asked for
 
         self.mrml = mrml
         self.scene = scene if scene is not None else mrml.new_scene()
@@ -271,7 +271,7 @@ def compare_with_tracked(sweep: Sweep, estimate: PoseEstimate | None, digits: in
     """When estimated poses replace tracked ones the input had, how far apart they are (metrics.py)."""
     if estimate is None or sweep.image_to_world is None:
         return None
-    from .metrics import evaluate_poses
+    from .poses.metrics import evaluate_poses
 
     m = evaluate_poses(sweep.image_to_world, estimate.image_to_world, sweep.frame_shape, sweep.pixel_spacing)
     return {k: round(float(v), digits) for k, v in m.items() if np.isscalar(v)}
@@ -342,7 +342,7 @@ def run_reconstruct_job(sweep: Sweep, request: ReconstructionRequest, out_dir: P
                 mrml.save_node(node, tmp / f"volume_{key.split(':', 1)[1]}.nrrd")
         render_stats = None
         if render:
-            from . import render as render_mod
+            from .scene import render as render_mod
 
             if progress:
                 progress("render", 0.0)
@@ -350,7 +350,7 @@ def run_reconstruct_job(sweep: Sweep, request: ReconstructionRequest, out_dir: P
             render_stats["path"] = str(out_dir / "render.png")  # where it ends up, not the staging folder
             channel_nodes = {k: v for k, v in nodes.items() if k.startswith("channel:")}
             if channel_nodes:
-                from .fusion import render_fused_png
+                from .channels import render_fused_png
 
                 render_stats = dict(render_stats, fused=render_fused_png(logic.scene, nodes["volume"],
                                                                           channel_nodes, tmp / FUSED_RENDER))

@@ -20,7 +20,7 @@ def scene(monkeypatch):
     """A fresh slicer-core scene installed as slicer.mrmlScene (as in Slicer)."""
     import slicer
 
-    from freehandrecon import mrml
+    from freehandrecon.scene import nodes as mrml
 
     s = mrml.new_scene()
     monkeypatch.setattr(slicer, "mrmlScene", s, raising=False)

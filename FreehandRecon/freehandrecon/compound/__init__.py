@@ -2,7 +2,7 @@
 
 from .compounder import compound
 from .grid import OutputGrid, fit_grid, grid_from_roi
-from .masks import FanMask, detect_fan, fan_mask
+from ..masks import FanMask, detect_fan, fan_mask
 from .memory import estimate_memory_bytes
 from .options import CompoundOptions, CompoundResult, HoleFilling
 from .plus_options import options_from_plus_config

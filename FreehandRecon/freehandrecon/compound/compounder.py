@@ -20,7 +20,7 @@ from ..sweep import Sweep
 from .engine import PasteJob, require_engine
 from .fixedpoint import fixed_matrices
 from .grid import OutputGrid
-from .masks import select_pixels
+from ..masks import select_pixels
 from .memory import check_memory, chunk_frames_for
 from .options import CompoundOptions, CompoundResult
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import InputError
 from .grid import OutputGrid
-from .masks import FanMask
+from ..masks import FanMask
 
 INTERPOLATIONS = ("nearest", "linear")
 COMPOUNDINGS = ("mean", "max", "latest", "importance")

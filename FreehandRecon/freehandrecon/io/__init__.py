@@ -87,7 +87,7 @@ def read_sweep(path: str | os.PathLike, *, plus_config: str | os.PathLike | Plus
     elif fmt == "npz":
         sweep = read_npz(path)
     else:
-        from .. import mrml  # Slicer MRML is heavy and optional: load it only for .seq.nrrd
+        from ..scene import nodes as mrml  # Slicer MRML is heavy and optional: load it only for .seq.nrrd
 
         sweep = mrml.read_seq_nrrd(path, pixel_spacing=spacing)
     if spacing is not None:
@@ -113,7 +113,7 @@ def write_sweep(sweep: Sweep, path: str | os.PathLike, force: bool = False) -> P
         return write_tusrec(sweep, out, out.parent / "calib_matrix.csv", force=force)[0]
     if fmt == "npz":
         return write_npz(sweep, out, force=force)
-    from .. import mrml  # see read_sweep
+    from ..scene import nodes as mrml  # see read_sweep
 
     mrml.write_seq_nrrd(sweep, out, force=force)
     return out

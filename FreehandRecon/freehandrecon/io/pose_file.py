@@ -29,7 +29,7 @@ def write_pose_output(sweep: Sweep, path: str | os.PathLike, force: bool = False
         raise InputError("There are no poses to write.", "Estimate poses first.")
     target = check_output(path, force)
     if is_transform_sequence_name(target):
-        from .. import mrml
+        from ..scene import nodes as mrml
 
         scene = mrml.new_scene()
         node = mrml.add_transform_sequence(scene, sweep.image_to_world, "ImageToReference")
@@ -47,7 +47,7 @@ def read_pose_file(path: str | os.PathLike, num_frames: int | None = None) -> np
     """
     p = existing_file(path, "pose file")
     if is_transform_sequence_name(p):
-        from .. import mrml
+        from ..scene import nodes as mrml
 
         poses = mrml.read_transform_sequence(p)
     else:

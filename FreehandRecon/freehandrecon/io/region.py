@@ -88,7 +88,7 @@ def detect_region(frames: np.ndarray) -> dict[str, Any] | None:
 def region_shape(changing: np.ndarray) -> dict[str, Any]:
     """``{"shape": "fan", "fan": {...}}`` (pixels of the region) when the changing pixels form a curvilinear
     fan (:func:`~freehandrecon.compound.masks.detect_fan`), else ``{"shape": "rectangle"}``."""
-    from ..compound.masks import detect_fan
+    from ..masks import detect_fan
 
     fan = detect_fan(changing[None].astype(np.float32), threshold=0.5)
     if fan is None:

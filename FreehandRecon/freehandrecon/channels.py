@@ -132,7 +132,7 @@ def show_fused(scene: Any, bmode_node: Any, channel_nodes: Mapping[str, Any] | l
     -> PA-Hot, ``"doppler"`` -> Doppler-Red; keys like ``"channel:doppler"`` work too) or a list of
     nodes. Returns ``{"bmode": display node, <name>: display node, ...}``; works the same in the
     Slicer application and in a headless scene."""
-    from . import mrml
+    from .scene import nodes as mrml
 
     if not 0.0 < bmode_opacity <= 1.0:
         raise InputError(f"B-mode opacity scale must be in (0, 1], got {bmode_opacity}.", "Use e.g. 0.25.")
@@ -172,7 +172,7 @@ def render_fused_png(scene: Any, bmode_node: Any, channel_nodes: Mapping[str, An
                      **render_kw: Any) -> dict[str, Any]:
     """Write the fused 3D view (B-mode grey + photoacoustic hot / Doppler red) to a PNG offscreen;
     returns :func:`freehandrecon.render.render_volume_png`'s statistics."""
-    from . import render
+    from .scene import render
 
     pairs = _channel_pairs(channel_nodes)
     if not pairs:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
+from .errors import InputError
 
 _FLOOR_TOL = 7.62939453125e-06  # PLUS/VTK rounding tolerance, kept so fan edges match IGSIO pixel for pixel
 

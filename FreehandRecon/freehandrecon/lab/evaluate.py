@@ -18,9 +18,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import metrics
-from .errors import Cancelled, InputError, OutputExistsError
-from .sweep import Sweep
+from ..poses import metrics
+from ..errors import Cancelled, InputError, OutputExistsError
+from ..sweep import Sweep
 
 ESTIMATORS = ("learned", "speckle")
 DEFAULT_SEED = 20000  # training uses seeds < 10000 and validation 10000-19999; evaluation never sees either
@@ -38,7 +38,7 @@ Progress = Callable[[str, float], None]
 def simulated_sweeps(sites: Iterable[str], count: int, seed: int = DEFAULT_SEED, frames: int = 100,
                      kind: str | None = None) -> Iterator[tuple[str, Sweep]]:
     """``count`` simulated sweeps per site with seeds ``seed, seed+1, ...`` (generated lazily)."""
-    from .simulate import random_sweep
+    from ..simulate import random_sweep
 
     for site in sites:
         for i in range(count):
@@ -48,7 +48,7 @@ def simulated_sweeps(sites: Iterable[str], count: int, seed: int = DEFAULT_SEED,
 
 def file_sweeps(paths: Iterable[Path], **read_options: Any) -> Iterator[tuple[str, Sweep]]:
     """Tracked sweep files (any format :func:`freehandrecon.io.read_sweep` reads); poses are required."""
-    from .io import read_sweep
+    from ..io import read_sweep
 
     for p in paths:
         sweep = read_sweep(p, **read_options)
@@ -92,7 +92,7 @@ def evaluate_sweep(sweep: Sweep, methods: Iterable[str], *, model: str | Path | 
     Returns ``(results, poses)``: per method the metrics (with per-frame lists), ``seconds``,
     ``frames_per_second``, ``warnings`` and the estimator's ``info``; and the estimated poses.
     """
-    from .poses import estimate_poses
+    from ..poses import estimate_poses
 
     if sweep.image_to_world is None:
         raise InputError("The sweep has no true poses to evaluate against.", "Use a tracked or simulated sweep.")
@@ -100,7 +100,7 @@ def evaluate_sweep(sweep: Sweep, methods: Iterable[str], *, model: str | Path | 
     poses: dict[str, np.ndarray] = {}
     for method in methods:
         if method == "speckle":  # probe calibration is a one-off per probe: keep it out of the timing
-            from .poses.speckle import curve_for
+            from ..poses.speckle import curve_for
 
             curve_for(sweep, None)
         est = estimate_poses(sweep, method, model=model if method == "learned" else None, device=device,
@@ -225,7 +225,7 @@ def run_evaluation(sweeps: Iterable[tuple[str, Sweep]], methods: Iterable[str], 
     Refuses to overwrite an existing report without ``force``; outputs appear only when all succeeded.
     """
     from . import plots as plotting
-    from .io.common import atomic_outputs
+    from ..io.common import atomic_outputs
 
     methods = list(dict.fromkeys(methods))
     if not methods:
@@ -287,7 +287,7 @@ def run_evaluation(sweeps: Iterable[tuple[str, Sweep]], methods: Iterable[str], 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``freehandrecon evaluate`` to the command line."""
-    from .simulate import HELDOUT_SITE
+    from ..simulate import HELDOUT_SITE
 
     p = sub.add_parser(
         "evaluate", help="score sensorless pose estimators on simulated or tracked sweeps (JSON report, plots)",
@@ -326,7 +326,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Run the evaluation from parsed arguments; print the table and the targets."""
-    from .cli import _Progress
+    from ..commands.main import _Progress
 
     if (Path(args.out) / "report.json").exists() and not args.force:  # before any slow work
         raise OutputExistsError(f"{args.out} already holds an evaluation report.",
@@ -341,7 +341,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         total = len(args.inputs)
         settings = {"mode": "files", "inputs": [str(p) for p in args.inputs]}
     else:
-        from .simulate.sites import check_site
+        from ..simulate.sites import check_site
 
         sites = args.sites or [args.site]
         for s in sites:

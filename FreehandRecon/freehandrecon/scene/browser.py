@@ -17,9 +17,9 @@ import numpy as np
 import vtk
 from slicer import util
 
-from . import mrml
-from .errors import CalibrationError, InputError
-from .sweep import Sweep
+from . import nodes as mrml
+from ..errors import CalibrationError, InputError
+from ..sweep import Sweep
 
 
 def _matrix(getter: Any) -> np.ndarray:

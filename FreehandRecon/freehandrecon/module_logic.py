@@ -263,7 +263,7 @@ class FreehandReconLogic:
         ``pixelSpacingMm`` overrides the frames' spacing; ``calibrationNode`` (image-to-probe) is
         inserted between the images and the transforms above them, unless it is already there.
         """
-        from . import mrml
+        from .scene import nodes as mrml
 
         browser, seq = self._browserAndSequence(inputNode, imageSequence)
         if browser is None:
@@ -289,7 +289,7 @@ class FreehandReconLogic:
         n = seq.GetNumberOfDataNodes()
         if n == 0:
             raise InputError(f"The sequence '{seq.GetName()}' is empty.", "Record or import frames first.")
-        from . import mrml
+        from .scene import nodes as mrml
 
         frames = np.stack([util.arrayFromVolume(seq.GetNthDataNode(i))[0] for i in range(n)])
         ijk = mrml.image_sequence_ijk_to_ras(seq)
@@ -481,7 +481,7 @@ class FreehandReconLogic:
         outputVolumeNode = self._node(outputVolumeNode, "output volume")
         self._checkOutputVolume(scene, outputVolumeNode)
         if showIn3D:
-            from . import mrml
+            from .scene import nodes as mrml
 
             _choice(preset, mrml.PRESET_NAMES, "volume rendering preset")
         roi, roiParent = self._roiInParentFrame(self._node(roiNode, "ROI"))
@@ -535,7 +535,7 @@ class FreehandReconLogic:
             if showIn3D:
                 nodes["display"] = self._showVolume(scene, nodes["volume"], preset)
                 if result.channels:  # B-mode faded, photoacoustic hot / Doppler red on top, in the same 3D view
-                    from .fusion import show_result_fused
+                    from .channels import show_result_fused
 
                     show_result_fused(scene, nodes, method=None)
             if qualityNodes and quality is not None:
@@ -644,7 +644,7 @@ class FreehandReconLogic:
                              "Choose compounding 'importance' to weight pixels by the mask, or leave the mask out.")
         if mask is None:
             return None
-        from .compound.masks import normalise_importance
+        from .masks import normalise_importance
 
         return normalise_importance(mask, frameShape)
 
@@ -658,7 +658,8 @@ class FreehandReconLogic:
         the ROI's orientation and parent transform. The sweep needs poses (tracked, embedded in the
         images, or estimated with :meth:`estimatePoses`). Returns the ROI node.
         """
-        from . import geometry, mrml
+        from . import geometry
+        from .scene import nodes as mrml
 
         if not (np.isfinite(marginMm) and marginMm >= 0):
             raise InputError(f"The ROI margin must be >= 0 mm, got {marginMm}.", "Give a margin such as 0 or 5 mm.")
@@ -787,7 +788,7 @@ class FreehandReconLogic:
         """A table node (frame, scores, thresholds, flag) and a plot chart of the OOD score against frame."""
         import vtk
 
-        from . import mrml
+        from .scene import nodes as mrml
 
         table = scene.AddNewNodeByClass("vtkMRMLTableNode", mrml.unique_name(scene, f"{base}_Quality"))
         n = report.num_frames
@@ -884,7 +885,7 @@ class FreehandReconLogic:
                        calibrationNode: Any = None) -> tuple[Any, list[str]]:
         """A frame-free sweep (zero-stride frames, real poses) and the names of the browser's other image
         sequences (the channels a reconstruction would add by default), cached per input and settings."""
-        from . import browser_geometry, mrml
+        from .scene import browser as browser_geometry, nodes as mrml
 
         browser, seq = self._browserAndSequence(browserNode, imageSequence)
         calibration = self._node(calibrationNode, "calibration transform")
@@ -1040,7 +1041,7 @@ class FreehandReconLogic:
     def _imageSequenceOf(browser: Any) -> Any:
         import vtk
 
-        from . import mrml
+        from .scene import nodes as mrml
 
         collection = vtk.vtkCollection()
         browser.GetSynchronizedSequenceNodes(collection, True)
@@ -1055,7 +1056,7 @@ class FreehandReconLogic:
     @staticmethod
     def _posesInImages(image_seq: Any) -> bool:
         """Whether the frames carry their poses in their IJKToRAS (PLUS EmbeddedTransformToFrame)."""
-        from . import mrml
+        from .scene import nodes as mrml
 
         return mrml.poses_in_image_geometry(mrml.image_sequence_ijk_to_ras(image_seq))
 
@@ -1068,7 +1069,7 @@ class FreehandReconLogic:
 
     @staticmethod
     def _channelKeys(sweep: Any, channels: Any) -> tuple[str, ...] | None:
-        from . import mrml
+        from .scene import nodes as mrml
 
         if channels is None:
             return None
@@ -1095,7 +1096,7 @@ class FreehandReconLogic:
 
     @staticmethod
     def _addPoseSequence(scene: Any, mats: np.ndarray, name: str, browser: Any) -> Any:
-        from . import mrml
+        from .scene import nodes as mrml
 
         seq = mrml.add_transform_sequence(scene, mats, name, browser)
         if browser is not None:
@@ -1109,7 +1110,7 @@ class FreehandReconLogic:
 
     @staticmethod
     def _showVolume(scene: Any, volume: Any, preset: str) -> Any:
-        from . import mrml
+        from .scene import nodes as mrml
 
         vr = mrml.get_logic(scene, "volumerendering")
         if vr.GetPresetByName(preset) is None:

@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from .errors import Cancelled, FreehandReconError
+from ..errors import Cancelled, FreehandReconError
 
 EXIT_INTERNAL = 70
 log = logging.getLogger("freehandrecon")
@@ -160,7 +160,7 @@ def _add_pose_args(p: argparse.ArgumentParser, with_tracked: bool) -> None:
 
 
 def _read(args: argparse.Namespace):
-    from .io import read_sweep
+    from ..io import read_sweep
 
     return read_sweep(args.input, plus_config=args.plus_config, image_to_reference=args.image_to_reference,
                       calibration=args.calibration,
@@ -173,7 +173,7 @@ MAX_HOLE_SIZE = 64  # voxels: a normalized kernel of 64^3 or 64-voxel sticks is 
 
 def check_reconstruct_numbers(args: argparse.Namespace) -> None:
     """Refuse zero, negative, NaN or absurd numeric options before any work (argparse takes any float)."""
-    from .errors import InputError
+    from ..errors import InputError
 
     if args.max_memory_gb is not None and not (math.isfinite(args.max_memory_gb) and args.max_memory_gb > 0):
         raise InputError(f"--max-memory-gb must be a positive number of GB, got {args.max_memory_gb}.",
@@ -197,15 +197,15 @@ def check_reconstruct_numbers(args: argparse.Namespace) -> None:
 
 def build_request(args: argparse.Namespace, sweep):
     """Merge PLUS config defaults with explicit command-line options into a ReconstructionRequest."""
-    from .compound import CompoundOptions, FanMask, detect_fan, options_from_plus_config
-    from .errors import InputError
-    from .logic import ReconstructionRequest, Roi
+    from ..compound import CompoundOptions, FanMask, detect_fan, options_from_plus_config
+    from ..errors import InputError
+    from ..logic import ReconstructionRequest, Roi
 
     check_reconstruct_numbers(args)
     spacing = (1.0, 1.0, 1.0)
     opts = CompoundOptions()
     if args.plus_config is not None:
-        from .io.plus_config import read_plus_config
+        from ..io.plus_config import read_plus_config
 
         read_plus_config(args.plus_config)  # refuses a broken or wrong XML with a clear message first
         opts, spacing = options_from_plus_config(args.plus_config)
@@ -222,7 +222,7 @@ def build_request(args: argparse.Namespace, sweep):
     if args.compounding:
         changes["compounding"] = args.compounding
     if args.importance_mask:
-        from .io.mask_image import read_mask_image
+        from ..io.mask_image import read_mask_image
 
         changes["importance_mask"] = read_mask_image(args.importance_mask)
     if args.clip:
@@ -268,13 +268,13 @@ def build_request(args: argparse.Namespace, sweep):
     roi = Roi(tuple(args.roi[:3]), tuple(args.roi[3:])) if args.roi else None
     if roi is not None:
         roi.validate()
-    from .logic import PoseRequest
+    from ..logic import PoseRequest
 
     poses = PoseRequest(method=args.poses, model=str(args.model) if args.model else None,
                         curve=str(args.curve) if args.curve else None,
                         sweep_direction=args.sweep_direction, device=args.device or "cpu",
                         check_quality=not args.no_quality_check)
-    from .fusion import parse_channel_compounding
+    from ..channels import parse_channel_compounding
 
     return ReconstructionRequest(spacing_mm=spacing, options=opts, roi=roi, oriented_grid=args.oriented,
                                  poses=poses,
@@ -283,16 +283,16 @@ def build_request(args: argparse.Namespace, sweep):
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from .logic import check_outputs_free, run_reconstruct_job
+    from ..logic import check_outputs_free, run_reconstruct_job
 
     check_outputs_free(args.out, ("volume.nrrd", "report.json"), args.force)  # before any slow work
     check_reconstruct_numbers(args)
     sweep = _read(args)
     if args.poses_file is not None:
-        from .io.pose_file import read_pose_file
+        from ..io.pose_file import read_pose_file
 
         if args.poses != "tracked":
-            from .errors import InputError
+            from ..errors import InputError
 
             raise InputError("--poses-file and --poses learned|speckle both say where poses come from.",
                              "Give one of them.")
@@ -319,10 +319,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 def cmd_estimate_poses(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .io.common import check_output
-    from .io.pose_file import write_pose_output
-    from .logic import compare_with_tracked
-    from .poses import estimate_poses, sweep_with_poses
+    from ..io.common import check_output
+    from ..io.pose_file import write_pose_output
+    from ..logic import compare_with_tracked
+    from ..poses import estimate_poses, sweep_with_poses
 
     check_output(args.out, args.force)  # before any slow work
     sweep = _read(args)
@@ -368,10 +368,10 @@ def _estimate_poses_parser(sub: argparse._SubParsersAction) -> None:
 # --- calibrate-speckle ----------------------------------------------------------------------------
 
 def cmd_calibrate_speckle(args: argparse.Namespace) -> int:
-    from .io.common import check_output
-    from .poses.speckle import DecorrelationCurve
+    from ..io.common import check_output
+    from ..poses.speckle import DecorrelationCurve
 
-    from .errors import InputError
+    from ..errors import InputError
 
     check_output(args.out, args.force)
     sweep = _read(args)
@@ -403,7 +403,7 @@ def _calibrate_speckle_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_info(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .io import sweep_format
+    from ..io import sweep_format
 
     if sweep_format(args.input) == "tusrec":
         info = _tusrec_info(args)  # shapes and poses only: never reads every frame
@@ -428,8 +428,8 @@ def _summary(num_frames: int, frame_shape, dtype, spacing, image_to_world, times
 
 
 def _sweep_info(args: argparse.Namespace) -> dict:
-    from .errors import CalibrationError
-    from .io import sweep_format
+    from ..errors import CalibrationError
+    from ..io import sweep_format
 
     try:
         sweep = _read(args)
@@ -438,7 +438,7 @@ def _sweep_info(args: argparse.Namespace) -> dict:
         if sweep_format(args.input) != "plus" or args.plus_config is not None or args.calibration is not None:
             raise  # a calibration the user gave must work; only a bare recording is summarised without poses
         # A PLUS recording without its config: summarise what the file holds instead of failing.
-        from .io import read_sweep
+        from ..io import read_sweep
 
         sweep = read_sweep(args.input, image_to_reference=None,
                            pixel_spacing=tuple(args.pixel_spacing) if args.pixel_spacing else None)
@@ -446,7 +446,7 @@ def _sweep_info(args: argparse.Namespace) -> dict:
     info = _summary(sweep.num_frames, sweep.frame_shape, sweep.frames.dtype, sweep.pixel_spacing, sweep.image_to_world,
                     sweep.timestamps, sweep.channels, sweep.metadata)
     if sweep_format(args.input) == "plus":
-        from .io.metaimage import read_metaimage_fields
+        from ..io.metaimage import read_metaimage_fields
 
         fields = read_metaimage_fields(args.input)
         info["transforms_in_file"] = sorted({k.split("_", 2)[2] for k in fields
@@ -458,13 +458,13 @@ def _sweep_info(args: argparse.Namespace) -> dict:
 
 
 def _tusrec_info(args: argparse.Namespace) -> dict:
-    from .io.tusrec import tusrec_summary
+    from ..io.tusrec import tusrec_summary
 
     s = tusrec_summary(args.input, calibration=args.calibration,
                        pixel_spacing=tuple(args.pixel_spacing) if args.pixel_spacing else None)
     shape = s["frames_shape"]
     if s["timestamps"] is not None:
-        from .sweep import _checked_timestamps
+        from ..sweep import _checked_timestamps
 
         _checked_timestamps(s["timestamps"], shape[0])
     return _summary(shape[0], shape[1:3], s["dtype"], s["spacing"], s["image_to_world"], s["timestamps"],
@@ -472,8 +472,8 @@ def _tusrec_info(args: argparse.Namespace) -> dict:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .io import sweep_format, write_sweep
-    from .io.common import check_output
+    from ..io import sweep_format, write_sweep
+    from ..io.common import check_output
 
     sweep_format(args.output)  # an unsupported output name is refused before reading
     check_output(args.output, args.force)
@@ -487,11 +487,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "sensorless":
-        from .bench_sensorless import format_sensorless_table, run_sensorless_benchmark
+        from ..lab.bench_sensorless import format_sensorless_table, run_sensorless_benchmark
 
         print(format_sensorless_table(run_sensorless_benchmark(quick=args.quick)))
         return 0
-    from .bench import format_table, run_compound_benchmark
+    from ..lab.bench import format_table, run_compound_benchmark
 
     print(format_table(run_compound_benchmark(device=args.device, quick=args.quick)))
     return 0
@@ -507,7 +507,7 @@ def _plain_help(sub: argparse._SubParsersAction) -> None:
                 action.help = action.help.replace("``", "'").replace("**", "")
 
 
-_COMMAND_MODULES = (".simulate.command", ".evaluate", ".train.command", ".quality.command", ".vessels")
+_COMMAND_MODULES = ("..lab.simulate_command", "..lab.evaluate", "..lab.train.command", "..lab.quality.command", "..lab.vessels")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,9 +27,9 @@ import slicer  # noqa: E402
 import vtk  # noqa: E402
 from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
 
-from . import mrml  # noqa: E402
-from .errors import InputError, ResourceError  # noqa: E402
-from .io.common import atomic_outputs  # noqa: E402
+from . import nodes as mrml  # noqa: E402
+from ..errors import InputError, ResourceError  # noqa: E402
+from ..io.common import atomic_outputs  # noqa: E402
 
 _DISPLAYABLE_MANAGERS = ("vtkMRMLCameraDisplayableManager", "vtkMRMLVolumeRenderingDisplayableManager")
 ZOOM_AFTER_RESET = 1.2  # ResetCamera fits the bounding sphere; a box fills only part of it
@@ -159,7 +159,7 @@ def render_volume_png(scene: Any, volume_node: Any, path: str | os.PathLike, wid
     pairs = _volumes(volume_node, preset, extra_volumes)
     displays = [mrml.show_volume_rendering(scene, node, p, method=method) for node, p in pairs]
     if opacity_scale:
-        from .fusion import scale_opacity
+        from ..channels import scale_opacity
 
         for (node, _), display in zip(pairs, displays):
             if node.GetID() in opacity_scale:

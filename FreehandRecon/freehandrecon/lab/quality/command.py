@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, OutputExistsError
+from ...errors import InputError, OutputExistsError
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ EXAMPLES = """examples:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the ``quality``, ``quality-eval`` and ``quality-train`` sub-commands."""
-    from ..cli import _add_input_args
+    from ...commands.main import _add_input_args
 
     p = sub.add_parser("quality", help="check whether a sweep looks like the learned pose model's training data "
                        "(per-frame out-of-distribution score and verdict)",
@@ -129,17 +129,17 @@ def _free(paths: list[Path], force: bool) -> None:
 
 
 def _progress(args: argparse.Namespace):
-    from ..cli import _Progress
+    from ...commands.main import _Progress
 
     return _Progress(bool(getattr(args, "quiet", False)))
 
 
 def cmd_quality(args: argparse.Namespace) -> int:
-    from ..cli import _read
-    from .guard import check_sweep, load_guard
+    from ...commands.main import _read
+    from ...quality.guard import check_sweep, load_guard
 
     if args.out is not None:
-        from ..io.common import check_output
+        from ...io.common import check_output
 
         check_output(args.out, args.force, create_folder=True)  # before any slow work
     guard = load_guard(args.guard)
@@ -180,7 +180,7 @@ def _write_eval(res: dict[str, Any], out: Path | None, force: bool) -> None:
 
 def cmd_quality_eval(args: argparse.Namespace) -> int:
     from .evaluate import build_splits, evaluate_guard
-    from .guard import load_guard
+    from ...quality.guard import load_guard
     from .train import with_state
 
     if args.out is not None:
@@ -200,7 +200,7 @@ def cmd_quality_eval(args: argparse.Namespace) -> int:
 
 def cmd_quality_train(args: argparse.Namespace) -> int:
     from .evaluate import build_splits, evaluate_guard, fit_guard, user_splits
-    from .guard import load_guard, save_guard
+    from ...quality.guard import load_guard, save_guard
     from .train import TrainConfig, train_guard, with_state
 
     out = Path(args.out)
@@ -248,11 +248,11 @@ def cmd_quality_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one of the three sub-commands alone: ``python -m freehandrecon.quality.command quality-train ...``."""
-    from ..errors import FreehandReconError
+    """Run one of the three sub-commands alone: ``python -m freehandrecon.lab.quality.command quality-train ...``."""
+    from ...errors import FreehandReconError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m freehandrecon.quality.command")
+    parser = argparse.ArgumentParser(prog="python -m freehandrecon.lab.quality.command")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_parser(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     args = parser.parse_args(argv)

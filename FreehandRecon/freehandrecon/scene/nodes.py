@@ -32,12 +32,12 @@ import slicer
 import vtk
 from slicer import util
 
-from . import geometry
-from .errors import CalibrationError, InputError, OutputExistsError
-from .io.common import atomic_outputs, existing_file
-from .sweep import Sweep, check_channel_name, to_grey
+from .. import geometry
+from ..errors import CalibrationError, InputError, OutputExistsError
+from ..io.common import atomic_outputs, existing_file
+from ..sweep import Sweep, check_channel_name, to_grey
 
-PRESETS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Presets"
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Presets"
 PRESETS_FILE = PRESETS_DIR / "FreehandReconPresets.xml"
 PRESET_NAMES = ("US-BMode", "PA-Hot", "Doppler-Red")
 
@@ -411,7 +411,7 @@ def _check_channel_index(image_seq: Any, seq: Any) -> None:
     """Channel items must sit at the image items' index values (timestamps), frame by frame."""
     if seq.GetIndexType() != seq.NumericIndex or image_seq.GetIndexType() != image_seq.NumericIndex:
         return
-    from .fusion import check_channel_timestamps
+    from ..channels import check_channel_timestamps
 
     try:
         values = [[float(s.GetNthIndexValue(n)) for n in range(s.GetNumberOfDataNodes())] for s in (image_seq, seq)]

@@ -1,0 +1,1 @@
+"""Research tools: simulation commands, training, evaluation, benchmarks, plots."""
