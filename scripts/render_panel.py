@@ -118,10 +118,10 @@ def sample_state(spacing_mm: float) -> dict:
     sys.path.insert(0, str(ROOT / "FreehandRecon"))
     import slicer
 
-    from freehandrecon.scene import nodes as mrml
+    from freehandrecon.io.slicer_scene import new_scene
     from freehandrecon.module_logic import FreehandReconLogic
 
-    slicer.mrmlScene = mrml.new_scene()
+    slicer.mrmlScene = new_scene()
     logic = FreehandReconLogic()
     browser = logic.loadSample()
     memory = logic.memoryEstimateMb(browser, spacing_mm)

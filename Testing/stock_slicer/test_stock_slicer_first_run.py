@@ -37,11 +37,15 @@ def test_the_package_comes_from_the_module_folder_not_from_pip():
 
 
 def test_what_the_panel_imports_loads_without_the_heavy_packages():
-    import freehandrecon.scene.browser  # noqa: F401
     import freehandrecon.dependencies  # noqa: F401
     import freehandrecon.io  # noqa: F401  (io/tusrec imports h5py only to read a .h5)
-    import freehandrecon.scene.nodes  # noqa: F401
+    import freehandrecon.io.slicer_files  # noqa: F401
+    import freehandrecon.io.slicer_scene  # noqa: F401
+    import freehandrecon.io.slicer_sequences  # noqa: F401
     import freehandrecon.module_logic  # noqa: F401
+    import freehandrecon.scene.browser  # noqa: F401
+    import freehandrecon.scene.display  # noqa: F401
+    import freehandrecon.scene.nodes  # noqa: F401
     import freehandrecon.slicer_version  # noqa: F401
 
     assert not set(ABSENT_IN_STOCK_SLICER) & set(sys.modules)
@@ -55,7 +59,7 @@ def test_sample_loads_and_tracked_inputs_are_complete(scene):
     logic = FreehandReconLogic()
     browser = logic.loadSample()
     assert browser.GetNumberOfItems() == SAMPLES[0].frames
-    # what the panel's observer calls on each change: it reaches the image sequence through freehandrecon.mrml
+    # what the panel's observer calls on each change: it reaches the image sequence through freehandrecon.io.slicer_sequences
     params = SimpleNamespace(inputBrowser=browser, imageSequence=None, poses="tracked", spacingMm=1.0)
     assert logic.checkInputs(params) is None
     assert logic.checkInputs(SimpleNamespace(inputBrowser=None, imageSequence=None)).startswith("Select the sweep")

@@ -274,7 +274,7 @@ def build_request(args: argparse.Namespace, sweep):
                         curve=str(args.curve) if args.curve else None,
                         sweep_direction=args.sweep_direction, device=args.device or "cpu",
                         check_quality=not args.no_quality_check)
-    from ..channels import parse_channel_compounding
+    from ..compound.options import parse_channel_compounding
 
     return ReconstructionRequest(spacing_mm=spacing, options=opts, roi=roi, oriented_grid=args.oriented,
                                  poses=poses,
