@@ -322,7 +322,7 @@ def test_shipped_guard_on_the_real_spine_phantom_sweep():
 
 @needs_shipped
 def test_quality_command_writes_a_report_and_fails_on_request(tmp_path, capsys):
-    from freehandrecon.lab.quality.command import main
+    from freehandrecon.commands.main import main
 
     out = tmp_path / "q.json"
     args = ["--quiet", "quality", str(SPINE), "--plus-config", str(SPINE_CFG), "--out", str(out)]
@@ -336,7 +336,7 @@ def test_quality_command_writes_a_report_and_fails_on_request(tmp_path, capsys):
 
 
 def test_quality_command_names_a_damaged_guard(tmp_path, capsys):
-    from freehandrecon.lab.quality.command import main
+    from freehandrecon.commands.main import main
 
     _, js = _tiny_guard(tmp_path)
     js.with_suffix(".safetensors").write_bytes(b"broken")

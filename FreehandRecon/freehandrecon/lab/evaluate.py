@@ -326,7 +326,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Run the evaluation from parsed arguments; print the table and the targets."""
-    from ..commands.main import _Progress
+    from ..commands.common import Progress
 
     if (Path(args.out) / "report.json").exists() and not args.force:  # before any slow work
         raise OutputExistsError(f"{args.out} already holds an evaluation report.",
@@ -350,7 +350,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         total = len(sites) * args.sweeps
         settings = {"mode": "simulated", "sites": sites, "sweeps_per_site": args.sweeps, "seed": args.seed,
                     "frames": args.frames, "trajectory": args.trajectory or "random"}
-    progress = _Progress(getattr(args, "quiet", False))
+    progress = Progress(getattr(args, "quiet", False))
     try:
         report = run_evaluation(sweeps, args.methods, args.out, force=args.force, plots=args.plots, model=args.model,
                                 device=args.device, total=total, progress=progress, settings=settings)
