@@ -15,7 +15,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "FreehandRecon" / "freehandr
 # Bottom to top. A module may import from its own layer or any layer below; a module belongs to the layer
 # whose entry is the longest prefix of its dotted name ("freehandrecon" itself matches only exactly).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("data model", ("freehandrecon", "errors", "geometry", "sweep", "channels", "masks", "model_files",
+    ("data model", ("freehandrecon", "errors", "geometry", "sweep", "channels", "fan", "model_files",
                     "dependencies", "slicer_version")),
     ("io", ("io",)),
     ("simulate", ("simulate",)),

@@ -644,7 +644,7 @@ class FreehandReconLogic:
                              "Choose compounding 'importance' to weight pixels by the mask, or leave the mask out.")
         if mask is None:
             return None
-        from .masks import normalise_importance
+        from .compound.masks import normalise_importance
 
         return normalise_importance(mask, frameShape)
 

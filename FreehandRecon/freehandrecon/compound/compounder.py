@@ -15,11 +15,11 @@ import numpy as np
 
 from .. import geometry
 from ..errors import InputError
-from ..masks import select_pixels
 from ..sweep import Sweep
 from .engine import PasteJob, require_engine
 from .fixedpoint import fixed_matrices
 from .grid import OutputGrid
+from .masks import select_pixels
 from .memory import check_memory, chunk_frames_for
 from .options import CompoundOptions, CompoundResult
 

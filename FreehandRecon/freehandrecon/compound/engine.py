@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import InputError, ResourceError
-from ..masks import PixelSelection
+from .masks import PixelSelection
 
 INSTALL_TORCH = "install the 'PyTorch' extension (Extensions Manager) and restart Slicer"
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..channels import CHANNEL_COMPOUNDING
 from ..errors import InputError
-from ..masks import FanMask
+from ..fan import FanMask
 from .grid import OutputGrid
 
 INTERPOLATIONS = ("nearest", "linear")
