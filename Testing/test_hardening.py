@@ -259,7 +259,7 @@ def test_sigterm_during_a_run_leaves_no_temporary_folders(tmp_path):
     tmpdir.mkdir()
     out = tmp_path / "out"
     env = dict(os.environ, TMPDIR=str(tmpdir))
-    code = ("import sys; from freehandrecon.cli import main; sys.exit(main(sys.argv[1:]))")
+    code = ("import sys; from freehandrecon.commands.main import main; sys.exit(main(sys.argv[1:]))")
     proc = subprocess.Popen([sys.executable, "-c", code, "--quiet", "reconstruct", str(src), "--out", str(out),
                              "--spacing", "0.25"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

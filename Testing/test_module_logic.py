@@ -1,4 +1,4 @@
-"""The Slicer module's logic (freehandrecon.slicer_logic) on slicer-core's real MRML scene, headless.
+"""The Slicer module's logic (freehandrecon.module_logic) on slicer-core's real MRML scene, headless.
 
 The module file itself needs Slicer's Qt/ScriptedLoadableModule (absent here); its logic class does not.
 """
@@ -793,15 +793,15 @@ def test_importance_mask_weights_the_pixels(scene):
 def test_reconstruction_report_and_event_for_other_modules(scene):
     import json
 
-    from freehandrecon import module_logic as slicer_logic
+    from freehandrecon import module_logic
 
-    assert slicer_logic.ReconstructionFinishedEvent == vtk.vtkCommand.UserEvent + 18002
+    assert module_logic.ReconstructionFinishedEvent == vtk.vtkCommand.UserEvent + 18002
     logic = FreehandReconLogic()
     browser = logic.loadSample()
     params = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "FreehandRecon config A")
     params.SetAttribute("ModuleName", "FreehandRecon")
     seen = []
-    params.AddObserver(slicer_logic.ReconstructionFinishedEvent,
+    params.AddObserver(module_logic.ReconstructionFinishedEvent,
                        lambda caller, event: seen.append(json.loads(caller.GetAttribute("FreehandRecon.Report"))))
     with pytest.raises(Cancelled):
         logic.reconstruct(browser, parameterNode=params, shouldCancel=lambda: True)

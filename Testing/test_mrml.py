@@ -1,4 +1,4 @@
-"""freehandrecon.mrml against real Slicer MRML (slicer-core): browsers, volumes, files, scenes."""
+"""freehandrecon.io.slicer_* and scene.nodes against real Slicer MRML (slicer-core): browsers, volumes, files, scenes."""
 
 from __future__ import annotations
 

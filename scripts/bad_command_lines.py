@@ -2,7 +2,7 @@
 
 The command lines are generated from the hardening defect list (issue 19): crafted bad input files
 x every sub-command that reads a sweep, bad numeric options of `reconstruct`, and bad output
-locations x every command that writes. Each runs in-process through ``freehandrecon.cli.main``
+locations x every command that writes. Each runs in-process through ``freehandrecon.commands.main.main``
 (its return value is the exit code). A clean refusal is exit 1-4; exit 70 is a traceback (a bug).
 
     python scripts/bad_command_lines.py [--show 70] [--limit N]

@@ -78,7 +78,7 @@ class ReconstructionRequest:
     roi: Roi | None = None
     oriented_grid: bool = False
     channels: tuple[str, ...] | None = None  # None: every channel the sweep has
-    # per-channel compounding: a mode name or full options; unnamed channels use fusion's defaults
+    # per-channel compounding: a mode name or full options; unnamed channels use channels.CHANNEL_COMPOUNDING
     # (max for photoacoustic and Doppler, else ``options``)
     channel_compounding: dict[str, CompoundOptions | str] = field(default_factory=dict)
 

@@ -41,7 +41,7 @@ SAMPLE_DATA_DIR = Path(__file__).resolve().parents[1] / "Resources" / "SampleDat
 # Results other modules can observe. After every successful reconstruct() the report (lastReport) is stored as
 # JSON in the REPORT_ATTRIBUTE attribute of the output volume and of the parameter node passed in, which also
 # gets OUTPUT_ATTRIBUTE (the output volume's ID); then ReconstructionFinishedEvent is invoked on both:
-#   node.AddObserver(slicer_logic.ReconstructionFinishedEvent, lambda caller, event: ...)
+#   node.AddObserver(module_logic.ReconstructionFinishedEvent, lambda caller, event: ...)
 ReconstructionFinishedEvent = 1000 + 18002  # vtkCommand.UserEvent + 18002 (vtk is not imported at load time)
 REPORT_ATTRIBUTE = "FreehandRecon.Report"
 OUTPUT_ATTRIBUTE = "FreehandRecon.OutputVolumeID"
@@ -224,7 +224,7 @@ class FreehandReconLogic:
         scene = getattr(slicer, "mrmlScene", None)
         if scene is None:
             raise InputError("There is no MRML scene to work in.",
-                             "Pass scene=freehandrecon.mrml.new_scene() to FreehandReconLogic, or set slicer.mrmlScene.")
+                             "Pass scene=freehandrecon.io.slicer_scene.new_scene() to FreehandReconLogic, or set slicer.mrmlScene.")
         return scene
 
     def _node(self, ref: Any, what: str) -> Any:
