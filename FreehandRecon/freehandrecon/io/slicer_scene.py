@@ -47,7 +47,11 @@ def new_scene() -> Any:
     rendering ROI) and transforms logics; a cache manager and data IO manager so that
     ``ReadFromMRB`` works. The logics stay alive as long as the scene's Python object.
     """
+    # All of slicer-core and VTK load with the scene: imported for the first time later, in the middle of a run
+    # (slicer.util imports vtk lazily), a Ctrl-C or SIGTERM can interrupt that import and crash the process.
     import slicer
+    import vtk  # noqa: F401
+    from slicer import util  # noqa: F401
 
     scene = slicer.vtkMRMLScene()
     scene.SetVersion(_slicer_version_string())
