@@ -1,7 +1,7 @@
 """FreehandRecon: the 3D Slicer scripted module (module, parameter node, widget, logic, self-test).
 
 The module is thin: every computation lives in the Qt-free ``freehandrecon`` package beside
-this file (``freehandrecon.slicer_logic.FreehandReconLogic`` is the logic; it also runs
+this file (``freehandrecon.module_logic.FreehandReconLogic`` is the logic; it also runs
 headless on slicer-core). The widget only edits the parameter node, shows progress and
 calls the logic. Nothing heavy (torch, h5py, the compounder) is imported when Slicer loads the module,
 so the panel opens on a stock Slicer and offers to install what the chosen action needs.
@@ -22,7 +22,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from freehandrecon import dependencies, slicer_logic, slicer_version
+from freehandrecon import dependencies, module_logic, slicer_version
 from freehandrecon.errors import Cancelled, FreehandReconError, ResourceError
 
 try:
@@ -87,7 +87,7 @@ def registerSampleData() -> None:
     import SampleData
 
     iconsPath = pathlib.Path(__file__).parent / "Resources" / "Icons"
-    for sample in slicer_logic.SAMPLES:
+    for sample in module_logic.SAMPLES:
         thumbnail = iconsPath / f"{sample.sampleName}.png"
         SampleData.SampleDataLogic.registerCustomSampleDataSource(
             category=SAMPLE_CATEGORY,
@@ -115,21 +115,21 @@ class FreehandReconParameterNode:
     pixelSpacingYMm: Annotated[float, WithinRange(0.001, 10.0)] = 0.1
     calibrationTransform: vtkMRMLLinearTransformNode
     # Poses
-    poses: Annotated[str, Choice(list(slicer_logic.POSE_METHODS))] = "tracked"
+    poses: Annotated[str, Choice(list(module_logic.POSE_METHODS))] = "tracked"
     modelPath: pathlib.Path = pathlib.Path()
-    sweepDirection: Annotated[str, Choice(list(slicer_logic.SWEEP_DIRECTIONS))] = "auto"
-    device: Annotated[str, Choice(list(slicer_logic.DEVICES))] = "cpu"
+    sweepDirection: Annotated[str, Choice(list(module_logic.SWEEP_DIRECTIONS))] = "auto"
+    device: Annotated[str, Choice(list(module_logic.DEVICES))] = "cpu"
     # Reconstruction
     roiNode: vtkMRMLMarkupsROINode
     spacingMm: Annotated[float, WithinRange(0.05, 20.0)] = 1.0  # X (all axes unless anisotropicSpacing)
     anisotropicSpacing: bool = False
     spacingYMm: Annotated[float, WithinRange(0.05, 20.0)] = 1.0
     spacingZMm: Annotated[float, WithinRange(0.05, 20.0)] = 1.0
-    interpolation: Annotated[str, Choice(list(slicer_logic.INTERPOLATIONS))] = "nearest"
-    compounding: Annotated[str, Choice(list(slicer_logic.COMPOUNDINGS))] = "mean"
+    interpolation: Annotated[str, Choice(list(module_logic.INTERPOLATIONS))] = "nearest"
+    compounding: Annotated[str, Choice(list(module_logic.COMPOUNDINGS))] = "mean"
     importanceMaskVolume: vtkMRMLScalarVolumeNode
-    fillHoles: Annotated[str, Choice(list(slicer_logic.HOLE_FILLINGS))] = "none"
-    fanMask: Annotated[str, Choice(list(slicer_logic.FAN_MASKS))] = "none"
+    fillHoles: Annotated[str, Choice(list(module_logic.HOLE_FILLINGS))] = "none"
+    fanMask: Annotated[str, Choice(list(module_logic.FAN_MASKS))] = "none"
     fanAngleLeftDeg: Annotated[float, WithinRange(-89.0, 89.0)] = -30.0
     fanAngleRightDeg: Annotated[float, WithinRange(-89.0, 89.0)] = 30.0
     fanOriginXPx: float = -1.0  # below 0: the frame's centre column
@@ -444,7 +444,7 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             spacing = (p.pixelSpacingXMm, p.pixelSpacingYMm) if p.overridePixelSpacing else None
             report = None
-            if p.poses == "learned" and slicer_logic.qualityGuardAvailable():
+            if p.poses == "learned" and module_logic.qualityGuardAvailable():
                 # the guard first: the clinician sees the warning before trusting learned poses; its table and
                 # plot are added with the result, only if the reconstruction succeeds
                 report = self.logic.checkSweep(p.inputBrowser or p.imageSequence, progress=self._progress,
@@ -548,8 +548,8 @@ def _ensureTorch() -> None:
         raise dependencies.InstallDeclined()
 
 
-class FreehandReconLogic(ScriptedLoadableModuleLogic, slicer_logic.FreehandReconLogic):
-    """The console API (``freehandrecon.slicer_logic.FreehandReconLogic``) on slicer.mrmlScene, plus the parameter node.
+class FreehandReconLogic(ScriptedLoadableModuleLogic, module_logic.FreehandReconLogic):
+    """The console API (``freehandrecon.module_logic.FreehandReconLogic``) on slicer.mrmlScene, plus the parameter node.
 
     ``logic = slicer.util.getModuleLogic("FreehandRecon")``, then ``logic.reconstruct(browserNode, ...)``,
     ``logic.estimatePoses(browserNode, ...)``, ``logic.memoryEstimateMb(...)``, ``logic.loadSample()``.
@@ -557,7 +557,7 @@ class FreehandReconLogic(ScriptedLoadableModuleLogic, slicer_logic.FreehandRecon
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        slicer_logic.FreehandReconLogic.__init__(self)
+        module_logic.FreehandReconLogic.__init__(self)
 
     def getParameterNode(self):
         return FreehandReconParameterNode(super().getParameterNode())
@@ -589,7 +589,7 @@ class FreehandReconTest(ScriptedLoadableModuleTest):
         import SampleData
 
         registerSampleData()
-        sample = slicer_logic.SAMPLES[0]
+        sample = module_logic.SAMPLES[0]
         SampleData.SampleDataLogic().downloadSample(sample.sampleName)
         browser = slicer.mrmlScene.GetFirstNodeByName(sample.browserName)
         self.assertIsNotNone(browser, "the sample scene did not load its sequence browser")
@@ -599,10 +599,10 @@ class FreehandReconTest(ScriptedLoadableModuleTest):
         import SampleData
 
         registerSampleData()
-        sample = slicer_logic.SAMPLES[0]
+        sample = module_logic.SAMPLES[0]
         source = SampleData.SampleDataLogic().sourceForSampleName(sample.sampleName)
         self.assertIsNotNone(source)
-        self.assertEqual(slicer_logic.file_sha256(sample.path), sample.sha256)
+        self.assertEqual(module_logic.file_sha256(sample.path), sample.sha256)
 
     def _skipIfMissing(self, what: str, poses: str = "tracked", checkQuality: bool = False) -> bool:
         missing = FreehandReconLogic.missingDependencies(poses, checkQuality)
@@ -615,7 +615,7 @@ class FreehandReconTest(ScriptedLoadableModuleTest):
     def test_SampleLoadsAsAScene(self):
         """Sample Data loads the .mrb as a scene (5.4-5.6 would only download it without 'SceneFile')."""
         browser = self._loadSampleBrowser()
-        self.assertEqual(browser.GetNumberOfItems(), slicer_logic.SAMPLES[0].frames)
+        self.assertEqual(browser.GetNumberOfItems(), module_logic.SAMPLES[0].frames)
         self.assertIsNone(FreehandReconLogic().checkInputs(
             type("Parameters", (), {"inputBrowser": browser, "poses": "tracked"})()))
         self.delayDisplay("Test passed")
@@ -651,7 +651,7 @@ class FreehandReconTest(ScriptedLoadableModuleTest):
     def test_LearnedPoses(self):
         if self._skipIfMissing("learned poses", "learned", checkQuality=True):
             return
-        if not slicer_logic.learnedModelAvailable():
+        if not module_logic.learnedModelAvailable():
             self.delayDisplay("Learned poses (or the bundled model) are not in this build; skipped")
             return
         browser = self._loadSampleBrowser()
@@ -666,7 +666,7 @@ class FreehandReconTest(ScriptedLoadableModuleTest):
     def test_CheckSweep(self):
         if self._skipIfMissing("quality check", checkQuality=True):
             return
-        if not slicer_logic.qualityGuardAvailable():
+        if not module_logic.qualityGuardAvailable():
             self.delayDisplay("The quality guard is not in this build; skipped")
             return
         browser = self._loadSampleBrowser()

@@ -1,7 +1,7 @@
 """``freehandrecon adapt``: calibrate once on tracked sweeps, then estimate poses with the probe model.
 
 Real PLUS/IGSIO data for the refusals and the real-sweep check, simulated held-out-site sweeps for the
-fast functional run; the slicer-core scene for the module logic's ``adaptModel``.
+fast functional run; the slicer-core scene for ``adapt_from_browsers``.
 """
 
 from __future__ import annotations
@@ -203,27 +203,29 @@ def test_several_sweeps_hold_out_whole_sweeps(sims):
 def test_module_logic_adapts_from_browsers(tmp_path, sims, monkeypatch):
     import slicer
 
-    from freehandrecon import mrml
-    from freehandrecon.slicer_logic import FreehandReconLogic
+    from freehandrecon.adapt.browsers import adapt_from_browsers
+    from freehandrecon.io.slicer_scene import new_scene
+    from freehandrecon.io.slicer_sequences import sweep_to_browser
+    from freehandrecon.module_logic import FreehandReconLogic
 
-    scene = mrml.new_scene()
+    scene = new_scene()
     monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
-    a = mrml.sweep_to_browser(scene, sims[0], name="SweepA")
+    a = sweep_to_browser(scene, sims[0], name="SweepA")
     # a second sweep of the same probe setting: the first played backwards (a functional check, not a measurement)
     back = sims[0].subset(slice(None, None, -1))
-    b = mrml.sweep_to_browser(scene, back, name="SweepB")
-    short = mrml.sweep_to_browser(scene, sims[0].subset(slice(0, 30)), name="Short")
+    b = sweep_to_browser(scene, back, name="SweepB")
+    short = sweep_to_browser(scene, sims[0].subset(slice(0, 30)), name="Short")
     logic = FreehandReconLogic(scene)
     nodes = scene.GetNumberOfNodes()
     with pytest.raises(InputError, match="Short has 30 frames"):
-        logic.adaptModel(short, tmp_path / "bad")
+        adapt_from_browsers(logic, short, tmp_path / "bad")
     assert leftovers(tmp_path) == []
     stages = []
-    report = logic.adaptModel([a, "SweepB"], tmp_path / "probe", lambda s, f: stages.append(s), epochs=1,
-                              stepsPerEpoch=2)
+    report = adapt_from_browsers(logic, [a, "SweepB"], tmp_path / "probe", lambda s, f: stages.append(s), epochs=1,
+                                 stepsPerEpoch=2)
     assert report["heldout"]["sweeps"] == ["SweepB"] and report["adaptation"]["sweeps"] == ["SweepA"]
     assert {"curve", "adapt", "guard"} <= set(stages)
-    assert (tmp_path / "probe" / "probe_model.json").is_file() and logic.lastAdaptation is report
+    assert (tmp_path / "probe" / "probe_model.json").is_file()
     assert scene.GetNumberOfNodes() == nodes  # adapting adds nothing to the scene
     transforms = logic.estimatePoses(b, "learned", model=str(tmp_path / "probe" / "probe_model.json"))
     assert transforms.GetNumberOfDataNodes() == back.num_frames

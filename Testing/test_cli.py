@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from freehandrecon.cli import build_parser, main
+from freehandrecon.commands.main import build_parser, main
 
 DATA = Path(__file__).parent / "Data"
 SPINE = DATA / "igsio" / "SpinePhantomFreehand.igs.mha"
@@ -57,11 +57,11 @@ def test_reconstruct_writes_all_outputs(spine_run):
 def test_volume_file_geometry_matches_report(spine_run):
     import slicer  # real Slicer MRML storage reads the file back
 
-    from freehandrecon import mrml
+    from freehandrecon.io.slicer_scene import new_scene
 
     _, out = spine_run
     report = json.loads((out / "report.json").read_text())
-    scene = mrml.new_scene()
+    scene = new_scene()
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
     storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
     storage.SetFileName(str(out / "volume.nrrd"))
@@ -147,7 +147,7 @@ def test_same_volume_from_every_input_format(tmp_path, suffix):
     """Convert the spine sweep, reconstruct from the converted file: the same volume comes out."""
     import slicer
 
-    from freehandrecon import mrml
+    from freehandrecon.io.slicer_scene import new_scene
 
     converted = tmp_path / f"spine{suffix}"
     assert main(["--quiet", "convert", str(SPINE), "--plus-config", str(NN_MEAN), str(converted)]) == 0
@@ -156,7 +156,7 @@ def test_same_volume_from_every_input_format(tmp_path, suffix):
         out = tmp_path / name
         assert main(["--quiet", "reconstruct", *args, "--spacing", "1", "--fill-holes", "none",
                      "--no-render", "--no-mrb", "--out", str(out)]) == 0
-        scene = mrml.new_scene()
+        scene = new_scene()
         node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
         storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
         storage.SetFileName(str(out / "volume.nrrd"))

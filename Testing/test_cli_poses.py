@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from freehandrecon.cli import main
+from freehandrecon.commands.main import main
 from freehandrecon.io import read_sweep, write_sweep
 from freehandrecon.io.pose_file import read_pose_file
 from freehandrecon.simulate import random_sweep
@@ -131,7 +131,7 @@ def test_learned_poses_use_the_given_probe_curve(tmp_path, capsys):
 
 
 def test_every_documented_command_is_wired_and_has_help(capsys):
-    from freehandrecon.cli import build_parser
+    from freehandrecon.commands.main import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     expected = {"reconstruct", "estimate-poses", "calibrate-speckle", "simulate", "train", "evaluate", "quality",

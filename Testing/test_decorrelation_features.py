@@ -10,8 +10,8 @@ from freehandrecon.poses.network import PoseNetConfig, build_pose_net
 from freehandrecon.poses.speckle import DecorrelationCurve
 from freehandrecon.simulate import AcquisitionSettings, phantom_for, simulate_sweep
 from freehandrecon.simulate.trajectory import make_trajectory
-from freehandrecon.train import datasets
-from freehandrecon.train.trainer import init_from_model
+from freehandrecon.lab.train import datasets
+from freehandrecon.lab.train.trainer import init_from_model
 
 SMALL_V2 = PoseNetConfig(input_size=64, widths=(8, 8, 16, 16), global_width=16, feature_dim=16, hidden=16, window=4,
                          decorrelation_lags=(1, 2), decorrelation_floor_lag=4)

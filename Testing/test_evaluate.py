@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from freehandrecon import evaluate
+from freehandrecon.lab import evaluate
 from freehandrecon.errors import InputError, OutputExistsError
 from freehandrecon.simulate import random_sweep
 

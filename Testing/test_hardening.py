@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from freehandrecon import geometry
-from freehandrecon.cli import main
+from freehandrecon.commands.main import main
 from freehandrecon.errors import CalibrationError, InputError, ResourceError
 from freehandrecon.io import read_sweep, sweep_from_arrays, write_sweep
 from freehandrecon.io.plus_config import read_plus_config
@@ -87,11 +87,11 @@ def test_h5_channel_dataset_name_is_checked(tmp_path):
 
 
 def test_seq_nrrd_channel_file_name_is_checked(tmp_path):
-    from freehandrecon import mrml
+    from freehandrecon.io.slicer_files import write_seq_nrrd
 
     arrays = small_arrays()
     sweep = sweep_from_arrays(arrays["frames"], 0.5, arrays["image_to_world"], channels={"pa": arrays["frames"]})
-    paths = mrml.write_seq_nrrd(sweep, tmp_path / "s.seq.nrrd")
+    paths = write_seq_nrrd(sweep, tmp_path / "s.seq.nrrd")
     channel_file = next(p for p in paths if "_channel-" in p.name)
     channel_file.rename(tmp_path / "s_channel-a b.seq.nrrd")
     with pytest.raises(InputError, match="channel name 'a b'"):
@@ -259,7 +259,7 @@ def test_sigterm_during_a_run_leaves_no_temporary_folders(tmp_path):
     tmpdir.mkdir()
     out = tmp_path / "out"
     env = dict(os.environ, TMPDIR=str(tmpdir))
-    code = ("import sys; from freehandrecon.cli import main; sys.exit(main(sys.argv[1:]))")
+    code = ("import sys; from freehandrecon.commands.main import main; sys.exit(main(sys.argv[1:]))")
     proc = subprocess.Popen([sys.executable, "-c", code, "--quiet", "reconstruct", str(src), "--out", str(out),
                              "--spacing", "0.25"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -418,11 +418,11 @@ def test_messages_name_the_real_problem(tmp_path, capsys):
 
 
 def test_seq_nrrd_without_transforms_names_the_missing_file(tmp_path):
-    from freehandrecon import mrml
+    from freehandrecon.io.slicer_files import write_seq_nrrd
 
     arrays = small_arrays()
-    paths = mrml.write_seq_nrrd(sweep_from_arrays(arrays["frames"], 0.5, arrays["image_to_world"]),
-                                tmp_path / "s.seq.nrrd")
+    paths = write_seq_nrrd(sweep_from_arrays(arrays["frames"], 0.5, arrays["image_to_world"]),
+                           tmp_path / "s.seq.nrrd")
     for p in paths:
         if p.name != "s.seq.nrrd":
             p.unlink()
@@ -442,7 +442,7 @@ def test_warnings_are_plain_lines_on_the_command_line(tmp_path, capsys):
 
 
 def test_help_has_no_rest_markup():
-    from freehandrecon.cli import build_parser
+    from freehandrecon.commands.main import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices
@@ -480,18 +480,19 @@ def test_logic_api_refuses_wrong_arguments():
 
 
 def test_slicer_logic_reconstruct_validates_arguments():
-    from freehandrecon import mrml
-    from freehandrecon.slicer_logic import FreehandReconLogic
+    from freehandrecon.io.slicer_scene import new_scene
+    from freehandrecon.io.slicer_sequences import sweep_to_browser
+    from freehandrecon.module_logic import FreehandReconLogic
 
-    scene = mrml.new_scene()
+    scene = new_scene()
     logic = FreehandReconLogic(scene)
     with pytest.raises(InputError, match="browserNode must be a sequence browser.*int"):
         logic.reconstruct(42)
     seq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "Empty")
     with pytest.raises(InputError, match="'Empty' is empty"):
         logic.reconstruct(seq)
-    browser = mrml.sweep_to_browser(scene, sweep_from_arrays(small_arrays()["frames"], 0.5,
-                                                             small_arrays()["image_to_world"]), name="S")
+    browser = sweep_to_browser(scene, sweep_from_arrays(small_arrays()["frames"], 0.5,
+                                                        small_arrays()["image_to_world"]), name="S")
     for bad in ("abc", None):
         with pytest.raises(InputError, match=f"got {bad!r}"):
             logic.reconstruct(browser, spacingMm=bad)

@@ -18,8 +18,8 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
-from freehandrecon import metrics
-from freehandrecon.cli import main
+from freehandrecon.poses import metrics
+from freehandrecon.commands.main import main
 from freehandrecon.errors import InputError
 from freehandrecon.io import read_sweep, sweep_format, write_sweep
 from freehandrecon.io.region import detect_region, static_overlay_mask

@@ -392,11 +392,11 @@ def test_slicer_reads_the_transforms_we_write(tmp_path):
     import slicer  # noqa: F401 - slicer-core is a dependency: fail, do not skip, when it is missing
     import vtk
 
-    from freehandrecon import mrml
+    from freehandrecon.io.slicer_scene import new_scene
 
     sweep = sweep_from_plus(SPINE, plus_config=SPINE_CFG)
     out = write_plus_sequence(sweep, tmp_path / "s.seq.mha")
-    scene = mrml.new_scene()
+    scene = new_scene()
     seq = scene.AddNewNodeByClass("vtkMRMLSequenceNode")
     storage = scene.AddNewNodeByClass("vtkMRMLLinearTransformSequenceStorageNode")
     storage.SetFileName(str(out))

@@ -1,9 +1,10 @@
-"""Pose metrics (freehandrecon.metrics) on hand-computable cases."""
+"""Pose metrics (freehandrecon.poses.metrics) on hand-computable cases."""
 
 import numpy as np
 import pytest
 
-from freehandrecon import geometry, metrics
+from freehandrecon import geometry
+from freehandrecon.poses import metrics
 from freehandrecon.poses import common
 from freehandrecon.errors import CalibrationError, InputError
 
@@ -166,7 +167,7 @@ def test_motionless_sweep_has_undefined_rates():
 
 def test_drift_of_a_non_square_frame_uses_its_true_centre():
     """frame_shape is (height, width): the centre of a 10-row, 100-column frame is 4.5 mm deep, not 49.5."""
-    from freehandrecon.metrics import drift_per_frame, frame_centre
+    from freehandrecon.poses.metrics import drift_per_frame, frame_centre
 
     np.testing.assert_allclose(frame_centre((10, 100), (1.0, 1.0)), [49.5, 4.5, 0.0, 1.0])
     true = np.repeat(np.eye(4)[None], 3, axis=0)
@@ -179,7 +180,7 @@ def test_drift_of_a_non_square_frame_uses_its_true_centre():
 def test_angle_errors_wrap_at_180_degrees():
     """179 degrees estimated for a true -179 is a 2 degree error, not 358."""
     from freehandrecon.geometry import params_to_matrix
-    from freehandrecon.metrics import per_dof_bias, per_dof_errors
+    from freehandrecon.poses.metrics import per_dof_bias, per_dof_errors
 
     true = params_to_matrix(np.array([[0, 0, 0, 0, 0, 0], [0, 0, 1, 0, 0, -179.0]]))
     est = params_to_matrix(np.array([[0, 0, 0, 0, 0, 0], [0, 0, 1, 0, 0, 179.0]]))

@@ -162,7 +162,7 @@ def test_module_imports_nothing_heavy_at_load_time():
     top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
     names = {a.name for n in top for a in n.names} | {n.module for n in top if isinstance(n, ast.ImportFrom)}
     assert not names & {"torch", "numpy", "freehandrecon.compound", "freehandrecon.logic", "freehandrecon.poses"}
-    core = (MODULE_DIR / "freehandrecon" / "slicer_logic.py").read_text()
+    core = (MODULE_DIR / "freehandrecon" / "module_logic.py").read_text()
     core_top = [n for n in ast.parse(core).body if isinstance(n, (ast.Import, ast.ImportFrom))]
     core_names = {a.name for n in core_top for a in n.names} | {n.module for n in core_top
                                                                 if isinstance(n, ast.ImportFrom)}
@@ -171,7 +171,7 @@ def test_module_imports_nothing_heavy_at_load_time():
 
 def test_sample_data_is_registered_from_the_samples_list():
     text = MODULE.read_text()
-    assert "registerCustomSampleDataSource" in text and "slicer_logic.SAMPLES" in text
+    assert "registerCustomSampleDataSource" in text and "module_logic.SAMPLES" in text
     assert 'connect("startupCompleted()", registerSampleData)' in text
     assert "checksums=sample.checksum" in text
 
@@ -252,7 +252,7 @@ def test_issue18_widgets_parameter_set_selector_and_option_plumbing():
     assert 'parameterSetSelector.addAttribute("vtkMRMLScriptedModuleNode", "ModuleName", self.moduleName)' in text
     assert "parameterNode=p, **self.logic.optionsFromParameters(p)" in text
     assert "qualityNodes=report is not None" in text and "addNodes=False" in text
-    core = (MODULE_DIR / "freehandrecon" / "slicer_logic.py").read_text()
+    core = (MODULE_DIR / "freehandrecon" / "module_logic.py").read_text()
     body = core[core.index("def optionsFromParameters"):core.index("def ", core.index("def optionsFromParameters") + 10)]
     read = set(re.findall(r'get\("(\w+)"', body)) | set(re.findall(r'get\(n, 0\)\) for n in \(([^)]*)\)', body))
     names = {n.strip(' "\n') for item in read for n in item.split(",")}
@@ -276,7 +276,7 @@ def test_slicer_smoke_script_uses_what_the_module_has():
     assert used_fields and not used_fields - fields, f"unknown parameter fields: {used_fields - fields}"
     for method in set(re.findall(r"\bwidget\.(on\w+|initializeParameterNode)\b", text)):
         assert f"def {method}(" in module, f"the widget has no {method}()"
-    from freehandrecon.slicer_logic import FreehandReconLogic
+    from freehandrecon.module_logic import FreehandReconLogic
 
     for method in set(re.findall(r"\blogic\.(\w+)\(", text)) | set(re.findall(r"widget\.logic\.(\w+)\(", text)):
         assert hasattr(FreehandReconLogic, method), f"the logic has no {method}()"

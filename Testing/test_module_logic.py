@@ -1,4 +1,4 @@
-"""The Slicer module's logic (freehandrecon.slicer_logic) on slicer-core's real MRML scene, headless.
+"""The Slicer module's logic (freehandrecon.module_logic) on slicer-core's real MRML scene, headless.
 
 The module file itself needs Slicer's Qt/ScriptedLoadableModule (absent here); its logic class does not.
 """
@@ -14,12 +14,15 @@ import pytest
 import slicer
 import vtk
 
-from freehandrecon import geometry, mrml
+from freehandrecon import geometry
+from freehandrecon.io.slicer_scene import get_logic, new_scene
+from freehandrecon.io.slicer_sequences import add_transform_sequence, sweep_to_browser
+from freehandrecon.scene.nodes import add_volume_node
 from freehandrecon.compound import CompoundOptions
 from freehandrecon.errors import CalibrationError, Cancelled, InputError, ResourceError
 from freehandrecon.io.plus import sweep_from_plus
 from freehandrecon.logic import ReconstructionRequest, reconstruct_sweep
-from freehandrecon.slicer_logic import SAMPLES, FreehandReconLogic, file_sha256, learnedModelAvailable, sample
+from freehandrecon.module_logic import SAMPLES, FreehandReconLogic, file_sha256, learnedModelAvailable, sample
 from freehandrecon.sweep import Sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +34,7 @@ SPINE_CFG = DATA / "igsio" / "Config_VolumeReconstruction_SpinePhantom_NN_MEAN.x
 @pytest.fixture
 def scene(monkeypatch):
     """A fresh scene installed as slicer.mrmlScene (as in Slicer), removed afterwards."""
-    s = mrml.new_scene()
+    s = new_scene()
     monkeypatch.setattr(slicer, "mrmlScene", s, raising=False)
     return s
 
@@ -85,7 +88,7 @@ def test_sample_loads_into_a_browser_with_the_plus_frames_and_poses(scene, plus_
 def test_unknown_sample_and_damaged_sample_are_refused(scene, tmp_path, monkeypatch):
     with pytest.raises(InputError, match="FreehandReconSpinePhantom"):
         FreehandReconLogic().loadSample("NoSuchSample")
-    import freehandrecon.slicer_logic as sl
+    import freehandrecon.module_logic as sl
 
     damaged = tmp_path / SAMPLES[0].fileName
     damaged.write_bytes(SAMPLES[0].path.read_bytes()[:1000])
@@ -139,7 +142,7 @@ def test_new_output_nodes_and_unchanged_browser(scene):
 def test_replacing_a_chosen_output_volume(scene):
     logic = FreehandReconLogic()
     browser = logic.loadSample()
-    target = mrml.add_volume_node(scene, np.full((3, 4, 5), 7, np.uint8), np.eye(4), "MyOutput")
+    target = add_volume_node(scene, np.full((3, 4, 5), 7, np.uint8), np.eye(4), "MyOutput")
     before = node_count(scene)
     volume = logic.reconstruct(browser, spacingMm=1.0, outputVolumeNode="MyOutput", coverage=False, showIn3D=False)
     assert volume is target and volume.GetName() == "MyOutput"
@@ -153,7 +156,7 @@ def test_replacing_a_chosen_output_volume(scene):
 def test_cancel_leaves_the_scene_and_the_chosen_output_unchanged(scene):
     logic = FreehandReconLogic()
     browser = logic.loadSample()
-    target = mrml.add_volume_node(scene, np.arange(60, dtype=np.uint8).reshape(3, 4, 5), np.eye(4), "Keep")
+    target = add_volume_node(scene, np.arange(60, dtype=np.uint8).reshape(3, 4, 5), np.eye(4), "Keep")
     content = slicer.util.arrayFromVolume(target).copy()
     matrix = ijk_to_ras(target)
     names = [scene.GetNthNode(i).GetName() for i in range(node_count(scene))]
@@ -214,7 +217,7 @@ def test_memory_estimate_is_plausible_and_scales_with_spacing(scene):
 
 def test_browser_without_images_is_refused(scene):
     browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "Empty")
-    tseq = mrml.add_transform_sequence(scene, np.repeat(np.eye(4)[None], 3, axis=0), "OnlyTransforms")
+    tseq = add_transform_sequence(scene, np.repeat(np.eye(4)[None], 3, axis=0), "OnlyTransforms")
     browser.SetAndObserveMasterSequenceNodeID(tseq.GetID())
     logic = FreehandReconLogic()
     with pytest.raises(InputError, match="no image"):
@@ -224,7 +227,7 @@ def test_browser_without_images_is_refused(scene):
 
 def test_untracked_sweep_needs_sensorless_poses(scene):
     frames = np.random.default_rng(0).integers(0, 255, (6, 20, 30), dtype=np.uint8)
-    browser = mrml.sweep_to_browser(scene, Sweep(frames, (0.2, 0.2)), name="Free")
+    browser = sweep_to_browser(scene, Sweep(frames, (0.2, 0.2)), name="Free")
     logic = FreehandReconLogic()
     before = node_count(scene)
     with pytest.raises(CalibrationError, match="no tracking"):
@@ -280,7 +283,7 @@ def test_check_inputs_explains_what_is_missing(scene):
 
 def test_lone_image_sequence_is_read_without_poses(scene):
     frames = np.random.default_rng(1).integers(0, 255, (5, 16, 24), dtype=np.uint8)
-    browser = mrml.sweep_to_browser(scene, Sweep(frames, (0.3, 0.2)), name="Lone")
+    browser = sweep_to_browser(scene, Sweep(frames, (0.3, 0.2)), name="Lone")
     image_seq = browser.GetMasterSequenceNode()
     scene.RemoveNode(browser)
     sweep = FreehandReconLogic().readSweep(None, imageSequence=image_seq)
@@ -314,7 +317,7 @@ def test_channels_are_reconstructed_on_request(scene):
     poses[:, 2, 3] = np.arange(n) * 0.5
     sweep = Sweep(rng.integers(0, 255, (n, 20, 30), dtype=np.uint8), (0.5, 0.5), poses,
                   channels={"photoacoustic": rng.integers(0, 255, (n, 20, 30), dtype=np.uint8)})
-    browser = mrml.sweep_to_browser(scene, sweep, name="PA")
+    browser = sweep_to_browser(scene, sweep, name="PA")
     logic = FreehandReconLogic()
     logic.reconstruct(browser, spacingMm=0.5, channels=[], showIn3D=False)
     assert logic.lastReport["channels"] == []
@@ -423,13 +426,13 @@ def test_check_sweep_with_a_damaged_guard_is_refused_and_adds_nothing(scene, tmp
 
 
 def test_learned_reconstruction_runs_the_guard_first_and_records_it(scene):
-    from freehandrecon.slicer_logic import qualityGuardAvailable
+    from freehandrecon.module_logic import qualityGuardAvailable
 
     assert learnedModelAvailable() and qualityGuardAvailable(), "the shipped pose model or quality guard is missing"
     from freehandrecon.simulate import random_sweep
 
     sweep = random_sweep("site-b", 4242, num_frames=40, kind="linear")
-    browser = mrml.sweep_to_browser(scene, Sweep(sweep.frames, sweep.pixel_spacing), name="Sim")
+    browser = sweep_to_browser(scene, Sweep(sweep.frames, sweep.pixel_spacing), name="Sim")
     logic = FreehandReconLogic()
     logic.reconstruct(browser, poses="learned", spacingMm=0.5, showIn3D=False, coverage=False)
     quality = logic.lastReport["quality"]
@@ -442,14 +445,14 @@ def test_paus_sweep_reconstructs_every_channel_and_shows_them_fused_in_3d(scene)
 
     paus = read_sweep(Path(__file__).parent / "Data" / "paus" / "paus_sample.npz")
     assert {"photoacoustic", "doppler"} <= set(paus.channels)
-    browser = mrml.sweep_to_browser(scene, paus, name="PAUS")
+    browser = sweep_to_browser(scene, paus, name="PAUS")
     logic = FreehandReconLogic(scene)
     volume = logic.reconstruct(browser, poses="tracked", spacingMm=0.5, showIn3D=True)
     nodes = logic.lastNodes
     pa, doppler = nodes["channel:photoacoustic"], nodes["channel:doppler"]
     assert slicer.util.arrayFromVolume(pa).shape == slicer.util.arrayFromVolume(volume).shape
     assert float(slicer.util.arrayFromVolume(pa).max()) > 0
-    vr = mrml.get_logic(scene, "volumerendering")
+    vr = get_logic(scene, "volumerendering")
     for node in (volume, pa, doppler):  # B-mode and both channels rendered in the same 3D view
         display = vr.GetFirstVolumeRenderingDisplayNode(node)
         assert display is not None and display.GetVisibility()
@@ -469,7 +472,7 @@ def _two_channel_browser(scene):
     poses[:, 2, 3] = np.arange(n) * 1.0
     frames = lambda: rng.integers(0, 255, (n, 40, 60), dtype=np.uint8)  # noqa: E731
     sweep = Sweep(frames(), (0.5, 0.5), poses, channels={"photoacoustic": frames(), "doppler": frames()})
-    return mrml.sweep_to_browser(scene, sweep, name="Two")
+    return sweep_to_browser(scene, sweep, name="Two")
 
 
 def test_memory_estimate_counts_only_the_selected_channels(scene):
@@ -486,7 +489,7 @@ def test_memory_estimate_counts_only_the_selected_channels(scene):
 def test_memory_estimate_reads_geometry_only_and_leaves_the_browser_alone(scene):
     logic = FreehandReconLogic()
     browser = logic.loadSample()
-    from freehandrecon.browser_geometry import browser_geometry
+    from freehandrecon.scene.browser import browser_geometry
 
     proxy = browser.GetProxyNode(scene.GetFirstNodeByName("SpinePhantom"))
 
@@ -496,7 +499,7 @@ def test_memory_estimate_reads_geometry_only_and_leaves_the_browser_alone(scene)
     np.testing.assert_allclose(light.image_to_world, full.image_to_world, atol=1e-12)
     assert light.pixel_spacing == full.pixel_spacing
     browser.SetSelectedItemNumber(7)
-    mrml.get_logic(scene, "sequences").UpdateProxyNodesFromSequences(browser)
+    get_logic(scene, "sequences").UpdateProxyNodesFromSequences(browser)
     before = (proxy.GetMTime(), proxy.GetImageData().GetMTime(), browser.GetMTime())
     logic.memoryEstimateMb(browser, 0.5)
     assert (proxy.GetMTime(), proxy.GetImageData().GetMTime(), browser.GetMTime()) == before
@@ -522,7 +525,7 @@ def test_memory_estimate_honours_the_calibration(scene):
 def test_memory_estimate_reads_the_pixel_spacing_override_as_the_reconstruction_does(scene):
     """The estimate takes the override through the reconstruction's own geometry code, so it predicts the run:
     for a lone image sequence the frames' spacing is the override, and with an ROI the box is the ROI's."""
-    from freehandrecon import browser_geometry
+    from freehandrecon.scene import browser as browser_geometry
 
     logic = FreehandReconLogic()
     browser = logic.loadSample()
@@ -557,7 +560,7 @@ def _embedded_pose_browser(scene, sweep: Sweep, name: str):
         seq.SetDataNodeAtValue(scratch, str(n))
     browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", f"{name} browser")
     browser.SetAndObserveMasterSequenceNodeID(seq.GetID())
-    mrml.get_logic(scene, "sequences").UpdateProxyNodesFromSequences(browser)
+    get_logic(scene, "sequences").UpdateProxyNodesFromSequences(browser)
     return browser
 
 
@@ -575,7 +578,7 @@ def test_a_recording_browser_is_refused_instead_of_reading_one_live_frame(scene)
 
 
 def test_poses_embedded_in_the_frames_ijk_to_ras_reconstruct_like_parent_transforms(scene, plus_sweep):
-    parent = mrml.sweep_to_browser(scene, plus_sweep, name="Parent")
+    parent = sweep_to_browser(scene, plus_sweep, name="Parent")
     embedded = _embedded_pose_browser(scene, plus_sweep, "Embedded")
     logic = FreehandReconLogic(scene)
     assert logic.checkInputs(types.SimpleNamespace(inputBrowser=embedded, poses="tracked")) is None
@@ -587,7 +590,7 @@ def test_poses_embedded_in_the_frames_ijk_to_ras_reconstruct_like_parent_transfo
     np.testing.assert_allclose(ijk_to_ras(b), ijk_to_ras(a), atol=1e-9)
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(b), slicer.util.arrayFromVolume(a))
     # the same frames with one shared geometry stay untracked
-    flat = mrml.sweep_to_browser(scene, Sweep(plus_sweep.frames, plus_sweep.pixel_spacing), name="Flat")
+    flat = sweep_to_browser(scene, Sweep(plus_sweep.frames, plus_sweep.pixel_spacing), name="Flat")
     assert "learned or speckle" in logic.checkInputs(types.SimpleNamespace(inputBrowser=flat, poses="tracked"))
     cal = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "Cal")
     with pytest.raises(CalibrationError, match="image geometry"):
@@ -597,7 +600,7 @@ def test_poses_embedded_in_the_frames_ijk_to_ras_reconstruct_like_parent_transfo
 def test_volume_rendering_uses_the_default_rendering_method(scene):
     logic = FreehandReconLogic()
     browser = logic.loadSample()
-    vr = mrml.get_logic(scene, "volumerendering")
+    vr = get_logic(scene, "volumerendering")
     vr.SetDefaultRenderingMethod("vtkMRMLCPURayCastVolumeRenderingDisplayNode")
     logic.reconstruct(browser, spacingMm=2.0, coverage=False)
     assert logic.lastNodes["display"].IsA("vtkMRMLCPURayCastVolumeRenderingDisplayNode")
@@ -672,7 +675,7 @@ def test_fit_roi_adds_one_visible_bounds_roi_around_the_sweep_and_reuses_it(scen
     boxed = logic.reconstruct(browser, spacingMm=0.5, roiNode=roi, showIn3D=False, coverage=False)
     assert boxed is not auto
     assert np.abs(np.array(slicer.util.arrayFromVolume(boxed).shape[::-1]) - dims).max() <= 1
-    flat = mrml.sweep_to_browser(scene, Sweep(np.zeros((3, 8, 8), np.uint8), (0.1, 0.1)), name="Untracked")
+    flat = sweep_to_browser(scene, Sweep(np.zeros((3, 8, 8), np.uint8), (0.1, 0.1)), name="Untracked")
     with pytest.raises(InputError, match="no poses"):
         logic.fitRoi(flat)
 
@@ -767,7 +770,7 @@ def test_importance_mask_weights_the_pixels(scene):
     roi = logic.fitRoi(browser)
     mask = np.zeros((616, 820), np.uint8)
     mask[:, 410:] = 255  # the right half counts fully, the left half not at all
-    mask_node = mrml.add_volume_node(scene, mask[None], np.eye(4), "ImportanceMask")
+    mask_node = add_volume_node(scene, mask[None], np.eye(4), "ImportanceMask")
     weighted = logic.reconstruct(browser, spacingMm=1.0, roiNode=roi, compounding="importance",
                                  importanceMask=mask_node, showIn3D=False)
     weighted_cov = slicer.util.arrayFromVolume(logic.lastNodes["coverage"]).copy()
@@ -790,15 +793,15 @@ def test_importance_mask_weights_the_pixels(scene):
 def test_reconstruction_report_and_event_for_other_modules(scene):
     import json
 
-    from freehandrecon import slicer_logic
+    from freehandrecon import module_logic
 
-    assert slicer_logic.ReconstructionFinishedEvent == vtk.vtkCommand.UserEvent + 18002
+    assert module_logic.ReconstructionFinishedEvent == vtk.vtkCommand.UserEvent + 18002
     logic = FreehandReconLogic()
     browser = logic.loadSample()
     params = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "FreehandRecon config A")
     params.SetAttribute("ModuleName", "FreehandRecon")
     seen = []
-    params.AddObserver(slicer_logic.ReconstructionFinishedEvent,
+    params.AddObserver(module_logic.ReconstructionFinishedEvent,
                        lambda caller, event: seen.append(json.loads(caller.GetAttribute("FreehandRecon.Report"))))
     with pytest.raises(Cancelled):
         logic.reconstruct(browser, parameterNode=params, shouldCancel=lambda: True)
@@ -810,7 +813,7 @@ def test_reconstruction_report_and_event_for_other_modules(scene):
 
 
 def test_geometry_only_reading_matches_the_full_read_for_embedded_poses_and_lone_sequences(scene, plus_sweep):
-    from freehandrecon import browser_geometry
+    from freehandrecon.scene import browser as browser_geometry
 
     logic = FreehandReconLogic(scene)
     embedded = _embedded_pose_browser(scene, plus_sweep, "Embedded")
@@ -821,4 +824,4 @@ def test_geometry_only_reading_matches_the_full_read_for_embedded_poses_and_lone
     lone, lone_full = browser_geometry.lone_sequence_geometry(images), logic.readSweep(images)
     np.testing.assert_allclose(lone.pixel_to_world(), lone_full.pixel_to_world(), atol=1e-12)
     assert logic.memoryEstimateMb(embedded, 1.0, channels=[]) == pytest.approx(
-        logic.memoryEstimateMb(mrml.sweep_to_browser(scene, plus_sweep, name="Parent"), 1.0, channels=[]), rel=1e-6)
+        logic.memoryEstimateMb(sweep_to_browser(scene, plus_sweep, name="Parent"), 1.0, channels=[]), rel=1e-6)

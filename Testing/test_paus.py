@@ -11,10 +11,11 @@ import h5py
 import numpy as np
 import pytest
 
-from freehandrecon.cli import main
+from freehandrecon.commands.main import main
 from freehandrecon.compound import CompoundOptions, compound
 from freehandrecon.errors import InputError
-from freehandrecon.fusion import attach_channel, channel_options, parse_channel_compounding
+from freehandrecon.channels import attach_channel
+from freehandrecon.compound.options import channel_options, parse_channel_compounding
 from freehandrecon.io import read_sweep, write_sweep
 from freehandrecon.logic import PoseRequest, ReconstructionRequest, reconstruct_sweep
 from freehandrecon.simulate import (BASE, AcquisitionSettings, doppler_frames, photoacoustic_frames,
@@ -147,23 +148,25 @@ def test_tusrec_channels_round_trip_and_timestamp_check(tmp_path, sample):
 
 
 def test_browser_channels_round_trip_and_index_check(sample):
-    from freehandrecon import mrml
+    from freehandrecon.io.slicer_scene import new_scene
+    from freehandrecon.io.slicer_sequences import (CHANNEL_ATTRIBUTE, _image_sequence, sweep_from_browser,
+                                                   sweep_to_browser)
 
     sweep = sample.subset(slice(0, 6))
-    scene = mrml.new_scene()
-    back = mrml.sweep_from_browser(mrml.sweep_to_browser(scene, sweep))
+    scene = new_scene()
+    back = sweep_from_browser(sweep_to_browser(scene, sweep))
     assert set(back.channels) == {"photoacoustic", "doppler"}
     np.testing.assert_array_equal(back.channels["doppler"], sweep.channels["doppler"])
     # a channel sequence recorded on another clock
     plain = replace(sweep, channels={})
-    browser = mrml.sweep_to_browser(scene, plain, name="Plain")
+    browser = sweep_to_browser(scene, plain, name="Plain")
     values = [repr(float(t) + 0.02) for t in sweep.timestamps]
-    seq = mrml._image_sequence(scene, sweep.channels["photoacoustic"], sweep.pixel_spacing, values, "time", "s",
+    seq = _image_sequence(scene, sweep.channels["photoacoustic"], sweep.pixel_spacing, values, "time", "s",
                                "Plain_pa")
-    seq.SetAttribute(mrml.CHANNEL_ATTRIBUTE, "photoacoustic")
+    seq.SetAttribute(CHANNEL_ATTRIBUTE, "photoacoustic")
     browser.AddSynchronizedSequenceNode(seq)
     with pytest.raises(InputError, match="Plain_pa"):
-        mrml.sweep_from_browser(browser)
+        sweep_from_browser(browser)
 
 
 def test_attach_channel_checks_counts_and_timestamps(sample):
@@ -251,8 +254,9 @@ def _rgb(path: Path) -> np.ndarray:
 
 
 def test_fused_display_and_png(tmp_path, sample):
-    from freehandrecon import mrml
-    from freehandrecon.fusion import BMODE_OPACITY_SCALE, render_fused_png, show_result_fused
+    from freehandrecon.io.slicer_scene import get_logic
+    from freehandrecon.scene.display import BMODE_OPACITY_SCALE, show_result_fused
+    from freehandrecon.scene.render import render_fused_png
     from freehandrecon.logic import ReconstructionLogic
 
     logic = ReconstructionLogic()
@@ -260,7 +264,7 @@ def test_fused_display_and_png(tmp_path, sample):
     channels = {k: v for k, v in nodes.items() if k.startswith("channel:")}
     displays = show_result_fused(logic.scene, nodes)
     assert set(displays) == {"bmode", "Reconstruction_photoacoustic", "Reconstruction_doppler"}
-    preset = mrml.get_logic(logic.scene, "volumerendering").GetPresetByName("US-BMode").GetScalarOpacity()
+    preset = get_logic(logic.scene, "volumerendering").GetPresetByName("US-BMode").GetScalarOpacity()
     faded = displays["bmode"].GetVolumePropertyNode().GetScalarOpacity()
     assert faded.GetValue(255) == pytest.approx(BMODE_OPACITY_SCALE * preset.GetValue(255))
     assert displays["Reconstruction_photoacoustic"].GetVolumePropertyNode().GetName().endswith("PA-Hot")

@@ -15,8 +15,8 @@ from freehandrecon.quality import VERDICTS, check_sweep, guard_available, load_g
 from freehandrecon.quality import data as qdata
 from freehandrecon.quality.guard import (MODEL_DIR, Guard, calibrate_thresholds, encode_frames, feature_names,
                                          save_guard)
-from freehandrecon.quality.losses import (SOBEL_NORM, calibrate_weights, ms_ssim_loss, roi_edge, roi_l1,
-                                          sobel_magnitude)
+from freehandrecon.lab.quality.losses import (SOBEL_NORM, calibrate_weights, ms_ssim_loss, roi_edge, roi_l1,
+    sobel_magnitude)
 from freehandrecon.quality.model import GuardConfig, build_guard
 from freehandrecon.quality.ood import auroc, fit_ensemble, fit_stats, ledoit_wolf
 from freehandrecon.sweep import Sweep
@@ -182,7 +182,7 @@ def test_fetal_phantom_has_a_thin_dark_layer_between_bright_lines():
 
 
 def test_framesets_join_with_sweeps_numbered_in_order_and_split_for_calibration():
-    from freehandrecon.quality.evaluate import calibration_split
+    from freehandrecon.lab.quality.evaluate import calibration_split
 
     def part(site: str, sweeps: list[int]) -> qdata.FrameSet:
         n = len(sweeps)
@@ -198,7 +198,7 @@ def test_framesets_join_with_sweeps_numbered_in_order_and_split_for_calibration(
 
 
 def test_training_refuses_an_empty_roi():
-    from freehandrecon.quality.train import TrainConfig, train_guard
+    from freehandrecon.lab.quality.train import TrainConfig, train_guard
 
     frames = np.zeros((4, 64, 64), np.uint8)
     data = qdata.FrameSet(frames, np.zeros(frames.shape, bool), np.zeros(4, np.int64), np.arange(4), ["a"])
@@ -322,7 +322,7 @@ def test_shipped_guard_on_the_real_spine_phantom_sweep():
 
 @needs_shipped
 def test_quality_command_writes_a_report_and_fails_on_request(tmp_path, capsys):
-    from freehandrecon.quality.command import main
+    from freehandrecon.commands.main import main
 
     out = tmp_path / "q.json"
     args = ["--quiet", "quality", str(SPINE), "--plus-config", str(SPINE_CFG), "--out", str(out)]
@@ -336,7 +336,7 @@ def test_quality_command_writes_a_report_and_fails_on_request(tmp_path, capsys):
 
 
 def test_quality_command_names_a_damaged_guard(tmp_path, capsys):
-    from freehandrecon.quality.command import main
+    from freehandrecon.commands.main import main
 
     _, js = _tiny_guard(tmp_path)
     js.with_suffix(".safetensors").write_bytes(b"broken")
@@ -346,7 +346,7 @@ def test_quality_command_names_a_damaged_guard(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_quality_train_and_eval_run_end_to_end(tmp_path):
-    from freehandrecon.quality.command import main
+    from freehandrecon.lab.quality.command import main
 
     small = ["--train-sweeps", "1", "--val-sweeps", "2", "--heldout-sweeps", "1", "--anatomy-sweeps", "1",
              "--frames", "8", "--stats-sweeps", "1", "--stats-frames", "4"]

@@ -10,7 +10,10 @@ import pytest
 import vtk
 from vtk.util.numpy_support import vtk_to_numpy
 
-from freehandrecon import mrml, render
+from freehandrecon.scene import render
+from freehandrecon.io.slicer_files import load_mrb, save_mrb
+from freehandrecon.io.slicer_scene import get_logic, new_scene
+from freehandrecon.scene.nodes import add_volume_node
 from freehandrecon.errors import InputError
 
 pytestmark = pytest.mark.render
@@ -37,12 +40,12 @@ def read_png(path: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def scene():
-    return mrml.new_scene()
+    return new_scene()
 
 
 def test_blob_renders_and_zero_volume_is_background_only(scene, tmp_path):
     spacing = np.diag([0.5, 0.5, 0.5, 1.0])
-    bright = mrml.add_volume_node(scene, blob().astype(np.uint8), spacing, "Blob")
+    bright = add_volume_node(scene, blob().astype(np.uint8), spacing, "Blob")
     stats = render.render_volume_png(scene, bright, tmp_path / "blob.png", **SIZE)
     assert stats["render_window"] == os.environ["VTK_DEFAULT_OPENGL_WINDOW"]
     assert stats["method"] == "vtkMRMLGPURayCastVolumeRenderingDisplayNode"
@@ -57,11 +60,11 @@ def test_blob_renders_and_zero_volume_is_background_only(scene, tmp_path):
     assert np.ptp(centre.mean(axis=(0, 1))) < 10, "US-BMode is grey"
 
     # Same scene: the blob's rendering stays in the scene but only the asked-for volume is drawn.
-    empty = mrml.add_volume_node(scene, np.zeros((40, 44, 48), np.uint8), spacing, "Empty")
+    empty = add_volume_node(scene, np.zeros((40, 44, 48), np.uint8), spacing, "Empty")
     stats0 = render.render_volume_png(scene, empty, tmp_path / "empty.png", **SIZE)
     assert stats0["foreground_fraction"] == 0.0 and stats0["mean_intensity"] == 0.0
     assert read_png(tmp_path / "empty.png")[..., :3].max() == 0
-    display = mrml.get_logic(scene, "volumerendering").GetFirstVolumeRenderingDisplayNode(bright)
+    display = get_logic(scene, "volumerendering").GetFirstVolumeRenderingDisplayNode(bright)
     assert display.GetVisibility() and display.GetNumberOfViewNodeIDs() == 0, "restored: visible in every view"
     assert scene.GetNumberOfNodesByClass("vtkMRMLViewNode") == 0, "the render view is removed afterwards"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blob.png", "empty.png"]
@@ -76,7 +79,7 @@ def test_spine_volume_renders(scene, tmp_path):
     array = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(nz, ny, nx)
     ijk_to_ras = np.diag([*image.GetSpacing(), 1.0])
     ijk_to_ras[:3, 3] = image.GetOrigin()
-    node = mrml.add_volume_node(scene, array, ijk_to_ras, "Spine")
+    node = add_volume_node(scene, array, ijk_to_ras, "Spine")
     stats = render.render_volume_png(scene, node, tmp_path / "spine.png", **SIZE)
     assert stats["foreground_fraction"] > 0.03
     assert stats["mean_foreground_intensity"] > 40
@@ -84,8 +87,8 @@ def test_spine_volume_renders(scene, tmp_path):
 
 def test_float_photoacoustic_overlay_is_red(scene, tmp_path):
     spacing = np.diag([0.5, 0.5, 0.5, 1.0])
-    faint = mrml.add_volume_node(scene, blob(peak=40.0).astype(np.uint8), spacing, "FaintBMode")
-    pa = mrml.add_volume_node(scene, blob(peak=0.8).astype(np.float32), spacing, "PA")  # preset stretched to 0..0.8
+    faint = add_volume_node(scene, blob(peak=40.0).astype(np.uint8), spacing, "FaintBMode")
+    pa = add_volume_node(scene, blob(peak=0.8).astype(np.float32), spacing, "PA")  # preset stretched to 0..0.8
     stats = render.render_volume_png(scene, faint, tmp_path / "pa.png", extra_volumes=[(pa, "PA-Hot")],
                                      method="cpu", **SIZE)
     assert stats["presets"] == ["US-BMode", "PA-Hot"]
@@ -98,7 +101,7 @@ def test_float_photoacoustic_overlay_is_red(scene, tmp_path):
 
 
 def test_render_rejects_bad_requests(scene, tmp_path):
-    node = mrml.add_volume_node(scene, np.ones((4, 4, 4), np.uint8), np.eye(4), "Small")
+    node = add_volume_node(scene, np.ones((4, 4, 4), np.uint8), np.eye(4), "Small")
     with pytest.raises(InputError, match=r"\.png") as err:
         render.render_volume_png(scene, node, tmp_path / "r.jpg", **SIZE)
     assert "Fix:" in str(err.value)
@@ -112,12 +115,12 @@ def test_render_rejects_bad_requests(scene, tmp_path):
 
 
 def test_rendered_scene_opens_with_volume_rendering(tmp_path):
-    scene = mrml.new_scene()
-    node = mrml.add_volume_node(scene, blob().astype(np.float32), np.eye(4), "Result")
+    scene = new_scene()
+    node = add_volume_node(scene, blob().astype(np.float32), np.eye(4), "Result")
     render.render_volume_png(scene, node, tmp_path / "r.png", **SIZE)
-    loaded = mrml.load_mrb(mrml.save_mrb(scene, tmp_path / "scene.mrb"))
+    loaded = load_mrb(save_mrb(scene, tmp_path / "scene.mrb"))
     volume = loaded.GetFirstNodeByName("Result")
-    display = mrml.get_logic(loaded, "volumerendering").GetFirstVolumeRenderingDisplayNode(volume)
+    display = get_logic(loaded, "volumerendering").GetFirstVolumeRenderingDisplayNode(volume)
     assert display is not None and display.GetVisibility()
     opacity = display.GetVolumePropertyNode().GetScalarOpacity()
     # US-BMode stretched from 0..255 onto the float volume's 0..max

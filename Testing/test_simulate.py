@@ -17,7 +17,7 @@ from freehandrecon.io import read_sweep
 from freehandrecon.simulate import (BLENDED_SITES, HELDOUT_SITE, KINDS, SIMULATOR_VERSION, SITES, TRAIN_SITES,
                                     AcquisitionSettings, Imager, elevation_sigma_mm, make_phantom, make_trajectory, phantom_for,
                                     random_sweep, simulate_sweep, site_settings, theoretical_correlation, vessel_mask)
-from freehandrecon.simulate.command import add_parser
+from freehandrecon.lab.simulate_command import add_parser
 from freehandrecon.simulate.imaging import torch_threads
 
 # a plain linear probe with negligible electronic noise, for the physics checks

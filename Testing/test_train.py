@@ -16,8 +16,8 @@ import pytest
 from freehandrecon import geometry
 from freehandrecon.errors import InputError
 from freehandrecon.poses import common, learned
-from freehandrecon.train import datasets
-from freehandrecon.train.command import add_parser, options_from_args
+from freehandrecon.lab.train import datasets
+from freehandrecon.lab.train.command import add_parser, options_from_args
 
 DATA = Path(__file__).parent / "Data"
 TINY = ["--input-size", "64", "--widths", "8", "8", "16", "16", "--window", "4", "--frames", "16",
@@ -137,7 +137,7 @@ def test_option_errors():
 
 
 def test_extra_sweeps_draw_their_steps_from_the_given_range(tmp_path):
-    from freehandrecon.train.trainer import load_records
+    from freehandrecon.lab.train.trainer import load_records
 
     cache = tmp_path / "cache"
     opts = options_from_args(_args(*TINY, "--cache", str(cache), "--out", str(tmp_path / "x"),
@@ -162,7 +162,7 @@ def test_extra_sweeps_draw_their_steps_from_the_given_range(tmp_path):
 def test_chain_windows_cut_a_chain_into_windows_that_share_their_end_frames():
     import torch
 
-    from freehandrecon.train.trainer import chain_windows
+    from freehandrecon.lab.train.trainer import chain_windows
 
     b, w, k = 2, 3, 4
     x = torch.arange(b * (k * w + 1), dtype=torch.float32).view(b, k * w + 1, 1, 1).expand(-1, -1, 5, 5)
@@ -203,7 +203,7 @@ def test_rescaled_outputs_predict_the_same_motions():
 # --- training runs ---------------------------------------------------------------------------------
 
 def test_tiny_run_learns_exports_and_resumes(tmp_path):
-    from freehandrecon.train.trainer import train
+    from freehandrecon.lab.train.trainer import train
 
     out = tmp_path / "run"
     base = [*TINY, "--cache", str(tmp_path / "cache"), "--steps-per-epoch", "12", "--lr", "3e-3", "--no-augment",
@@ -227,7 +227,7 @@ def test_tiny_run_learns_exports_and_resumes(tmp_path):
 
 
 def test_v2_run_from_a_v1_model_keeps_its_start_and_exports_v2(tmp_path):
-    from freehandrecon.train.trainer import train
+    from freehandrecon.lab.train.trainer import train
 
     cache = ["--cache", str(tmp_path / "cache"), "--steps-per-epoch", "3", "--epochs", "1"]
     train(options_from_args(_args(*TINY, *cache, "--out", str(tmp_path / "v1"), "--name", "v1")))
@@ -246,7 +246,7 @@ def test_v2_run_from_a_v1_model_keeps_its_start_and_exports_v2(tmp_path):
 
 
 def test_chained_run_from_a_model_with_rescaled_outputs(tmp_path):
-    from freehandrecon.train.trainer import train
+    from freehandrecon.lab.train.trainer import train
 
     cache = ["--cache", str(tmp_path / "cache"), "--steps-per-epoch", "3", "--epochs", "1"]
     train(options_from_args(_args(*TINY, *cache, "--out", str(tmp_path / "a"), "--name", "a")))
@@ -267,7 +267,7 @@ def test_chained_run_from_a_model_with_rescaled_outputs(tmp_path):
 def test_ema_run_saves_the_averaged_weights_and_resumes_both(tmp_path):
     import torch
 
-    from freehandrecon.train.trainer import train
+    from freehandrecon.lab.train.trainer import train
 
     out = tmp_path / "ema"
     args = [*TINY, "--cache", str(tmp_path / "cache"), "--steps-per-epoch", "4", "--out", str(out), "--name", "e",
@@ -290,7 +290,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "freehandrecon.train", *TINY, "--threads", "1", "--cache", str(tmp_path / "cache"),
+           "-m", "freehandrecon.lab.train", *TINY, "--threads", "1", "--cache", str(tmp_path / "cache"),
            "--out", str(out), "--epochs", "1", "--steps-per-epoch", "3", "--quiet", "--name", "ddp"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]

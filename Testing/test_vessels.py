@@ -16,8 +16,8 @@ from freehandrecon.errors import InputError, OutputExistsError
 from freehandrecon.io import read_sweep
 from freehandrecon.model_files import MODEL_DIR
 from freehandrecon.sweep import Sweep
-from freehandrecon.vessels import (add_parser, centreline_errors, dice, evaluate_sweep, format_table, otsu_threshold,
-                                   score_reconstruction, segment, vessel_mask_volume)
+from freehandrecon.lab.vessels import (add_parser, centreline_errors, dice, evaluate_sweep, format_table,
+    otsu_threshold, score_reconstruction, segment, vessel_mask_volume)
 
 SAMPLE = Path(__file__).parent / "Data" / "paus" / "paus_sample.npz"
 GRID = OutputGrid(origin=(-10.0, -10.0, -10.0), spacing=0.5, dims=(41, 41, 41))  # a 20 mm cube around 0

@@ -2,7 +2,7 @@
 
 The command lines are generated from the hardening defect list (issue 19): crafted bad input files
 x every sub-command that reads a sweep, bad numeric options of `reconstruct`, and bad output
-locations x every command that writes. Each runs in-process through ``freehandrecon.cli.main``
+locations x every command that writes. Each runs in-process through ``freehandrecon.commands.main.main``
 (its return value is the exit code). A clean refusal is exit 1-4; exit 70 is a traceback (a bug).
 
     python scripts/bad_command_lines.py [--show 70] [--limit N]
@@ -205,7 +205,7 @@ def run_one(argv: list[str]) -> tuple[int, str]:
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            from freehandrecon.cli import main
+            from freehandrecon.commands.main import main
 
             code = main(["--quiet", *argv])
         except SystemExit as exc:  # argparse usage errors exit 2 themselves

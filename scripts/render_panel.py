@@ -118,10 +118,10 @@ def sample_state(spacing_mm: float) -> dict:
     sys.path.insert(0, str(ROOT / "FreehandRecon"))
     import slicer
 
-    from freehandrecon import mrml
-    from freehandrecon.slicer_logic import FreehandReconLogic
+    from freehandrecon.io.slicer_scene import new_scene
+    from freehandrecon.module_logic import FreehandReconLogic
 
-    slicer.mrmlScene = mrml.new_scene()
+    slicer.mrmlScene = new_scene()
     logic = FreehandReconLogic()
     browser = logic.loadSample()
     memory = logic.memoryEstimateMb(browser, spacing_mm)
@@ -137,7 +137,7 @@ def render(out: Path, width: int = 460, with_sample: bool = True, spacing_mm: fl
     QtCore, QtWidgets = _qt()
     from PySide6 import QtUiTools
 
-    from freehandrecon import slicer_logic
+    from freehandrecon import module_logic
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
 
@@ -166,10 +166,10 @@ def render(out: Path, width: int = 460, with_sample: bool = True, spacing_mm: fl
                   "outputVolumeSelector": None}
     for name, node in selections.items():
         find(name).show_node(node)
-    choices = {"posesComboBox": slicer_logic.POSE_METHODS, "sweepDirectionComboBox": slicer_logic.SWEEP_DIRECTIONS,
-               "deviceComboBox": slicer_logic.DEVICES, "interpolationComboBox": slicer_logic.INTERPOLATIONS,
-               "compoundingComboBox": slicer_logic.COMPOUNDINGS, "fillHolesComboBox": slicer_logic.HOLE_FILLINGS,
-               "fanMaskComboBox": slicer_logic.FAN_MASKS, "presetComboBox": ("US-BMode", "PA-Hot", "Doppler-Red")}
+    choices = {"posesComboBox": module_logic.POSE_METHODS, "sweepDirectionComboBox": module_logic.SWEEP_DIRECTIONS,
+               "deviceComboBox": module_logic.DEVICES, "interpolationComboBox": module_logic.INTERPOLATIONS,
+               "compoundingComboBox": module_logic.COMPOUNDINGS, "fillHolesComboBox": module_logic.HOLE_FILLINGS,
+               "fanMaskComboBox": module_logic.FAN_MASKS, "presetComboBox": ("US-BMode", "PA-Hot", "Doppler-Red")}
     for name, items in choices.items():
         combo = find(name)
         combo.clear()

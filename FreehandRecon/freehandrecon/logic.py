@@ -2,7 +2,7 @@
 
 The same :class:`ReconstructionLogic` serves the Slicer module (with ``slicer.mrmlScene``),
 the Python console and the ``freehandrecon`` command line (with a scene from
-:func:`freehandrecon.mrml.new_scene`). Nodes are created only after the computation
+:func:`freehandrecon.io.slicer_scene.new_scene`). Nodes are created only after the computation
 succeeded, so a failed or cancelled run leaves the scene as it was.
 """
 
@@ -23,8 +23,8 @@ import numpy as np
 from . import __version__
 from .compound import (CompoundOptions, CompoundResult, OutputGrid, compound, estimate_memory_bytes, fit_grid,
                        grid_from_roi)
+from .compound.options import channel_options
 from .errors import Cancelled, InputError, OutputExistsError
-from .fusion import channel_options
 from .poses import PoseEstimate, estimate_poses, sweep_with_poses
 from .sweep import Sweep
 
@@ -78,7 +78,7 @@ class ReconstructionRequest:
     roi: Roi | None = None
     oriented_grid: bool = False
     channels: tuple[str, ...] | None = None  # None: every channel the sweep has
-    # per-channel compounding: a mode name or full options; unnamed channels use fusion's defaults
+    # per-channel compounding: a mode name or full options; unnamed channels use channels.CHANNEL_COMPOUNDING
     # (max for photoacoustic and Doppler, else ``options``)
     channel_compounding: dict[str, CompoundOptions | str] = field(default_factory=dict)
 
@@ -211,10 +211,9 @@ class ReconstructionLogic:
     """Reconstruction on a given MRML scene: the object the module, console and CLI share."""
 
     def __init__(self, scene: Any = None) -> None:
-        from . import mrml  # slicer-core is imported only when MRML work is asked for
+        from .io.slicer_scene import new_scene  # slicer-core is imported only when MRML work is asked for
 
-        self.mrml = mrml
-        self.scene = scene if scene is not None else mrml.new_scene()
+        self.scene = scene if scene is not None else new_scene()
 
     def add_result_nodes(self, sweep: Sweep, result: ReconstructionResult, name: str = "Reconstruction",
                          replace_volume: Any = None, coverage: bool = True,
@@ -224,19 +223,20 @@ class ReconstructionLogic:
         ``replace`` maps a node key ("coverage", "channel:<name>") to an existing volume to update in place
         instead of adding a new one (the companions of a replaced output volume).
         """
+        from .io.slicer_sequences import add_transform_sequence
+        from .scene.nodes import add_volume_node
+
         replace = replace or {}
         ijk_to_ras = result.grid.ijk_to_world()
-        nodes: dict[str, Any] = {"volume": self.mrml.add_volume_node(self.scene, result.volume_array(), ijk_to_ras,
-                                                                    name, replace=replace_volume)}
+        nodes: dict[str, Any] = {"volume": add_volume_node(self.scene, result.volume_array(), ijk_to_ras, name, replace=replace_volume)}
         if coverage:
-            nodes["coverage"] = self.mrml.add_volume_node(self.scene, result.bmode.coverage, ijk_to_ras,
-                                                          f"{name}_Coverage", replace=replace.get("coverage"))
+            nodes["coverage"] = add_volume_node(self.scene, result.bmode.coverage, ijk_to_ras,
+                                                f"{name}_Coverage", replace=replace.get("coverage"))
         for ch in result.channels:
-            nodes[f"channel:{ch}"] = self.mrml.add_volume_node(self.scene, result.volume_array(ch), ijk_to_ras,
-                                                               f"{name}_{ch}", replace=replace.get(f"channel:{ch}"))
+            nodes[f"channel:{ch}"] = add_volume_node(self.scene, result.volume_array(ch), ijk_to_ras,
+                                                     f"{name}_{ch}", replace=replace.get(f"channel:{ch}"))
         if transform_sequence:
-            nodes["transforms"] = self.mrml.add_transform_sequence(self.scene, sweep.image_to_world,
-                                                                   f"{name}_ImageToReference")
+            nodes["transforms"] = add_transform_sequence(self.scene, sweep.image_to_world, f"{name}_ImageToReference")
         return nodes
 
     def reconstruct(self, sweep: Sweep, request: ReconstructionRequest, name: str = "Reconstruction",
@@ -274,7 +274,7 @@ def compare_with_tracked(sweep: Sweep, estimate: PoseEstimate | None, digits: in
     """When estimated poses replace tracked ones the input had, how far apart they are (metrics.py)."""
     if estimate is None or sweep.image_to_world is None:
         return None
-    from .metrics import evaluate_poses
+    from .poses.metrics import evaluate_poses
 
     m = evaluate_poses(sweep.image_to_world, estimate.image_to_world, sweep.frame_shape, sweep.pixel_spacing)
     return {k: round(float(v), digits) for k, v in m.items() if np.isscalar(v)}
@@ -328,9 +328,11 @@ def run_reconstruct_job(sweep: Sweep, request: ReconstructionRequest, out_dir: P
     result = reconstruct_sweep(sweep, request, progress, should_cancel)
     pose_check = compare_with_tracked(sweep, result.pose_estimate)
     sweep = result.sweep if result.sweep is not None else sweep
+    from .io.slicer_files import save_mrb, save_node
+    from .io.slicer_sequences import sweep_to_browser
+
     logic = ReconstructionLogic()
-    mrml = logic.mrml
-    browser = mrml.sweep_to_browser(logic.scene, sweep, name="Sweep")
+    browser = sweep_to_browser(logic.scene, sweep, name="Sweep")
     nodes = logic.add_result_nodes(sweep, result, name="Reconstruction")
     if should_cancel is not None and should_cancel():
         raise Cancelled()
@@ -338,14 +340,14 @@ def run_reconstruct_job(sweep: Sweep, request: ReconstructionRequest, out_dir: P
     tmp = Path(tempfile.mkdtemp(prefix=".freehandrecon-", dir=out_dir.parent))
     try:
         t_write = time.perf_counter()
-        mrml.save_node(nodes["volume"], tmp / "volume.nrrd")
-        mrml.save_node(nodes["coverage"], tmp / "coverage.nrrd")
+        save_node(nodes["volume"], tmp / "volume.nrrd")
+        save_node(nodes["coverage"], tmp / "coverage.nrrd")
         for key, node in nodes.items():
             if key.startswith("channel:"):
-                mrml.save_node(node, tmp / f"volume_{key.split(':', 1)[1]}.nrrd")
+                save_node(node, tmp / f"volume_{key.split(':', 1)[1]}.nrrd")
         render_stats = None
         if render:
-            from . import render as render_mod
+            from .scene import render as render_mod
 
             if progress:
                 progress("render", 0.0)
@@ -353,7 +355,7 @@ def run_reconstruct_job(sweep: Sweep, request: ReconstructionRequest, out_dir: P
             render_stats["path"] = str(out_dir / "render.png")  # where it ends up, not the staging folder
             channel_nodes = {k: v for k, v in nodes.items() if k.startswith("channel:")}
             if channel_nodes:
-                from .fusion import render_fused_png
+                from .scene.render import render_fused_png
 
                 render_stats = dict(render_stats, fused=render_fused_png(logic.scene, nodes["volume"],
                                                                           channel_nodes, tmp / FUSED_RENDER))
@@ -362,7 +364,7 @@ def run_reconstruct_job(sweep: Sweep, request: ReconstructionRequest, out_dir: P
         if mrb:
             if progress:
                 progress("scene", 0.0)
-            mrml.save_mrb(logic.scene, tmp / "scene.mrb")
+            save_mrb(logic.scene, tmp / "scene.mrb")
             if progress:
                 progress("scene", 1.0)
         vol = result.bmode.volume

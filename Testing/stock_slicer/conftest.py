@@ -20,8 +20,8 @@ def scene(monkeypatch):
     """A fresh slicer-core scene installed as slicer.mrmlScene (as in Slicer)."""
     import slicer
 
-    from freehandrecon import mrml
+    from freehandrecon.io.slicer_scene import new_scene
 
-    s = mrml.new_scene()
+    s = new_scene()
     monkeypatch.setattr(slicer, "mrmlScene", s, raising=False)
     return s

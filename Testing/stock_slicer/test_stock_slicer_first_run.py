@@ -37,11 +37,15 @@ def test_the_package_comes_from_the_module_folder_not_from_pip():
 
 
 def test_what_the_panel_imports_loads_without_the_heavy_packages():
-    import freehandrecon.browser_geometry  # noqa: F401
     import freehandrecon.dependencies  # noqa: F401
     import freehandrecon.io  # noqa: F401  (io/tusrec imports h5py only to read a .h5)
-    import freehandrecon.mrml  # noqa: F401
-    import freehandrecon.slicer_logic  # noqa: F401
+    import freehandrecon.io.slicer_files  # noqa: F401
+    import freehandrecon.io.slicer_scene  # noqa: F401
+    import freehandrecon.io.slicer_sequences  # noqa: F401
+    import freehandrecon.module_logic  # noqa: F401
+    import freehandrecon.scene.browser  # noqa: F401
+    import freehandrecon.scene.display  # noqa: F401
+    import freehandrecon.scene.nodes  # noqa: F401
     import freehandrecon.slicer_version  # noqa: F401
 
     assert not set(ABSENT_IN_STOCK_SLICER) & set(sys.modules)
@@ -50,19 +54,19 @@ def test_what_the_panel_imports_loads_without_the_heavy_packages():
 def test_sample_loads_and_tracked_inputs_are_complete(scene):
     from types import SimpleNamespace
 
-    from freehandrecon.slicer_logic import SAMPLES, FreehandReconLogic
+    from freehandrecon.module_logic import SAMPLES, FreehandReconLogic
 
     logic = FreehandReconLogic()
     browser = logic.loadSample()
     assert browser.GetNumberOfItems() == SAMPLES[0].frames
-    # what the panel's observer calls on each change: it reaches the image sequence through freehandrecon.mrml
+    # what the panel's observer calls on each change: it reaches the image sequence through freehandrecon.io.slicer_sequences
     params = SimpleNamespace(inputBrowser=browser, imageSequence=None, poses="tracked", spacingMm=1.0)
     assert logic.checkInputs(params) is None
     assert logic.checkInputs(SimpleNamespace(inputBrowser=None, imageSequence=None)).startswith("Select the sweep")
 
 
 def test_missing_dependencies_name_what_each_action_needs():
-    from freehandrecon.slicer_logic import FreehandReconLogic
+    from freehandrecon.module_logic import FreehandReconLogic
 
     logic = FreehandReconLogic()
     assert logic.missingDependencies("learned") == ["torch", "safetensors"]
@@ -74,7 +78,7 @@ def test_missing_dependencies_name_what_each_action_needs():
 
 def test_learned_poses_say_to_install_and_leave_the_scene_unchanged(scene):
     from freehandrecon.errors import ResourceError
-    from freehandrecon.slicer_logic import FreehandReconLogic
+    from freehandrecon.module_logic import FreehandReconLogic
 
     logic = FreehandReconLogic()
     browser = logic.loadSample()
@@ -106,7 +110,7 @@ def test_requirements_install_nothing_that_pulls_torch():
 
 
 def test_memory_estimate_needs_no_torch(scene):
-    from freehandrecon.slicer_logic import FreehandReconLogic
+    from freehandrecon.module_logic import FreehandReconLogic
 
     logic = FreehandReconLogic()
     browser = logic.loadSample()
@@ -114,7 +118,7 @@ def test_memory_estimate_needs_no_torch(scene):
 
 
 def test_tracked_reconstruction_needs_no_torch(scene):
-    from freehandrecon.slicer_logic import FreehandReconLogic
+    from freehandrecon.module_logic import FreehandReconLogic
 
     logic = FreehandReconLogic()
     browser = logic.loadSample()
@@ -130,7 +134,7 @@ def test_panel_calls_from_no_dependencies_to_the_reconstructed_sample(scene):
     import numpy as np
     from slicer import util
 
-    from freehandrecon.slicer_logic import FreehandReconLogic
+    from freehandrecon.module_logic import FreehandReconLogic
 
     logic = FreehandReconLogic()
     browser = logic.loadSample()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from ..metrics import trajectory_length_mm
+from ..poses.metrics import trajectory_length_mm
 from ..poses import common
 from ..sweep import Sweep
 

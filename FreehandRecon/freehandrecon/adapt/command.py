@@ -29,14 +29,14 @@ EXAMPLE = """examples:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the ``adapt`` sub-command (input options as in reconstruct/estimate-poses, several inputs)."""
-    from ..cli import _add_input_args
+    from ..commands.common import add_input_args
 
     d = FineTuneOptions()
     p = sub.add_parser("adapt", help="calibrate once on tracked sweeps of your probe, then go trackerless "
                        "(fine-tuned model + decorrelation curve + quality guard)",
                        description=DESCRIPTION,
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_input_args(p)
+    add_input_args(p)
     for action in p._actions:  # the shared input options, with several tracked sweeps instead of one
         if action.dest == "input":
             action.nargs, action.metavar = "+", "TRACKED"
@@ -61,17 +61,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_adapt(args: argparse.Namespace) -> int:
     """Run ``freehandrecon adapt``."""
-    from ..cli import _Progress, _read
+    from ..commands.common import Progress, read_input
     from ..logic import check_outputs_free
     from .job import OUTPUT_FILES, AdaptOptions, adapt_probe
 
     check_outputs_free(args.out, OUTPUT_FILES, args.force)  # before reading anything
-    named = [(Path(p).name, _read(argparse.Namespace(**{**vars(args), "input": p}))) for p in args.input]
+    named = [(Path(p).name, read_input(argparse.Namespace(**{**vars(args), "input": p}))) for p in args.input]
     options = AdaptOptions(FineTuneOptions(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                                            batch_size=args.batch_size, lr=args.lr, seed=args.seed),
                            base_model=args.base_model, device=args.device, threads=args.threads,
                            holdout_fraction=args.holdout)
-    progress = _Progress(args.quiet)
+    progress = Progress(args.quiet)
     try:
         report = adapt_probe(named, args.out, options, force=args.force, progress=progress)
     finally:

@@ -18,8 +18,8 @@ from ..errors import Cancelled
 from ..poses.learned import LoadedModel
 from ..poses.losses import LossWeights, total_loss
 from ..sweep import Sweep
-from ..train import datasets
-from ..train.trainer import _lr_lambda
+from ..lab.train import datasets
+from ..lab.train.trainer import lr_lambda
 
 
 @dataclass
@@ -58,7 +58,7 @@ def fine_tune(model: LoadedModel, records: list[datasets.SweepRecord], opts: Fin
     loader = DataLoader(dataset, batch_size=opts.batch_size, shuffle=False, num_workers=0)
     optim = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     total = opts.epochs * opts.steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, _lr_lambda(opts.warmup_steps, total))
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(opts.warmup_steps, total))
     half = (cfg.input_size * cfg.input_spacing / 2,) * 2
     weights = LossWeights()
     history = []

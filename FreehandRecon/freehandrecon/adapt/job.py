@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import Cancelled, InputError
-from ..metrics import final_drift_rate_length_pct
+from ..poses.metrics import final_drift_rate_length_pct
 from ..model_files import sha256_file
 from ..sweep import Sweep
 from .checks import HOLDOUT_FRACTION, check_sweeps, split_sweeps

@@ -1,6 +1,6 @@
 """``compound``: paste every frame of a sweep into an output grid, then fill holes.
 
-The work is done by an engine: torch (:mod:`.torch_engine`) where PyTorch can be imported, numpy
+The work is done by an engine, with one accumulator class per compounding strategy (``ACCUMULATORS``): torch (:mod:`.torch_engine`) where PyTorch can be imported, numpy
 (:mod:`.numpy_engine`) otherwise or when asked; see :mod:`.engine`. This module imports neither torch
 nor an engine until :func:`compound` runs.
 """
@@ -8,7 +8,6 @@ nor an engine until :func:`compound` runs.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import time
 from typing import Callable
 
@@ -53,7 +52,10 @@ def compound(sweep: Sweep, grid: OutputGrid, options: CompoundOptions | None = N
     frames = sweep.channel_frames(channel)
     n, h, w = frames.shape
     opts = dataclasses.replace(opts, engine=require_engine(opts))
-    engine = importlib.import_module(f".{opts.engine}_engine", __package__)
+    if opts.engine == "torch":
+        from . import torch_engine as engine
+    else:
+        from . import numpy_engine as engine
     dev = engine.device(opts.device) if opts.engine == "torch" else "cpu"
     estimate, workers = check_memory(grid, opts, (h, w), n)
     sel = select_pixels((h, w), opts.clip_rectangle, opts.fan,

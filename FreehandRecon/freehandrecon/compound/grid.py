@@ -85,7 +85,8 @@ class OutputGrid:
 
 def _pixel_rect(width: int, height: int, clip: tuple[int, int, int, int] | None, fan) -> tuple[int, int, int, int]:
     """Inclusive pixel rectangle (x0, y0, x1, y1) the frames contribute from."""
-    from .masks import clip_bounds, fan_bounds
+    from ..fan import fan_bounds
+    from .masks import clip_bounds
 
     x0, y0, x1, y1 = clip_bounds(width, height, clip)
     if fan is not None:

@@ -30,13 +30,15 @@ def uses_fast_paste(options: CompoundOptions) -> bool:
 
 
 def default_workers(options: CompoundOptions) -> int:
-    """Paste worker threads before any memory limit: one per torch thread (CPU, fast path), at most 4;
-    the numpy engine has one."""
+    """Paste worker threads before any memory limit: one per torch thread (CPU, fast path), at most
+    :data:`~.paste.MAX_WORKERS`; the numpy engine has one."""
     if not uses_fast_paste(options) or str(options.device).startswith("cuda"):
         return 1
     import torch
 
-    return max(1, min(torch.get_num_threads(), 4))
+    from .paste import MAX_WORKERS
+
+    return max(1, min(torch.get_num_threads(), MAX_WORKERS))
 
 
 def voxel_bytes(options: CompoundOptions) -> int:

@@ -55,25 +55,24 @@ def _linear_weights(frac: np.ndarray) -> np.ndarray:
     return (yz[:, :, None, :] * g[0][None, None, :, :]).reshape(8, -1)
 
 
-class _Accumulators:
-    """Flat float32 accumulators of one compounding mode, and the kernel that pastes one tile into them."""
+class _Accumulator:
+    """Flat float32 accumulators of one compounding strategy, and the kernel that pastes one tile into them.
 
-    def __init__(self, dims: tuple[int, int, int], nearest: bool, mode: str) -> None:
+    The coverage (summed, importance-weighted splat weights) and the pixel-to-voxel arithmetic are shared;
+    each strategy (a subclass) keeps its own value accumulator and turns it into the volume."""
+
+    needs_order = False  # latest: paste() wants each pixel's order in the sweep
+
+    def __init__(self, dims: tuple[int, int, int], nearest: bool) -> None:
         nx, ny, nz = dims
         self.dims, self.nearest = dims, nearest
         self.nvox = nx * ny * nz
-        length = self.nvox + nx * ny + nx + 2  # a zero-weight corner of a pixel on the last voxel may point past it
+        # a zero-weight corner of a pixel on the last voxel may point past it
+        self.length = self.nvox + nx * ny + nx + 2
         self.size = np.asarray(dims, dtype=np.int64).reshape(3, 1)
         self.offsets = np.array([0, 1, nx, nx + 1, nx * ny, nx * ny + 1, nx * ny + nx, nx * ny + nx + 1],
                                 dtype=np.intp)[:, None]
-        self.wsum = np.zeros(length, dtype=np.float32)  # coverage: summed (importance-weighted) weights
-        self.vsum = self.vmax = self.key = None
-        if mode in ("mean", "importance"):
-            self.vsum = np.zeros(length, dtype=np.float32)
-        elif mode == "max":
-            self.vmax = np.full(length, -np.inf, dtype=np.float32)
-        else:
-            self.key = np.full(length, -1, dtype=np.int64)  # latest: highest pixel order (frame, row, column)
+        self.wsum = np.zeros(self.length, dtype=np.float32)  # coverage: summed (importance-weighted) weights
 
     def paste(self, c: np.ndarray, vals: np.ndarray, valid: np.ndarray | None, check: bool,
               imp: np.ndarray | None, order: np.ndarray | None) -> None:
@@ -100,40 +99,91 @@ class _Accumulators:
             return
         if self.nearest:
             _scatter_add(self.wsum, flat, imp)
-            if self.vsum is not None:
-                _scatter_add(self.vsum, flat, vals if imp is None else vals * imp)
-            elif self.vmax is not None:
-                _scatter_max(self.vmax, flat, vals)
-            else:
-                _scatter_max(self.key, flat, order)
+            self._add_nearest(flat, vals, imp, order)
             return
         w8 = _linear_weights(frac)  # [8, m]
         index8 = (flat[None, :] + self.offsets).reshape(-1)
         wt = w8 if imp is None else w8 * imp
         _scatter_add(self.wsum, index8, wt.reshape(-1))
-        if self.vsum is not None:
-            wt *= vals
-            _scatter_add(self.vsum, index8, wt.reshape(-1))
-            return
-        ok8 = (w8 >= MIN_WEIGHT).reshape(-1)
-        corners = index8[ok8]
-        if self.vmax is not None:
-            _scatter_max(self.vmax, corners, np.broadcast_to(vals, w8.shape).reshape(-1)[ok8])
-        else:
-            _scatter_max(self.key, corners, np.broadcast_to(order, w8.shape).reshape(-1)[ok8])
+        self._add_linear(index8, w8, wt, vals, order)
+
+    def _add_nearest(self, flat: np.ndarray, vals: np.ndarray, imp: np.ndarray | None,
+                     order: np.ndarray | None) -> None:
+        raise NotImplementedError
+
+    def _add_linear(self, index8: np.ndarray, w8: np.ndarray, wt: np.ndarray, vals: np.ndarray,
+                    order: np.ndarray | None) -> None:
+        """``w8`` ``[8, m]`` trilinear weights, ``wt`` the same times importance (may be ``w8`` itself)."""
+        raise NotImplementedError
 
     def result(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Flat volume and coverage ``[nvox]`` float32 (``frames``: to look the latest pixels up)."""
+        raise NotImplementedError
+
+
+class MeanAccumulator(_Accumulator):
+    """Weighted mean: value x weight summed beside the weights, divided at the end."""
+
+    def __init__(self, dims: tuple[int, int, int], nearest: bool) -> None:
+        super().__init__(dims, nearest)
+        self.vsum = np.zeros(self.length, dtype=np.float32)
+
+    def _add_nearest(self, flat, vals, imp, order) -> None:
+        _scatter_add(self.vsum, flat, vals if imp is None else vals * imp)
+
+    def _add_linear(self, index8, w8, wt, vals, order) -> None:
+        wt *= vals
+        _scatter_add(self.vsum, index8, wt.reshape(-1))
+
+    def result(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        coverage = self.wsum[:self.nvox]
+        volume = np.zeros(self.nvox, dtype=np.float32)
+        np.divide(self.vsum[:self.nvox], coverage, out=volume, where=coverage > 0)
+        return volume, coverage
+
+
+class ImportanceAccumulator(MeanAccumulator):
+    """Mean weighted by the per-pixel importance mask (the selection's weights reach :meth:`paste` as ``imp``)."""
+
+
+class MaxAccumulator(_Accumulator):
+    """Brightest pixel per voxel (linear: over the corners with trilinear weight >= 1/8, as IGSIO)."""
+
+    def __init__(self, dims: tuple[int, int, int], nearest: bool) -> None:
+        super().__init__(dims, nearest)
+        self.vmax = np.full(self.length, -np.inf, dtype=np.float32)
+
+    def _add_nearest(self, flat, vals, imp, order) -> None:
+        _scatter_max(self.vmax, flat, vals)
+
+    def _add_linear(self, index8, w8, wt, vals, order) -> None:
+        ok8 = (w8 >= MIN_WEIGHT).reshape(-1)
+        _scatter_max(self.vmax, index8[ok8], np.broadcast_to(vals, w8.shape).reshape(-1)[ok8])
+
+    def result(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        volume = self.vmax[:self.nvox]
+        volume[~np.isfinite(volume)] = 0.0
+        return volume, self.wsum[:self.nvox]
+
+
+class LatestAccumulator(_Accumulator):
+    """Last pixel in sweep order (frame, row, column) per voxel: the highest order wins, looked up at the end."""
+
+    needs_order = True
+
+    def __init__(self, dims: tuple[int, int, int], nearest: bool) -> None:
+        super().__init__(dims, nearest)
+        self.key = np.full(self.length, -1, dtype=np.int64)
+
+    def _add_nearest(self, flat, vals, imp, order) -> None:
+        _scatter_max(self.key, flat, order)
+
+    def _add_linear(self, index8, w8, wt, vals, order) -> None:
+        ok8 = (w8 >= MIN_WEIGHT).reshape(-1)
+        _scatter_max(self.key, index8[ok8], np.broadcast_to(order, w8.shape).reshape(-1)[ok8])
+
+    def result(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         nvox = self.nvox
-        coverage = self.wsum[:nvox]
-        if self.vsum is not None:
-            volume = np.zeros(nvox, dtype=np.float32)
-            np.divide(self.vsum[:nvox], coverage, out=volume, where=coverage > 0)
-            return volume, coverage
-        if self.vmax is not None:
-            volume = self.vmax[:nvox]
-            volume[~np.isfinite(volume)] = 0.0
-            return volume, coverage
         _, h, w = frames.shape
         volume = np.zeros(nvox, dtype=np.float32)
         block = 1 << 18  # the gather's index arrays (~40 bytes a voxel) stay small
@@ -143,7 +193,12 @@ class _Accumulators:
             f, rest = np.divmod(k[hit], h * w)
             row, col = np.divmod(rest, w)
             volume[b + hit] = frames[f, row, col]
-        return volume, coverage
+        return volume, self.wsum[:nvox]
+
+
+ACCUMULATORS = {"mean": MeanAccumulator, "importance": ImportanceAccumulator, "max": MaxAccumulator,
+                "latest": LatestAccumulator}
+"""The accumulator class of each compounding strategy."""
 
 
 def paste_frames(job: PasteJob) -> tuple[np.ndarray, np.ndarray, int, int]:
@@ -157,7 +212,7 @@ def paste_frames(job: PasteJob) -> tuple[np.ndarray, np.ndarray, int, int]:
     imp = None if sel.weights is None else sel.weights.astype(np.float32, copy=False)
     thr = None if opts.pixel_threshold is None else np.float32(opts.pixel_threshold)
     per_frame = hc * wc if static is None else int(static.sum())
-    acc = _Accumulators(dims, nearest, opts.compounding)
+    acc = ACCUMULATORS[opts.compounding](dims, nearest)
     rows_per_tile = max(1, TILE_PIXELS[opts.interpolation] // wc)
     cols = np.arange(x0, x1 + 1, dtype=np.int64)
     pasted = 0
@@ -186,7 +241,7 @@ def paste_frames(job: PasteJob) -> tuple[np.ndarray, np.ndarray, int, int]:
                     bright = vals >= thr
                     valid = bright if valid is None else valid & bright
                 order = None  # latest: the pixels' order in the sweep (frame, row, column)
-                if acc.key is not None:
+                if acc.needs_order:
                     rows = np.arange(y0 + r0, y0 + r1, dtype=np.int64) * w + (s + f) * (h * w)
                     order = (rows[:, None] + cols[None, :]).reshape(-1)
                 acc.paste(c, vals, valid, not bool(inside[f, k]), None if imp is None else imp[r0:r1].reshape(-1),

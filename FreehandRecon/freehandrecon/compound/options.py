@@ -1,15 +1,16 @@
-"""Compounding options, hole-filling settings and the result container."""
+"""Compounding options (per channel too), hole-filling settings and the result container."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
 
 import numpy as np
 
+from ..channels import CHANNEL_COMPOUNDING
 from ..errors import InputError
+from ..fan import FanMask
 from .grid import OutputGrid
-from .masks import FanMask
 
 INTERPOLATIONS = ("nearest", "linear")
 COMPOUNDINGS = ("mean", "max", "latest", "importance")
@@ -113,3 +114,34 @@ class CompoundResult:
             info = np.iinfo(dt)
             return np.clip(np.rint(self.volume), info.min, info.max).astype(dt)
         return self.volume.astype(dt)
+
+
+# --- per-channel options ---------------------------------------------------------------------------
+
+def channel_options(base: CompoundOptions, name: str,
+                    overrides: Mapping[str, CompoundOptions | str] | None = None) -> CompoundOptions:
+    """Compounding options of channel ``name``: an override (full options, or just a mode name),
+    else ``base`` with the channel's default mode (:data:`CHANNEL_COMPOUNDING`)."""
+    given = (overrides or {}).get(name)
+    if isinstance(given, CompoundOptions):
+        return given
+    mode = given if given is not None else CHANNEL_COMPOUNDING.get(name, base.compounding)
+    if mode not in COMPOUNDINGS:
+        raise InputError(f"Unknown compounding mode '{mode}' for channel '{name}'.",
+                         f"Use one of {', '.join(COMPOUNDINGS)}, e.g. --channel-compounding {name}=max.")
+    if mode == "importance" and base.importance_mask is None:
+        raise InputError(f"Channel '{name}': compounding 'importance' needs an importance mask.",
+                         "Give --importance-mask, or use max/mean for the channel.")
+    return replace(base, compounding=mode)
+
+
+def parse_channel_compounding(items: list[str] | None) -> dict[str, str]:
+    """``["photoacoustic=max", "doppler=mean"]`` (the command-line form) -> ``{name: mode}``."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, mode = item.partition("=")
+        if not sep or not name or mode not in COMPOUNDINGS:
+            raise InputError(f"--channel-compounding '{item}' is not CHANNEL=MODE with a known mode.",
+                             f"Use e.g. --channel-compounding doppler=mean (modes: {', '.join(COMPOUNDINGS)}).")
+        out[name] = mode
+    return out

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .masks import FanMask
+from ..fan import FanMask
 from .options import CompoundOptions, HoleFilling
 
 _INTERP = {"NEAREST_NEIGHBOR": "nearest", "LINEAR": "linear"}

@@ -8,24 +8,14 @@ instead of being compacted, which keeps every step a dense elementwise op.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from .fixedpoint import (FRAC_BITS, HALF, MIN_WEIGHT_RAW, ONE, all_inside, coordinate_terms, fixed_matrices,
                          term_bounds)
 
-__all__ = ["FRAC_BITS", "ONE", "HALF", "MIN_WEIGHT_RAW", "fixed_matrices", "ChunkGeometry", "chunk_coords",
+__all__ = ["FRAC_BITS", "ONE", "HALF", "MIN_WEIGHT_RAW", "fixed_matrices", "chunk_coords",
            "nearest_indices", "linear_corners", "SequentialMean"]
-
-
-@dataclass
-class ChunkGeometry:
-    """Fixed-point voxel coordinates of one chunk: ``X[n, 3, Hc, Wc]`` raw int and a validity mask."""
-
-    coords: torch.Tensor
-    valid: torch.Tensor | None  # bool [n, Hc, Wc] or None (all valid)
 
 
 def chunk_coords(fixed: np.ndarray, rect: tuple[int, int, int, int], dims: tuple[int, int, int],

@@ -6,7 +6,7 @@
 ``.igs.mha``, ``.mha``, ``.mhd``       PLUS/IGSIO sequence (+ PLUS config calibration)
 ``.h5``, ``.hdf5``                     TUS-REC scan (+ ``calib_matrix.csv``)
 ``.npz``                               numpy archive (:mod:`.npz`)
-``.seq.nrrd``                          Slicer sequence (:mod:`freehandrecon.mrml`)
+``.seq.nrrd``                          Slicer sequence (:mod:`freehandrecon.io.slicer_files`)
 ``.dcm``, ``.dicom`` (or a DICM file)  DICOM ultrasound cine loop, read only (:mod:`.dicom`)
 ``.mp4``, ``.mov``, ``.avi``, ...      screen/video capture, read only (:mod:`.video`)
 =====================================  ==============================================
@@ -87,9 +87,9 @@ def read_sweep(path: str | os.PathLike, *, plus_config: str | os.PathLike | Plus
     elif fmt == "npz":
         sweep = read_npz(path)
     else:
-        from .. import mrml  # Slicer MRML is heavy and optional: load it only for .seq.nrrd
+        from .slicer_files import read_seq_nrrd  # Slicer MRML is heavy and optional: load it only for .seq.nrrd
 
-        sweep = mrml.read_seq_nrrd(path, pixel_spacing=spacing)
+        sweep = read_seq_nrrd(path, pixel_spacing=spacing)
     if spacing is not None:
         meta = dict(sweep.metadata, pixel_spacing_source="override", file_pixel_spacing=sweep.pixel_spacing,
                     pixel_spacing_known=True)
@@ -113,9 +113,9 @@ def write_sweep(sweep: Sweep, path: str | os.PathLike, force: bool = False) -> P
         return write_tusrec(sweep, out, out.parent / "calib_matrix.csv", force=force)[0]
     if fmt == "npz":
         return write_npz(sweep, out, force=force)
-    from .. import mrml  # see read_sweep
+    from .slicer_files import write_seq_nrrd  # see read_sweep
 
-    mrml.write_seq_nrrd(sweep, out, force=force)
+    write_seq_nrrd(sweep, out, force=force)
     return out
 
 

@@ -29,11 +29,13 @@ def write_pose_output(sweep: Sweep, path: str | os.PathLike, force: bool = False
         raise InputError("There are no poses to write.", "Estimate poses first.")
     target = check_output(path, force)
     if is_transform_sequence_name(target):
-        from .. import mrml
+        from .slicer_files import save_node
+        from .slicer_scene import new_scene
+        from .slicer_sequences import add_transform_sequence
 
-        scene = mrml.new_scene()
-        node = mrml.add_transform_sequence(scene, sweep.image_to_world, "ImageToReference")
-        return [mrml.save_node(node, target)]
+        scene = new_scene()
+        node = add_transform_sequence(scene, sweep.image_to_world, "ImageToReference")
+        return [save_node(node, target)]
     from . import write_sweep
 
     written = write_sweep(sweep, target, force=force)
@@ -47,9 +49,9 @@ def read_pose_file(path: str | os.PathLike, num_frames: int | None = None) -> np
     """
     p = existing_file(path, "pose file")
     if is_transform_sequence_name(p):
-        from .. import mrml
+        from .slicer_files import read_transform_sequence
 
-        poses = mrml.read_transform_sequence(p)
+        poses = read_transform_sequence(p)
     else:
         from . import read_sweep
 

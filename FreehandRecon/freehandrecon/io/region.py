@@ -2,7 +2,7 @@
 
 A capture holds more than the B-mode image: menus, text, rulers, a border. :func:`detect_region` finds the
 largest region of changing speckle (a rectangle for linear probes; the fan is reported for curvilinear ones,
-found with :func:`freehandrecon.compound.masks.detect_fan`); :func:`finish_capture` crops the frames to it
+found with :func:`freehandrecon.fan.detect_fan`); :func:`finish_capture` crops the frames to it
 (or to the DICOM region, or to ``--crop``), fills colour overlay pixels from their grey neighbours, and counts
 the static overlays left inside the image (calipers, text: bright pixels whose range over the cine stays
 within coding noise).
@@ -87,8 +87,8 @@ def detect_region(frames: np.ndarray) -> dict[str, Any] | None:
 
 def region_shape(changing: np.ndarray) -> dict[str, Any]:
     """``{"shape": "fan", "fan": {...}}`` (pixels of the region) when the changing pixels form a curvilinear
-    fan (:func:`~freehandrecon.compound.masks.detect_fan`), else ``{"shape": "rectangle"}``."""
-    from ..compound.masks import detect_fan
+    fan (:func:`~freehandrecon.fan.detect_fan`), else ``{"shape": "rectangle"}``."""
+    from ..fan import detect_fan
 
     fan = detect_fan(changing[None].astype(np.float32), threshold=0.5)
     if fan is None:

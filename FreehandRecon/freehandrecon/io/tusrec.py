@@ -189,7 +189,7 @@ def _read_scan(p: Path, calibration, pixel_spacing, one_based: bool, frames: boo
         if stamps is None:
             raise InputError(f"'{p}': channel '{name}' has timestamps but the B-mode frames have none.",
                              "Store the B-mode 'timestamps' too, or drop the channel's timestamps.")
-        from ..fusion import check_channel_timestamps
+        from ..channels import check_channel_timestamps
 
         check_channel_timestamps(stamps, ch_stamps, name)
     if tforms is not None and tforms.shape != (n, 4, 4):

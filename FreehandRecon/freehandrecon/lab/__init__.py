@@ -1,5 +1,4 @@
-"""Research tools kept apart from the product: nothing in the module, the CLI workflow or training imports them.
-
-:mod:`.independent_sim` builds a validation set with an independent physics simulator (pymust, optional
-extra ``lab``) and checks its poses against its phantom.
+"""Research tools kept apart from the product: simulation commands, training, evaluation, benchmarks, plots,
+and :mod:`.independent_sim`, a validation set from an independent physics simulator (pymust, optional extra
+``lab``) that nothing in training or model selection reads.
 """

@@ -35,8 +35,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .compound import OutputGrid
-from .errors import FreehandReconError, InputError, OutputExistsError
+from ..compound import OutputGrid
+from ..errors import FreehandReconError, InputError, OutputExistsError
 
 METHODS = ("tracked", "learned", "speckle")
 RULES = ("otsu", "fraction")
@@ -196,8 +196,8 @@ def evaluate_sweep(sweep: Any, methods: Iterable[str] = METHODS, *, spacing_mm: 
                    ) -> dict[str, dict[str, Any]]:
     """Reconstruct ``sweep``'s ``channel`` with each pose method and score it; a method that
     fails (e.g. no learned model yet) gets ``{"error": message}``."""
-    from .logic import PoseRequest, ReconstructionRequest, reconstruct_sweep
-    from .metrics import evaluate_poses
+    from ..logic import PoseRequest, ReconstructionRequest, reconstruct_sweep
+    from ..poses.metrics import evaluate_poses
 
     vessels = sweep.metadata.get("vessels")
     if not vessels:
@@ -234,7 +234,7 @@ def evaluate_vessels(sites: Iterable[str] = DEFAULT_SITES, count: int = 3, seed:
                      progress: Progress | None = None) -> dict[str, Any]:
     """Simulate ``count`` PAUS sweeps per site (seeds ``seed...``), evaluate each pose method, and
     summarise (mean over sweeps per method) with the targets."""
-    from .simulate import random_paus_sweep
+    from ..simulate import random_paus_sweep
 
     methods = tuple(methods)
     unknown = [m for m in methods if m not in METHODS]

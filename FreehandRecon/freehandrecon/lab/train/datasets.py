@@ -25,11 +25,11 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .. import geometry
-from ..errors import InputError
-from ..sweep import Sweep
-from ..poses import common
-from ..poses.decorrelation import mirror_lateral
+from ... import geometry
+from ...errors import InputError
+from ...sweep import Sweep
+from ...poses import common
+from ...poses.decorrelation import mirror_lateral
 
 FLIP_SIGNS = np.array([-1.0, 1.0, 1.0, 1.0, -1.0, -1.0])  # lateral mirror: tx, ry, rz change sign
 TRAJECTORY_KINDS = ("linear", "fan", "tilt", "s-curve", "mixed")
@@ -70,7 +70,7 @@ def prepare_record(sweep: Sweep, input_spacing: float, input_size: int, name: st
     frames_u8 = np.round(frames * 255).astype(np.uint8)
     decor = None
     if lags:
-        from ..poses import decorrelation
+        from ...poses import decorrelation
 
         decor = decorrelation.model_features(frames_u8.astype(np.float32) / 255.0, sweep.frame_shape,
                                              sweep.pixel_spacing, decorrelation.curve_for_sweep(sweep, curve),
@@ -100,8 +100,8 @@ def simulated_sweep(site: str, seed: int, num_frames: int, kind: str, cache: Pat
     """``random_sweep(site, seed, num_frames, kind)``, read from / written to the cache folder; with
     ``step_range`` the elevational step is drawn from it (:func:`sim_step`) instead of the simulator's
     default range (0.1-0.6 mm/frame)."""
-    from ..simulate import random_sweep
-    from ..simulate.cache import cached_sweep
+    from ...simulate import random_sweep
+    from ...simulate.cache import cached_sweep
 
     if step_range is None:
         return cached_sweep(cache, f"{site}_s{seed}_n{num_frames}_{kind}",
@@ -154,7 +154,7 @@ def file_records(paths: Sequence[Path], split_by: str, input_spacing: float, inp
                  read_options: dict[str, Any] | None = None, lags: Sequence[int] = (),
                  curve=None, floor_lag: int = 0) -> list[SweepRecord]:
     """Read tracked sweeps (any format :func:`freehandrecon.io.read_sweep` supports) into records."""
-    from ..io import read_sweep
+    from ...io import read_sweep
 
     out = []
     for p in paths:

@@ -6,7 +6,7 @@ independent simulator, pymust, never used for training or model selection; ``--s
 sweeps with speckle). Each method runs through
 :func:`freehandrecon.poses.estimate_poses` with ``sweep_direction="auto"`` (simulated sweeps carry
 their direction in metadata; tracked ones give it by their net motion), and
-:func:`freehandrecon.metrics.evaluate_poses` scores it. Writes ``report.json`` and PNG plots.
+:func:`freehandrecon.poses.metrics.evaluate_poses` scores it. Writes ``report.json`` and PNG plots.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import metrics
-from .errors import Cancelled, InputError, OutputExistsError
-from .sweep import Sweep
+from ..poses import metrics
+from ..errors import Cancelled, InputError, OutputExistsError
+from ..sweep import Sweep
 
 ESTIMATORS = ("learned", "speckle")
 DEFAULT_SEED = 20000  # training uses seeds < 10000 and validation 10000-19999; evaluation never sees either
@@ -40,7 +40,7 @@ Progress = Callable[[str, float], None]
 def simulated_sweeps(sites: Iterable[str], count: int, seed: int = DEFAULT_SEED, frames: int = 100,
                      kind: str | None = None) -> Iterator[tuple[str, Sweep]]:
     """``count`` simulated sweeps per site with seeds ``seed, seed+1, ...`` (generated lazily)."""
-    from .simulate import random_sweep
+    from ..simulate import random_sweep
 
     for site in sites:
         for i in range(count):
@@ -50,7 +50,7 @@ def simulated_sweeps(sites: Iterable[str], count: int, seed: int = DEFAULT_SEED,
 
 def file_sweeps(paths: Iterable[Path], **read_options: Any) -> Iterator[tuple[str, Sweep]]:
     """Tracked sweep files (any format :func:`freehandrecon.io.read_sweep` reads); poses are required."""
-    from .io import read_sweep
+    from ..io import read_sweep
 
     for p in paths:
         sweep = read_sweep(p, **read_options)
@@ -91,7 +91,7 @@ def set_sweeps(name: str, data_root: str | Path | None = None) -> list[tuple[str
 
 def named_set(name: str, data_root: str | Path | None = None) -> Iterator[tuple[str, Sweep]]:
     """The sweeps of a named set (:func:`set_sweeps`), read lazily."""
-    from .io import read_sweep
+    from ..io import read_sweep
 
     for label, path, config in set_sweeps(name, data_root):
         sweep = read_sweep(path, plus_config=config) if config is not None else read_sweep(path)
@@ -134,7 +134,7 @@ def evaluate_sweep(sweep: Sweep, methods: Iterable[str], *, model: str | Path | 
     Returns ``(results, poses)``: per method the metrics (with per-frame lists), ``seconds``,
     ``frames_per_second``, ``warnings`` and the estimator's ``info``; and the estimated poses.
     """
-    from .poses import estimate_poses
+    from ..poses import estimate_poses
 
     if sweep.image_to_world is None:
         raise InputError("The sweep has no true poses to evaluate against.", "Use a tracked or simulated sweep.")
@@ -142,7 +142,7 @@ def evaluate_sweep(sweep: Sweep, methods: Iterable[str], *, model: str | Path | 
     poses: dict[str, np.ndarray] = {}
     for method in methods:
         if method == "speckle":  # probe calibration is a one-off per probe: keep it out of the timing
-            from .poses.speckle import curve_for
+            from ..poses.speckle import curve_for
 
             curve_for(sweep, None)
         est = estimate_poses(sweep, method, model=model if method == "learned" else None, device=device,
@@ -344,7 +344,7 @@ def run_evaluation(sweeps: Iterable[tuple[str, Sweep]], methods: Iterable[str], 
     Refuses to overwrite an existing report without ``force``; outputs appear only when all succeeded.
     """
     from . import plots as plotting
-    from .io.common import atomic_outputs
+    from ..io.common import atomic_outputs
 
     methods = list(dict.fromkeys(methods))
     if not methods:
@@ -390,7 +390,7 @@ def run_evaluation(sweeps: Iterable[tuple[str, Sweep]], methods: Iterable[str], 
     targets = check_targets(agg)
     report = {"format": "freehandrecon-evaluation", "version": 1, "methods": methods,
               "settings": _jsonable(settings or {}), "seconds": round(time.perf_counter() - t0, 3),
-              "metric_definitions": "see freehandrecon.metrics (TUS-REC GPE/LPE; drift at the frame centre, "
+              "metric_definitions": "see freehandrecon.poses.metrics (TUS-REC GPE/LPE; drift at the frame centre, "
                                     "chains anchored on the true first pose)",
               "sweeps": entries, "aggregate": _round(agg), "targets": targets,
               "table_markdown": markdown_table(agg),
@@ -409,7 +409,7 @@ def run_evaluation(sweeps: Iterable[tuple[str, Sweep]], methods: Iterable[str], 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``freehandrecon evaluate`` to the command line."""
-    from .simulate import HELDOUT_SITE
+    from ..simulate import HELDOUT_SITE
 
     p = sub.add_parser(
         "evaluate", help="score sensorless pose estimators on simulated or tracked sweeps (JSON report, plots)",
@@ -454,7 +454,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Run the evaluation from parsed arguments; print the table and the targets."""
-    from .cli import _Progress
+    from ..commands.common import Progress
 
     if (Path(args.out) / "report.json").exists() and not args.force:  # before any slow work
         raise OutputExistsError(f"{args.out} already holds an evaluation report.",
@@ -477,7 +477,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         total = len(args.inputs)
         settings = {"mode": "files", "inputs": [str(p) for p in args.inputs]}
     else:
-        from .simulate.sites import check_site
+        from ..simulate.sites import check_site
 
         sites = args.sites or [args.site]
         for s in sites:
@@ -486,7 +486,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         total = len(sites) * args.sweeps
         settings = {"mode": "simulated", "sites": sites, "sweeps_per_site": args.sweeps, "seed": args.seed,
                     "frames": args.frames, "trajectory": args.trajectory or "random"}
-    progress = _Progress(getattr(args, "quiet", False))
+    progress = Progress(getattr(args, "quiet", False))
     try:
         report = run_evaluation(sweeps, args.methods, args.out, force=args.force, plots=args.plots, model=args.model,
                                 device=args.device, total=total, progress=progress, settings=settings)

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-SPINE = Path(__file__).resolve().parents[2] / "Testing" / "Data" / "igsio"
+SPINE = Path(__file__).resolve().parents[3] / "Testing" / "Data" / "igsio"
 
 
 def synthetic_sweep(num_frames: int = 1000, height: int = 480, width: int = 640, seed: int = 0):
     """A smooth freehand-like sweep (0.2 mm pixels, 0.15 mm steps, gentle tilts) with random speckle."""
-    from .geometry import params_to_matrix
-    from .sweep import Sweep
+    from ..geometry import params_to_matrix
+    from ..sweep import Sweep
 
     rng = np.random.default_rng(seed)
     frames = rng.integers(0, 256, (num_frames, height, width), dtype=np.uint8)
@@ -27,7 +27,7 @@ def synthetic_sweep(num_frames: int = 1000, height: int = 480, width: int = 640,
 
 
 def _spine_sweep():
-    from .io.plus import sweep_from_plus
+    from ..io.plus import sweep_from_plus
 
     return sweep_from_plus(SPINE / "SpinePhantomFreehand.igs.mha",
                            plus_config=SPINE / "Config_VolumeReconstruction_SpinePhantom_NN_MEAN.xml")
@@ -45,8 +45,8 @@ def _run_case(case: dict) -> dict:
     """Run one case in this process (called in a fresh subprocess by :func:`run_compound_benchmark`)."""
     import warnings
 
-    from .compound import CompoundOptions, compound, fit_grid
-    from .compound.engine import require_engine
+    from ..compound import CompoundOptions, compound, fit_grid
+    from ..compound.engine import require_engine
 
     engine = require_engine(CompoundOptions(engine=case.get("engine", "auto"), device=case["device"]))
     dev = case["device"]
@@ -55,7 +55,7 @@ def _run_case(case: dict) -> dict:
 
         torch.set_num_threads(int(case.get("threads", 2)))
     if case["kind"] == "normalized" and engine == "numpy":
-        from .compound.numpy_engine import fill_normalized as fill_np
+        from ..compound.numpy_engine import fill_normalized as fill_np
 
         sweep = _spine_sweep()
         grid = fit_grid(sweep, 0.5)
@@ -70,7 +70,7 @@ def _run_case(case: dict) -> dict:
     if case["kind"] in ("stick", "normalized"):
         import torch
 
-        from .compound.holes import fill_normalized, fill_sticks
+        from ..compound.holes import fill_normalized, fill_sticks
 
         sweep = _spine_sweep()
         grid = fit_grid(sweep, 0.5)

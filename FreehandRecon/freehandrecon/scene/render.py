@@ -18,7 +18,7 @@ import os
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 
 import time  # noqa: E402  (the environment must be set before VTK rendering classes are used)
-from collections.abc import Iterable  # noqa: E402
+from collections.abc import Iterable, Mapping  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -27,9 +27,11 @@ import slicer  # noqa: E402
 import vtk  # noqa: E402
 from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
 
-from . import mrml  # noqa: E402
-from .errors import InputError, ResourceError  # noqa: E402
-from .io.common import atomic_outputs  # noqa: E402
+from ..errors import InputError, ResourceError  # noqa: E402
+from ..io.common import atomic_outputs  # noqa: E402
+from ..io.slicer_scene import get_logic, unique_name  # noqa: E402
+from .display import (BMODE_OPACITY_SCALE, BMODE_PRESET, channel_pairs, scale_opacity, shared_fades,  # noqa: E402
+                      show_fused, show_volume_rendering)
 
 _DISPLAYABLE_MANAGERS = ("vtkMRMLCameraDisplayableManager", "vtkMRMLVolumeRenderingDisplayableManager")
 ZOOM_AFTER_RESET = 1.2  # ResetCamera fits the bounding sphere; a box fills only part of it
@@ -51,7 +53,7 @@ def _all_volume_renderings(scene: Any) -> list[Any]:
 
 def _view(scene: Any, background: tuple[float, float, float]) -> Any:
     view = slicer.vtkMRMLViewNode()
-    view.SetName(mrml.unique_name(scene, "FreehandRecon render view"))
+    view.SetName(unique_name(scene, "FreehandRecon render view"))
     view.SetLayoutName("FreehandReconRender")
     view.SetBackgroundColor(*background)
     view.SetBackgroundColor2(*background)
@@ -139,12 +141,12 @@ def render_volume_png(scene: Any, volume_node: Any, path: str | os.PathLike, wid
     """Render ``volume_node`` (and ``extra_volumes``) in an offscreen Slicer 3D view to a PNG.
 
     The volumes get volume rendering display nodes with the named presets (see
-    :func:`freehandrecon.mrml.show_volume_rendering`; they stay in the scene, so a saved
+    :func:`freehandrecon.scene.display.show_volume_rendering`; they stay in the scene, so a saved
     scene opens with the same rendering); other volume renderings are hidden for the
     picture only. The camera is reset to the box of visible (not fully transparent)
     voxels, then turned by ``azimuth``/``elevation`` degrees from Slicer's default view.
     ``opacity_scale`` maps volume node IDs to a factor on their display's scalar opacity
-    (e.g. a faint B-mode around photoacoustic vessels, see :mod:`freehandrecon.fusion`).
+    (e.g. a faint B-mode around photoacoustic vessels, see :mod:`freehandrecon.scene.display`).
     The PNG is written atomically. Returns image statistics: ``foreground_fraction``
     (pixels differing from the background colour), ``mean_intensity`` (0..255),
     ``mean_foreground_intensity``, plus size, seconds and the OpenGL renderer used.
@@ -157,10 +159,8 @@ def render_volume_png(scene: Any, volume_node: Any, path: str | os.PathLike, wid
         raise InputError(f"The render is written as PNG; '{target.name}' does not end in .png.",
                          "Use a name like render.png.")
     pairs = _volumes(volume_node, preset, extra_volumes)
-    displays = [mrml.show_volume_rendering(scene, node, p, method=method) for node, p in pairs]
+    displays = [show_volume_rendering(scene, node, p, method=method) for node, p in pairs]
     if opacity_scale:
-        from .fusion import scale_opacity
-
         for (node, _), display in zip(pairs, displays):
             if node.GetID() in opacity_scale:
                 scale_opacity(display, float(opacity_scale[node.GetID()]))
@@ -188,7 +188,7 @@ def render_volume_png(scene: Any, volume_node: Any, path: str | os.PathLike, wid
         for display in displays:
             display.AddViewNodeID(view.GetID())
         factory = slicer.vtkMRMLThreeDViewDisplayableManagerFactory.GetInstance()
-        factory.SetMRMLApplicationLogic(mrml.get_logic(scene, "application"))
+        factory.SetMRMLApplicationLogic(get_logic(scene, "application"))
         for name in _DISPLAYABLE_MANAGERS:
             if not factory.IsDisplayableManagerRegistered(name):
                 factory.RegisterDisplayableManager(name)
@@ -230,3 +230,21 @@ def render_volume_png(scene: Any, volume_node: Any, path: str | os.PathLike, wid
         for d in hidden:
             d.SetVisibility(True)
         window.Finalize()
+
+
+def render_fused_png(scene: Any, bmode_node: Any, channel_nodes: Mapping[str, Any] | list[Any],
+                     path: str | os.PathLike, *, bmode_opacity: float = BMODE_OPACITY_SCALE,
+                     **render_kw: Any) -> dict[str, Any]:
+    """Write the fused 3D view (B-mode grey + photoacoustic hot / Doppler red) to a PNG offscreen;
+    returns :func:`render_volume_png`'s statistics."""
+    pairs = channel_pairs(channel_nodes)
+    if not pairs:
+        raise InputError("A fused picture needs at least one channel volume (photoacoustic or Doppler).",
+                         "Reconstruct a sweep that has extra channels, or use render_volume_png for B-mode alone.")
+    show_fused(scene, bmode_node, channel_nodes, bmode_opacity=bmode_opacity,
+               method=render_kw.get("method", "gpu"))
+    # render_volume_png re-applies the presets; fade the B-mode again after it did, then draw
+    scales = {bmode_node.GetID(): bmode_opacity}
+    scales.update({node.GetID(): scale for (node, _), scale in shared_fades(pairs).items()})
+    return render_volume_png(scene, bmode_node, path, preset=BMODE_PRESET, extra_volumes=pairs,
+                             opacity_scale=scales, **render_kw)

@@ -1,7 +1,7 @@
 """``freehandrecon train``: train the learned pose estimator on simulated and/or tracked sweeps.
 
-Also runnable alone (``python -m freehandrecon.train ...``), which is handy under
-``torchrun --nproc_per_node K -m freehandrecon.train ...`` before the main CLI wires it in.
+Also runnable alone (``python -m freehandrecon.lab.train ...``), which is handy under
+``torchrun --nproc_per_node K -m freehandrecon.lab.train ...`` before the main CLI wires it in.
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import InputError
-from ..poses.losses import LossWeights
-from ..poses.network import PoseNetConfig
+from ...errors import InputError
+from ...poses.losses import LossWeights
+from ...poses.network import PoseNetConfig
 from .datasets import SPLIT_BY, TRAJECTORY_KINDS
 
 EXAMPLE = """examples:
   freehandrecon train --data sim --cache /tmp/fr_cache --out /tmp/run1 --epochs 20
   freehandrecon train --data sim /data/tracked --split-by subject --out runs/mix --device cuda --amp
-  torchrun --nproc_per_node 4 -m freehandrecon.cli train --data sim --out runs/ddp --device cuda
+  torchrun --nproc_per_node 4 -m freehandrecon.commands.main train --data sim --out runs/ddp --device cuda
   freehandrecon train --data sim --out /tmp/run1 --epochs 30 --resume   # continue a run
 """
 
@@ -194,7 +194,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone entry: ``python -m freehandrecon.train [train options]``."""
-    from ..errors import FreehandReconError
+    from ...errors import FreehandReconError
 
     parser = argparse.ArgumentParser(prog="freehandrecon-train")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

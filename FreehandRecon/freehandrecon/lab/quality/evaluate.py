@@ -22,14 +22,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..errors import InputError
-from ..sweep import Sweep
-from .data import (CORRUPTIONS, FrameSet, check_roi, corrupted_frameset, frameset_of, nt_frameset,
-                   simulated_sweeps)
-from .guard import Guard, check_sweep, encode_frames
+from ...errors import InputError
+from ...sweep import Sweep
+from ...quality.data import (CORRUPTIONS, FrameSet, check_roi, corrupted_frameset, frameset_of, nt_frameset,
+    simulated_sweeps)
+from ...quality.guard import Guard, check_sweep, encode_frames
 from .losses import psnr, roi_edge, roi_l1
-from .model import GuardAE
-from .ood import auroc, per_sweep
+from ...quality.model import GuardAE
+from ...quality.ood import auroc, per_sweep
 from .probe import fit_probe
 
 
@@ -48,7 +48,7 @@ class Protocol:
     heldout_site: str = ""
 
     def __post_init__(self) -> None:
-        from ..simulate import HELDOUT_SITE, TRAIN_SITES
+        from ...simulate import HELDOUT_SITE, TRAIN_SITES
 
         self.train_sites = tuple(self.train_sites) or TRAIN_SITES
         self.heldout_site = self.heldout_site or HELDOUT_SITE
@@ -95,8 +95,8 @@ def user_splits(folder: Path, heldout_site: str, roi_box: Any, val_fraction: flo
                 plus_config: Path | None = None, progress: Callable[[str, float], None] | None = None) -> Splits:
     """The same protocol on your own sweeps: ``folder/<site>/<sweep files>``; ``heldout_site`` is never trained on,
     ``val_fraction`` of every other site's sweeps (at least one) validate; the ROI is a pixel box."""
-    from ..io import read_sweep
-    from .data import box_roi, sweep_to_frameset
+    from ...io import read_sweep
+    from ...quality.data import box_roi, sweep_to_frameset
 
     folder = Path(folder)
     site_dirs = sorted(d for d in folder.iterdir() if d.is_dir()) if folder.is_dir() else []
@@ -189,8 +189,8 @@ def calibration_split(val: FrameSet) -> tuple[FrameSet, FrameSet]:
 def fit_guard(net: GuardAE, splits: Splits, name: str) -> Guard:
     """Latent statistics (per-site means, shared Ledoit-Wolf covariance per feature layer) on the training
     frames and the extra statistics sweeps, their normalisation and the thresholds on the calibration half of the validation frames."""
-    from .guard import calibrate_thresholds, feature_names
-    from .ood import fit_ensemble
+    from ...quality.guard import calibrate_thresholds, feature_names
+    from ...quality.ood import fit_ensemble
 
     calib, _ = calibration_split(splits.val)
     fit = splits.fit
@@ -263,7 +263,7 @@ def evaluate_guard(guard: Guard, splits: Splits, phase1: GuardAE | None = None,
 
 
 def _verdict_counts(flags: np.ndarray, sweep: np.ndarray, thresholds: dict[str, float]) -> dict[str, int]:
-    from .guard import verdict_for
+    from ...quality.guard import verdict_for
 
     out = {"ok": 0, "warning": 0, "out-of-distribution": 0}
     for s in np.unique(sweep):

@@ -41,7 +41,7 @@ SAMPLE_DATA_DIR = Path(__file__).resolve().parents[1] / "Resources" / "SampleDat
 # Results other modules can observe. After every successful reconstruct() the report (lastReport) is stored as
 # JSON in the REPORT_ATTRIBUTE attribute of the output volume and of the parameter node passed in, which also
 # gets OUTPUT_ATTRIBUTE (the output volume's ID); then ReconstructionFinishedEvent is invoked on both:
-#   node.AddObserver(slicer_logic.ReconstructionFinishedEvent, lambda caller, event: ...)
+#   node.AddObserver(module_logic.ReconstructionFinishedEvent, lambda caller, event: ...)
 ReconstructionFinishedEvent = 1000 + 18002  # vtkCommand.UserEvent + 18002 (vtk is not imported at load time)
 REPORT_ATTRIBUTE = "FreehandRecon.Report"
 OUTPUT_ATTRIBUTE = "FreehandRecon.OutputVolumeID"
@@ -211,7 +211,6 @@ class FreehandReconLogic:
         self.lastReport: dict[str, Any] = {}
         self.lastNodes: dict[str, Any] = {}
         self.lastQuality: Any = None
-        self.lastAdaptation: dict[str, Any] = {}
 
     # --- scene and inputs -------------------------------------------------------------------------
 
@@ -225,7 +224,7 @@ class FreehandReconLogic:
         scene = getattr(slicer, "mrmlScene", None)
         if scene is None:
             raise InputError("There is no MRML scene to work in.",
-                             "Pass scene=freehandrecon.mrml.new_scene() to FreehandReconLogic, or set slicer.mrmlScene.")
+                             "Pass scene=freehandrecon.io.slicer_scene.new_scene() to FreehandReconLogic, or set slicer.mrmlScene.")
         return scene
 
     def _node(self, ref: Any, what: str) -> Any:
@@ -264,7 +263,7 @@ class FreehandReconLogic:
         ``pixelSpacingMm`` overrides the frames' spacing; ``calibrationNode`` (image-to-probe) is
         inserted between the images and the transforms above them, unless it is already there.
         """
-        from . import mrml
+        from .io.slicer_sequences import sweep_from_browser
 
         browser, seq = self._browserAndSequence(inputNode, imageSequence)
         if browser is None:
@@ -272,7 +271,7 @@ class FreehandReconLogic:
         else:
             if browser.GetScene() is None:
                 raise InputError("The sequence browser is not in an MRML scene.", "Pass a browser node from a scene.")
-            sweep = mrml.sweep_from_browser(browser, image_sequence=seq, pixel_spacing=pixelSpacingMm)
+            sweep = sweep_from_browser(browser, image_sequence=seq, pixel_spacing=pixelSpacingMm)
         calibration = self._node(calibrationNode, "calibration transform")
         if calibration is not None:
             sweep = self._applyCalibration(sweep, browser, seq, calibration)
@@ -290,15 +289,15 @@ class FreehandReconLogic:
         n = seq.GetNumberOfDataNodes()
         if n == 0:
             raise InputError(f"The sequence '{seq.GetName()}' is empty.", "Record or import frames first.")
-        from . import mrml
+        from .io.slicer_sequences import image_sequence_ijk_to_ras, poses_in_image_geometry, sweep_from_pixel_to_world
 
         frames = np.stack([util.arrayFromVolume(seq.GetNthDataNode(i))[0] for i in range(n)])
-        ijk = mrml.image_sequence_ijk_to_ras(seq)
+        ijk = image_sequence_ijk_to_ras(seq)
         meta = {"source": "mrml", "image_sequence": seq.GetName(), "transform_chain": []}
-        if mrml.poses_in_image_geometry(ijk):  # PLUS EmbeddedTransformToFrame: the poses are the IJKToRAS
+        if poses_in_image_geometry(ijk):  # PLUS EmbeddedTransformToFrame: the poses are the IJKToRAS
             meta["poses_in_image_geometry"] = True
-            return mrml.sweep_from_pixel_to_world(frames, {}, ijk, True, pixelSpacingMm,
-                                                   np.linalg.norm(ijk[:, :3, :2], axis=1).mean(axis=0), None, meta)
+            return sweep_from_pixel_to_world(frames, {}, ijk, True, pixelSpacingMm,
+                                             np.linalg.norm(ijk[:, :3, :2], axis=1).mean(axis=0), None, meta)
         if pixelSpacingMm is None:
             pixelSpacingMm = tuple(float(v) for v in np.linalg.norm(ijk[0, :3, :2], axis=0))
         return Sweep(frames=frames, pixel_spacing=pixelSpacingMm, metadata=meta)
@@ -482,9 +481,9 @@ class FreehandReconLogic:
         outputVolumeNode = self._node(outputVolumeNode, "output volume")
         self._checkOutputVolume(scene, outputVolumeNode)
         if showIn3D:
-            from . import mrml
+            from .io.slicer_scene import PRESET_NAMES
 
-            _choice(preset, mrml.PRESET_NAMES, "volume rendering preset")
+            _choice(preset, PRESET_NAMES, "volume rendering preset")
         roi, roiParent = self._roiInParentFrame(self._node(roiNode, "ROI"))
         self._requireTorch(poses, checkQuality and poses == "learned" and qualityReport is None, fillHoles, device)
         from .compound import CompoundOptions, HoleFilling, detect_fan
@@ -536,7 +535,7 @@ class FreehandReconLogic:
             if showIn3D:
                 nodes["display"] = self._showVolume(scene, nodes["volume"], preset)
                 if result.channels:  # B-mode faded, photoacoustic hot / Doppler red on top, in the same 3D view
-                    from .fusion import show_result_fused
+                    from .scene.display import show_result_fused
 
                     show_result_fused(scene, nodes, method=None)
             if qualityNodes and quality is not None:
@@ -659,7 +658,8 @@ class FreehandReconLogic:
         the ROI's orientation and parent transform. The sweep needs poses (tracked, embedded in the
         images, or estimated with :meth:`estimatePoses`). Returns the ROI node.
         """
-        from . import geometry, mrml
+        from . import geometry
+        from .io.slicer_scene import unique_name
 
         if not (np.isfinite(marginMm) and marginMm >= 0):
             raise InputError(f"The ROI margin must be >= 0 mm, got {marginMm}.", "Give a margin such as 0 or 5 mm.")
@@ -687,7 +687,7 @@ class FreehandReconLogic:
             raise InputError(f"'{roi.GetName()}' is a {roi.GetClassName()}, not a markups ROI.", "Select a markups ROI.")
         if roi is None:
             base = sweep.metadata.get("image_sequence") or owner.GetName()
-            roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", mrml.unique_name(scene, f"{base}_Bounds"))
+            roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", unique_name(scene, f"{base}_Bounds"))
             roi.CreateDefaultDisplayNodes()
         parent = roi.GetParentTransformNode()
         if parent is not None and not parent.IsTransformToWorldLinear():
@@ -752,35 +752,6 @@ class FreehandReconLogic:
             self._removeNewNodes(scene, before)
             raise
 
-    def adaptModel(self, browserNodes: Any, outDir: str | Path, progress: ProgressCallback | None = None,
-                   shouldCancel: Callable[[], bool] | None = None, *, epochs: int | None = None,
-                   stepsPerEpoch: int | None = None, device: str = "cpu", force: bool = False,
-                   pixelSpacingMm: tuple[float, float] | None = None, calibrationNode: Any = None) -> dict[str, Any]:
-        """Calibrate once, then go trackerless: adapt the learned pose model, the decorrelation curve and the
-        quality guard to the probe of the tracked sweeps in ``browserNodes`` (one browser, or a list; nodes,
-        IDs or names) and write ``probe_model.json`` (with its weights, curve and guard) and ``report.json``
-        into ``outDir`` (see :func:`freehandrecon.adapt.adapt_probe`). Returns the report (held-out drift
-        before and after, seconds); give ``outDir/probe_model.json`` as the model of :meth:`estimatePoses` or
-        :meth:`reconstruct`. Nothing is written, and the scene is not changed, when it fails or is cancelled.
-        """
-        _choice(device, DEVICES, "device")
-        self._requireTorch("learned", checkQuality=True)
-        from .adapt import AdaptOptions, FineTuneOptions, adapt_probe
-
-        nodes = list(browserNodes) if isinstance(browserNodes, (list, tuple)) else [browserNodes]
-        named = []
-        for ref in nodes:
-            node = self._node(ref, "sequence browser")
-            sweep = self.readSweep(node, None, pixelSpacingMm, calibrationNode)
-            named.append((str(sweep.metadata.get("image_sequence") or node.GetName()), sweep))
-        ft = FineTuneOptions()
-        ft.epochs = ft.epochs if epochs is None else int(epochs)
-        ft.steps_per_epoch = ft.steps_per_epoch if stepsPerEpoch is None else int(stepsPerEpoch)
-        report = adapt_probe(named, Path(outDir), AdaptOptions(ft, device=device), force=force, progress=progress,
-                             should_cancel=shouldCancel)
-        self.lastAdaptation = report
-        return report
-
     def checkSweep(self, browserNode: Any, guard: Any = None, progress: ProgressCallback | None = None, *,
                    imageSequence: Any = None, pixelSpacingMm: tuple[float, float] | None = None,
                    addNodes: bool = True) -> Any:
@@ -817,9 +788,9 @@ class FreehandReconLogic:
         """A table node (frame, scores, thresholds, flag) and a plot chart of the OOD score against frame."""
         import vtk
 
-        from . import mrml
+        from .io.slicer_scene import unique_name
 
-        table = scene.AddNewNodeByClass("vtkMRMLTableNode", mrml.unique_name(scene, f"{base}_Quality"))
+        table = scene.AddNewNodeByClass("vtkMRMLTableNode", unique_name(scene, f"{base}_Quality"))
         n = report.num_frames
         columns = (("Frame", vtk.vtkIntArray, np.arange(n)),
                    ("OOD score", vtk.vtkDoubleArray, report.ood_score),
@@ -835,13 +806,13 @@ class FreehandReconLogic:
             table.AddColumn(arr)
         table.SetAttribute("FreehandRecon.QualityVerdict", report.verdict)
         table.SetAttribute("FreehandRecon.QualityMessage", report.message)
-        chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", mrml.unique_name(scene, f"{base}_QualityPlot"))
+        chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", unique_name(scene, f"{base}_QualityPlot"))
         chart.SetTitle(f"Quality guard: {report.verdict}")
         chart.SetXAxisTitle("Frame")
         chart.SetYAxisTitle("OOD score (Mahalanobis)")
         series = []
         for column, colour, style in (("OOD score", (0.1, 0.3, 0.8), 0), ("OOD threshold", (0.85, 0.1, 0.1), 1)):
-            s = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", mrml.unique_name(scene, f"{base}_{column}"))
+            s = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", unique_name(scene, f"{base}_{column}"))
             s.SetAndObserveTableNodeID(table.GetID())
             s.SetXColumnName("Frame")
             s.SetYColumnName(column)
@@ -916,7 +887,8 @@ class FreehandReconLogic:
                        calibrationNode: Any = None) -> tuple[Any, list[str]]:
         """A frame-free sweep (zero-stride frames, real poses) and the names of the browser's other image
         sequences (the channels a reconstruction would add by default), cached per input and settings."""
-        from . import browser_geometry, mrml
+        from .io.slicer_sequences import CHANNEL_ATTRIBUTE, browser_sequences, is_image_sequence
+        from .scene.browser import browser_geometry, lone_sequence_geometry
 
         browser, seq = self._browserAndSequence(browserNode, imageSequence)
         calibration = self._node(calibrationNode, "calibration transform")
@@ -928,13 +900,13 @@ class FreehandReconLogic:
         if cached is not None and cached[0] == stamp:
             return cached[1]
         if browser is None:
-            light = browser_geometry.lone_sequence_geometry(seq, spacing)
+            light = lone_sequence_geometry(seq, spacing)
             others: list[str] = []
         else:
-            light = browser_geometry.browser_geometry(browser, seq, spacing)
+            light = browser_geometry(browser, seq, spacing)
             image_name = light.metadata["image_sequence"]
-            others = [s.GetAttribute(mrml.CHANNEL_ATTRIBUTE) or s.GetName() for s in mrml._browser_sequences(browser)
-                      if mrml._is_image_sequence(s) and s.GetName() != image_name]
+            others = [s.GetAttribute(CHANNEL_ATTRIBUTE) or s.GetName() for s in browser_sequences(browser)
+                      if is_image_sequence(s) and s.GetName() != image_name]
         if calibration is not None:
             light = self._applyCalibration(light, browser, seq, calibration)
         value = (light, others)
@@ -1072,13 +1044,13 @@ class FreehandReconLogic:
     def _imageSequenceOf(browser: Any) -> Any:
         import vtk
 
-        from . import mrml
+        from .io.slicer_sequences import ROLE_ATTRIBUTE
 
         collection = vtk.vtkCollection()
         browser.GetSynchronizedSequenceNodes(collection, True)
         images = [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
         images = [s for s in images if s.GetDataNodeClassName() in ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode")]
-        tagged = [s for s in images if s.GetAttribute(mrml.ROLE_ATTRIBUTE) == "image"]
+        tagged = [s for s in images if s.GetAttribute(ROLE_ATTRIBUTE) == "image"]
         master = browser.GetMasterSequenceNode()
         if tagged:
             return tagged[0]
@@ -1087,9 +1059,9 @@ class FreehandReconLogic:
     @staticmethod
     def _posesInImages(image_seq: Any) -> bool:
         """Whether the frames carry their poses in their IJKToRAS (PLUS EmbeddedTransformToFrame)."""
-        from . import mrml
+        from .io.slicer_sequences import image_sequence_ijk_to_ras, poses_in_image_geometry
 
-        return mrml.poses_in_image_geometry(mrml.image_sequence_ijk_to_ras(image_seq))
+        return poses_in_image_geometry(image_sequence_ijk_to_ras(image_seq))
 
     @staticmethod
     def _imagesHaveParent(browser: Any, image_seq: Any) -> bool:
@@ -1100,13 +1072,13 @@ class FreehandReconLogic:
 
     @staticmethod
     def _channelKeys(sweep: Any, channels: Any) -> tuple[str, ...] | None:
-        from . import mrml
+        from .io.slicer_sequences import CHANNEL_ATTRIBUTE
 
         if channels is None:
             return None
         keys = []
         for ch in channels:
-            key = ch if isinstance(ch, str) else (ch.GetAttribute(mrml.CHANNEL_ATTRIBUTE) or ch.GetName())
+            key = ch if isinstance(ch, str) else (ch.GetAttribute(CHANNEL_ATTRIBUTE) or ch.GetName())
             if key not in sweep.channels:
                 raise InputError(f"The sequence '{key}' is not an image channel of the sweep's browser.",
                                  "Add the photoacoustic/Doppler sequence to the sweep's sequence browser "
@@ -1127,9 +1099,9 @@ class FreehandReconLogic:
 
     @staticmethod
     def _addPoseSequence(scene: Any, mats: np.ndarray, name: str, browser: Any) -> Any:
-        from . import mrml
+        from .io.slicer_sequences import add_transform_sequence
 
-        seq = mrml.add_transform_sequence(scene, mats, name, browser)
+        seq = add_transform_sequence(scene, mats, name, browser)
         if browser is not None:
             image_seq = FreehandReconLogic._imageSequenceOf(browser)
             proxy = browser.GetProxyNode(image_seq) if image_seq is not None else None
@@ -1141,12 +1113,13 @@ class FreehandReconLogic:
 
     @staticmethod
     def _showVolume(scene: Any, volume: Any, preset: str) -> Any:
-        from . import mrml
+        from .io.slicer_scene import get_logic, register_presets
+        from .scene.display import show_volume_rendering
 
-        vr = mrml.get_logic(scene, "volumerendering")
+        vr = get_logic(scene, "volumerendering")
         if vr.GetPresetByName(preset) is None:
-            mrml.register_presets(vr)
-        return mrml.show_volume_rendering(scene, volume, preset=preset)
+            register_presets(vr)
+        return show_volume_rendering(scene, volume, preset=preset)
 
     @staticmethod
     def _removeNewNodes(scene: Any, before: set[str]) -> None:

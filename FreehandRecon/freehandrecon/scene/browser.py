@@ -1,6 +1,6 @@
 """A sweep's geometry read from a sequence browser without its pixels (for the panel's live estimates).
 
-:func:`freehandrecon.mrml.sweep_from_browser` steps the browser through every item and copies every
+:func:`freehandrecon.io.slicer_sequences.sweep_from_browser` steps the browser through every item and copies every
 frame: right for a reconstruction, too slow for a label that follows each change of the panel. Here
 each item's image-to-world comes from the sequences' data nodes directly: the image node's IJKToRAS,
 then each transform above the image proxy, taken from its own sequence (at the item's index value)
@@ -17,9 +17,10 @@ import numpy as np
 import vtk
 from slicer import util
 
-from . import mrml
-from .errors import CalibrationError, InputError
-from .sweep import Sweep
+from ..errors import CalibrationError, InputError
+from ..io.slicer_sequences import (browser_sequences, check_not_recording, image_sequence_ijk_to_ras,
+                                   pick_image_sequence, poses_in_image_geometry, sweep_from_pixel_to_world)
+from ..sweep import Sweep
 
 
 def _matrix(getter: Any) -> np.ndarray:
@@ -53,12 +54,12 @@ def lone_sequence_geometry(seq: Any, pixel_spacing: tuple[float, float] | None =
         raise InputError(f"The sequence '{seq.GetName()}' is empty.", "Record or import frames first.")
     shape = _frame_shape(seq.GetNthDataNode(0), f"image sequence '{seq.GetName()}'")
     frames = np.broadcast_to(np.zeros((1, 1, 1), dtype=np.uint8), (n, *shape))
-    ijk = mrml.image_sequence_ijk_to_ras(seq)
+    ijk = image_sequence_ijk_to_ras(seq)
     meta = {"source": "mrml", "image_sequence": seq.GetName(), "transform_chain": []}
-    if mrml.poses_in_image_geometry(ijk):  # as FreehandReconLogic.readSweep does
+    if poses_in_image_geometry(ijk):  # as FreehandReconLogic.readSweep does
         meta["poses_in_image_geometry"] = True
-        return mrml.sweep_from_pixel_to_world(frames, {}, ijk, True, pixel_spacing,
-                                              np.linalg.norm(ijk[:, :3, :2], axis=1).mean(axis=0), None, meta)
+        return sweep_from_pixel_to_world(frames, {}, ijk, True, pixel_spacing,
+                                         np.linalg.norm(ijk[:, :3, :2], axis=1).mean(axis=0), None, meta)
     if pixel_spacing is None:
         pixel_spacing = tuple(float(v) for v in np.linalg.norm(ijk[0, :3, :2], axis=0))
     return Sweep(frames=frames, pixel_spacing=pixel_spacing, metadata=meta)
@@ -70,9 +71,9 @@ def browser_geometry(browser: Any, image_sequence: Any = None,
     scene = browser.GetScene()
     if scene is None:
         raise InputError("The sequence browser is not in an MRML scene.", "Pass a browser node from a scene.")
-    mrml.check_not_recording(browser)
-    sequences = mrml._browser_sequences(browser)
-    image_seq = mrml._pick_image_sequence(browser, sequences, image_sequence)
+    check_not_recording(browser)
+    sequences = browser_sequences(browser)
+    image_seq = pick_image_sequence(browser, sequences, image_sequence)
     master = browser.GetMasterSequenceNode()
     n_frames = browser.GetNumberOfItems()
     if n_frames == 0 or master is None:
@@ -109,8 +110,8 @@ def browser_geometry(browser: Any, image_sequence: Any = None,
     meta = {"source": "mrml", "browser": browser.GetName(), "image_sequence": image_seq.GetName(),
             "transform_chain": [static.GetName() for static, _ in chain]}
     has_poses = bool(chain)
-    if not chain and mrml.poses_in_image_geometry(pixel_to_world):  # PLUS EmbeddedTransformToFrame
+    if not chain and poses_in_image_geometry(pixel_to_world):  # PLUS EmbeddedTransformToFrame
         has_poses = True
         meta["poses_in_image_geometry"] = True
-    return mrml.sweep_from_pixel_to_world(frames, {}, pixel_to_world, has_poses, pixel_spacing,
-                                          ijk_spacing.mean(axis=0), None, meta)
+    return sweep_from_pixel_to_world(frames, {}, pixel_to_world, has_poses, pixel_spacing,
+                                     ijk_spacing.mean(axis=0), None, meta)

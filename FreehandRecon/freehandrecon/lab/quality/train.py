@@ -19,10 +19,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..errors import Cancelled
-from .data import FrameSet, check_roi
+from ...errors import Cancelled
+from ...quality.data import FrameSet, check_roi
 from .losses import calibrate_weights, ms_ssim_loss, roi_edge, roi_l1
-from .model import GuardAE, GuardConfig, build_guard
+from ...quality.model import GuardAE, GuardConfig, build_guard
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Training loop of the learned pose estimator: AdamW + warm-up/cosine schedule, checkpoints,
 resume, AMP on CUDA, DistributedDataParallel under ``torchrun``, validation and export.
 
-Distributed runs: ``torchrun --nproc_per_node K -m freehandrecon.cli train ...`` sets
+Distributed runs: ``torchrun --nproc_per_node K -m freehandrecon.commands.main train ...`` sets
 ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``; the process group uses gloo on the CPU and nccl on CUDA,
 every rank draws its own shard of the windows (DistributedSampler), gradients are averaged, and
 only rank 0 writes files and logs. Files in ``--out``: ``last.pt`` (every epoch), ``best.pt``
@@ -21,12 +21,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .. import geometry
-from ..errors import InputError
-from ..poses import common
-from ..poses.learned import DOF_NAMES, predict_scaled, save_model
-from ..poses.losses import LossWeights, drift_rate_loss, total_loss
-from ..poses.network import PoseNetConfig, build_pose_net, count_parameters, rescale_outputs
+from ... import geometry
+from ...errors import InputError
+from ...poses import common
+from ...poses.learned import DOF_NAMES, predict_scaled, save_model
+from ...poses.losses import LossWeights, drift_rate_loss, total_loss
+from ...poses.network import PoseNetConfig, build_pose_net, count_parameters, rescale_outputs
 from . import datasets
 
 
@@ -119,7 +119,7 @@ def load_records(opts: TrainOptions, rank_main: bool, barrier: Callable[[], None
     train, val = [], []
     for source in opts.data:
         if source == "sim":
-            from ..simulate import TRAIN_SITES
+            from ...simulate import TRAIN_SITES
 
             sites = list(opts.sites or TRAIN_SITES)
             kw = dict(num_frames=opts.frames, kinds=list(opts.kinds), input_spacing=cfg.input_spacing,
@@ -155,7 +155,7 @@ def _is_sweep_file(p: Path) -> bool:
     return name.endswith((".igs.mha", ".mha", ".mhd", ".h5", ".hdf5", ".seq.nrrd", ".npz"))
 
 
-def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / max(1, warmup)
@@ -182,7 +182,7 @@ def validate(net, val_x: np.ndarray, val_y: np.ndarray, scales, opts: TrainOptio
     """Validation loss, mean relative error per DoF (MAE / mean |label|) and drift on whole sweeps."""
     import torch
 
-    from ..metrics import final_drift_rate_length_pct, lpe
+    from ...poses.metrics import final_drift_rate_length_pct, lpe
 
     cfg = opts.config
     half = (cfg.input_size * cfg.input_spacing / 2,) * 2
@@ -281,7 +281,7 @@ def train(opts: TrainOptions, progress: Callable[[str, float], None] | None = No
             net.load_state_dict(ckpt.get("raw_model", ckpt["model"]))
     optim = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     total_steps = opts.epochs * opts.steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, _lr_lambda(opts.warmup_steps, total_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(opts.warmup_steps, total_steps))
     use_amp = bool(opts.amp and device.startswith("cuda"))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     if ckpt is not None:
@@ -403,7 +403,7 @@ def init_from_model(net, path: Path) -> np.ndarray:
     """
     import torch
 
-    from ..poses.learned import load_model
+    from ...poses.learned import load_model
 
     src = load_model(path)
     own = net.state_dict()

@@ -7,7 +7,7 @@ from typing import Mapping
 
 import numpy as np
 
-from . import metrics
+from ..poses import metrics
 
 _COLOURS = {"true": "black", "tracked": "black", "learned": "tab:blue", "speckle": "tab:orange"}
 

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError, OutputExistsError
-from .sites import SITE_NAMES
-from .trajectory import KINDS
+from ..simulate.sites import SITE_NAMES
+from ..simulate.trajectory import KINDS
 
 _DIRECTIONS = {"forward": 1, "backward": -1, "random": None}
 
@@ -74,7 +74,7 @@ def _check(args: argparse.Namespace) -> list[tuple[int, Path]]:
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Run ``freehandrecon simulate``; prints a JSON summary."""
     from ..io import write_sweep
-    from . import random_sweep
+    from ..simulate import random_sweep
 
     jobs = _check(args)
     (args.out if args.count is not None else args.out.parent).mkdir(parents=True, exist_ok=True)

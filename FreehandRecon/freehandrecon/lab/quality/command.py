@@ -1,4 +1,5 @@
-"""``freehandrecon quality | quality-eval | quality-train``: check a sweep, measure and retrain the guard."""
+"""``freehandrecon quality-eval | quality-train``: measure and retrain the quality guard (``quality``, the check
+of one sweep, is :mod:`freehandrecon.commands.quality`)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, OutputExistsError
+from ...commands.common import Progress
+from ...errors import InputError, OutputExistsError
 
 log = logging.getLogger(__name__)
 
 EXAMPLES = """examples:
-  freehandrecon quality sweep.igs.mha --plus-config config.xml --out quality.json
   freehandrecon quality-eval --out /tmp/quality-eval --cache /tmp/fr_quality_cache
   freehandrecon quality-train --out /tmp/guard --cache /tmp/fr_quality_cache
   freehandrecon quality-train --data /data/by-site --heldout-site hospital-c --roi-box 40 60 120 80 --out /tmp/guard
@@ -22,26 +23,7 @@ EXAMPLES = """examples:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``quality``, ``quality-eval`` and ``quality-train`` sub-commands."""
-    from ..cli import _add_input_args
-
-    p = sub.add_parser("quality", help="check whether a sweep looks like the learned pose model's training data "
-                       "(per-frame out-of-distribution score and verdict)",
-                       description="Score every frame with the quality guard (Mahalanobis feature-ensemble "
-                       "distance of its autoencoder features, input texture and latent to the training sites, "
-                       "and reconstruction error) and give a verdict "
-                       "(ok, warning, out-of-distribution) against thresholds calibrated on held-out "
-                       "in-distribution frames. Frames of any size and spacing are resampled to the guard grid.",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_input_args(p)
-    p.add_argument("--guard", type=Path, metavar="FILE",
-                   help="guard .json (beside its .safetensors) (default: the shipped quality_guard_v1)")
-    p.add_argument("--out", type=Path, metavar="FILE", help="write the report (verdict, per-frame scores) as JSON")
-    p.add_argument("--fail-on", choices=["never", "warning", "out-of-distribution"], default="never",
-                   help="exit with code 5 when the verdict is this bad or worse (default: never)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
-    p.set_defaults(func=cmd_quality)
-
+    """Add the ``quality-eval`` and ``quality-train`` sub-commands."""
     p = sub.add_parser("quality-eval", help="evaluate the quality guard on simulated sites (site-held-out table, "
                        "site probe, OOD AUROC, speed)",
                        description="Reproduce the guard's evaluation table on the simulated site-held-out protocol: "
@@ -129,41 +111,7 @@ def _free(paths: list[Path], force: bool) -> None:
 
 
 def _progress(args: argparse.Namespace):
-    from ..cli import _Progress
-
-    return _Progress(bool(getattr(args, "quiet", False)))
-
-
-def cmd_quality(args: argparse.Namespace) -> int:
-    from ..cli import _read
-    from .guard import check_sweep, load_guard
-
-    if args.out is not None:
-        from ..io.common import check_output
-
-        check_output(args.out, args.force, create_folder=True)  # before any slow work
-    guard = load_guard(args.guard)
-    sweep = _read(args)
-    bar = _progress(args)
-    try:
-        report = check_sweep(sweep, guard=guard, progress=bar)
-    finally:
-        bar.close()
-    print(f"verdict: {report.verdict}")
-    print(report.message)
-    print(f"frames: {report.num_frames}, out of distribution: {100 * report.fraction_out:.1f} %, "
-          f"median OOD score {float(sorted(report.ood_score)[report.num_frames // 2]):.2f} "
-          f"(threshold {report.thresholds['ood']:.2f}), {report.ms_per_frame:.2f} ms/frame"
-          + (" (frames resampled to the guard grid)" if report.resampled else ""))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        data = report.to_json()
-        data["input"] = str(args.input)
-        args.out.write_text(json.dumps(data, indent=2))
-        print(f"report: {args.out}")
-    order = {"never": 99, "warning": 1, "out-of-distribution": 2}
-    rank = {"ok": 0, "warning": 1, "out-of-distribution": 2}[report.verdict]
-    return 5 if rank >= order[args.fail_on] else 0
+    return Progress(bool(getattr(args, "quiet", False)))
 
 
 def _write_eval(res: dict[str, Any], out: Path | None, force: bool) -> None:
@@ -180,7 +128,7 @@ def _write_eval(res: dict[str, Any], out: Path | None, force: bool) -> None:
 
 def cmd_quality_eval(args: argparse.Namespace) -> int:
     from .evaluate import build_splits, evaluate_guard
-    from .guard import load_guard
+    from ...quality.guard import load_guard
     from .train import with_state
 
     if args.out is not None:
@@ -200,7 +148,7 @@ def cmd_quality_eval(args: argparse.Namespace) -> int:
 
 def cmd_quality_train(args: argparse.Namespace) -> int:
     from .evaluate import build_splits, evaluate_guard, fit_guard, user_splits
-    from .guard import load_guard, save_guard
+    from ...quality.guard import load_guard, save_guard
     from .train import TrainConfig, train_guard, with_state
 
     out = Path(args.out)
@@ -248,11 +196,11 @@ def cmd_quality_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one of the three sub-commands alone: ``python -m freehandrecon.quality.command quality-train ...``."""
-    from ..errors import FreehandReconError
+    """Run one of the two sub-commands alone: ``python -m freehandrecon.lab.quality.command quality-train ...``."""
+    from ...errors import FreehandReconError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m freehandrecon.quality.command")
+    parser = argparse.ArgumentParser(prog="python -m freehandrecon.lab.quality.command")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_parser(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     args = parser.parse_args(argv)

@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from . import geometry
-from .errors import InputError
+from .. import geometry
+from ..errors import InputError
 
 DOF_NAMES = ("tx_mm", "ty_mm", "tz_mm", "rx_deg", "ry_deg", "rz_deg")
 _CHUNK_POINTS = 2_000_000  # frames x points handled at once (bounds memory to ~50 MB)
@@ -192,7 +192,7 @@ def max_drift_mm(true, est, frame_shape, spacing) -> float:
 
 def relative_params_centre(poses: np.ndarray, frame_shape: tuple[int, int], spacing: tuple[float, float]) -> np.ndarray:
     """Relative motions in the centre frame as 6-vectors ``[N-1, 6]`` (mm, degrees)."""
-    from .poses.common import relative_centre
+    from .common import relative_centre
 
     return geometry.matrix_to_params(relative_centre(poses, frame_shape, spacing))
 
@@ -233,7 +233,7 @@ ATTRIBUTION_GROUPS: dict[str, tuple[int, ...]] = {
 
 def _attribution(true: np.ndarray, pt: np.ndarray, pe: np.ndarray, frame_shape: tuple[int, int],
                  spacing: tuple[float, float]) -> dict[str, Any]:
-    from .poses.common import absolute_from_centre
+    from .common import absolute_from_centre
 
     rates = {}
     for name, idx in ATTRIBUTION_GROUPS.items():

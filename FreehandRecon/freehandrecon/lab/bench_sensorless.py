@@ -10,7 +10,7 @@ from typing import Any
 
 
 def _simulate_job(args: tuple[str, int, int]) -> tuple[int, float]:
-    from .simulate import random_sweep
+    from ..simulate import random_sweep
 
     site, seed, frames = args
     t0 = time.perf_counter()
@@ -20,7 +20,7 @@ def _simulate_job(args: tuple[str, int, int]) -> tuple[int, float]:
 
 def simulator_throughput(workers: int = 2, sweeps: int = 4, frames: int = 60) -> dict[str, float]:
     """128x128 frames/s of ``random_sweep`` (phantom build included) with ``workers`` processes."""
-    from .simulate import TRAIN_SITES
+    from ..simulate import TRAIN_SITES
 
     jobs = [(TRAIN_SITES[k % len(TRAIN_SITES)], 50_000 + k, frames) for k in range(sweeps)]
     t0 = time.perf_counter()
@@ -38,11 +38,11 @@ def run_sensorless_benchmark(quick: bool = False) -> list[dict[str, Any]]:
     """Rows ``{"what", "frames_per_second", "note"}`` for the table printed by ``bench sensorless``."""
     import torch
 
-    from .poses import estimate_poses
-    from .poses.learned import benchmark_inference
-    from .poses.speckle import curve_for
-    from .quality import check_sweep, guard_available
-    from .simulate import random_sweep
+    from ..poses import estimate_poses
+    from ..poses.learned import benchmark_inference
+    from ..poses.speckle import curve_for
+    from ..quality import check_sweep, guard_available
+    from ..simulate import random_sweep
 
     rows = []
     n = 64 if quick else 256

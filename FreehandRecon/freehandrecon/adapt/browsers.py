@@ -1,0 +1,41 @@
+"""``adapt`` from sweeps held in sequence browsers (the Slicer module and the Python console).
+
+Reads each browser through the module's logic (:class:`freehandrecon.module_logic.FreehandReconLogic`), so
+the same transform chain, calibration and spacing rules apply as for ``reconstruct``; adds nothing to the scene.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from ..module_logic import DEVICES, FreehandReconLogic, ProgressCallback, _choice
+from .finetune import FineTuneOptions
+from .job import AdaptOptions, adapt_probe
+
+
+def adapt_from_browsers(logic: FreehandReconLogic, browserNodes: Any, outDir: str | Path,
+                        progress: ProgressCallback | None = None, shouldCancel: Callable[[], bool] | None = None, *,
+                        epochs: int | None = None, stepsPerEpoch: int | None = None, device: str = "cpu",
+                        force: bool = False, pixelSpacingMm: tuple[float, float] | None = None,
+                        calibrationNode: Any = None) -> dict[str, Any]:
+    """Calibrate once, then go trackerless: adapt the learned pose model, the decorrelation curve and the quality
+    guard to the probe of the tracked sweeps in ``browserNodes`` (one browser, or a list; nodes, IDs or names of
+    ``logic``'s scene) and write ``probe_model.json`` (with its weights, curve and guard) and ``report.json`` into
+    ``outDir`` (see :func:`freehandrecon.adapt.adapt_probe`). Returns the report (held-out drift before and after,
+    seconds); give ``outDir/probe_model.json`` as the model of ``logic.estimatePoses`` or ``logic.reconstruct``.
+    Nothing is written, and the scene is not changed, when it fails or is cancelled.
+    """
+    _choice(device, DEVICES, "device")
+    logic._requireTorch("learned", checkQuality=True)
+    nodes = list(browserNodes) if isinstance(browserNodes, (list, tuple)) else [browserNodes]
+    named = []
+    for ref in nodes:
+        node = logic._node(ref, "sequence browser")
+        sweep = logic.readSweep(node, None, pixelSpacingMm, calibrationNode)
+        named.append((str(sweep.metadata.get("image_sequence") or node.GetName()), sweep))
+    ft = FineTuneOptions()
+    ft.epochs = ft.epochs if epochs is None else int(epochs)
+    ft.steps_per_epoch = ft.steps_per_epoch if stepsPerEpoch is None else int(stepsPerEpoch)
+    return adapt_probe(named, Path(outDir), AdaptOptions(ft, device=device), force=force, progress=progress,
+                       should_cancel=shouldCancel)

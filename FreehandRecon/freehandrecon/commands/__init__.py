@@ -1,0 +1,1 @@
+"""The ``freehandrecon`` command line."""

@@ -1,0 +1,37 @@
+"""The research tools' sub-commands (simulate, train, evaluate, quality-eval/-train, vessels, bench) in the one parser.
+
+The lab's own modules define their parsers (``add_parser``) beside the code they drive; this module adds them.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..lab import evaluate, independent_sim, simulate_command, vessels
+from ..lab.quality import command as quality_command
+from ..lab.train import command as train_command
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the lab's sub-commands and ``bench``."""
+    for module in (simulate_command, evaluate, train_command, quality_command, vessels, independent_sim):
+        module.add_parser(sub)
+    p = sub.add_parser("bench", help="print speed and memory figures")
+    p.add_argument("what", choices=["compound", "sensorless"],
+                   help="compound: the compounder (frames/s, MP/s, peak memory); sensorless: the learned network, "
+                   "both pose estimators end to end, the quality guard and the simulator (frames/s)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run (default: cpu)")
+    p.add_argument("--quick", action="store_true", help="smaller cases (a smoke run)")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "sensorless":
+        from ..lab.bench_sensorless import format_sensorless_table, run_sensorless_benchmark
+
+        print(format_sensorless_table(run_sensorless_benchmark(quick=args.quick)))
+        return 0
+    from ..lab.bench import format_table, run_compound_benchmark
+
+    print(format_table(run_compound_benchmark(device=args.device, quick=args.quick)))
+    return 0

@@ -1,0 +1,1 @@
+"""Quality-guard research: training, evaluation and the `quality` commands."""

@@ -1,0 +1,1 @@
+"""The Slicer scene: nodes, sweep <-> browser, display, offscreen rendering."""
