@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from freehandrecon import cli
+from freehandrecon.commands import main as cli
 from freehandrecon.adapt import AdaptOptions, FineTuneOptions, adapt_probe
 from freehandrecon.errors import Cancelled, InputError, OutputExistsError, ResourceError
 from freehandrecon.io import read_sweep, write_sweep

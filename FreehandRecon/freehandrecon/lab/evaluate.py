@@ -61,7 +61,7 @@ def file_sweeps(paths: Iterable[Path], **read_options: Any) -> Iterator[tuple[st
 
 
 SETS = ("independent", "real")
-DATA_ROOT = Path(__file__).resolve().parents[2] / "Testing" / "Data"
+DATA_ROOT = Path(__file__).resolve().parents[3] / "Testing" / "Data"
 # Real tracked sweeps with speckle bundled in Testing/Data (file, PLUS config). The other tracked PLUS test
 # sweeps (N-wire and USTC stepper recordings) show wires in water without speckle, and the USTC ones have
 # no image calibration, so they say nothing about speckle-based pose estimation.
