@@ -6,6 +6,7 @@ fast functional run; the slicer-core scene for ``adapt_from_browsers``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -212,7 +213,9 @@ def test_module_logic_adapts_from_browsers(tmp_path, sims, monkeypatch):
     monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
     a = sweep_to_browser(scene, sims[0], name="SweepA")
     # a second sweep of the same probe setting: the first played backwards (a functional check, not a measurement)
-    back = sims[0].subset(slice(None, None, -1))
+    first = sims[0]  # played backwards, with the clock still running forwards
+    back = dataclasses.replace(first, frames=np.ascontiguousarray(first.frames[::-1]),
+                               image_to_world=np.ascontiguousarray(first.image_to_world[::-1]))
     b = sweep_to_browser(scene, back, name="SweepB")
     short = sweep_to_browser(scene, sims[0].subset(slice(0, 30)), name="Short")
     logic = FreehandReconLogic(scene)
