@@ -281,7 +281,7 @@ class FreehandReconLogic:
     def _sweepFromLoneSequence(seq: Any, pixelSpacingMm: tuple[float, float] | None) -> Any:
         from slicer import util
 
-        from .sweep import Sweep
+        from .io.slicer_sequences import lone_sequence_sweep
 
         if seq.GetDataNodeClassName() not in ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"):
             raise InputError(f"The sequence '{seq.GetName()}' holds {seq.GetDataNodeClassName() or 'nothing'}, "
@@ -289,18 +289,8 @@ class FreehandReconLogic:
         n = seq.GetNumberOfDataNodes()
         if n == 0:
             raise InputError(f"The sequence '{seq.GetName()}' is empty.", "Record or import frames first.")
-        from .io.slicer_sequences import image_sequence_ijk_to_ras, poses_in_image_geometry, sweep_from_pixel_to_world
-
         frames = np.stack([util.arrayFromVolume(seq.GetNthDataNode(i))[0] for i in range(n)])
-        ijk = image_sequence_ijk_to_ras(seq)
-        meta = {"source": "mrml", "image_sequence": seq.GetName(), "transform_chain": []}
-        if poses_in_image_geometry(ijk):  # PLUS EmbeddedTransformToFrame: the poses are the IJKToRAS
-            meta["poses_in_image_geometry"] = True
-            return sweep_from_pixel_to_world(frames, {}, ijk, True, pixelSpacingMm,
-                                             np.linalg.norm(ijk[:, :3, :2], axis=1).mean(axis=0), None, meta)
-        if pixelSpacingMm is None:
-            pixelSpacingMm = tuple(float(v) for v in np.linalg.norm(ijk[0, :3, :2], axis=0))
-        return Sweep(frames=frames, pixel_spacing=pixelSpacingMm, metadata=meta)
+        return lone_sequence_sweep(seq, frames, pixelSpacingMm)
 
     def _applyCalibration(self, sweep: Any, browser: Any, seq: Any, calibration: Any) -> Any:
         """Put an image-to-probe calibration between the image and its parent transforms."""

@@ -364,3 +364,18 @@ def sweep_from_pixel_to_world(frames: np.ndarray, channels: dict[str, np.ndarray
         image_to_world[:, :3, 2] /= np.where(z > 0, z, 1.0)[:, None]
     return Sweep(frames=frames, pixel_spacing=sweep_spacing, image_to_world=image_to_world,
                  timestamps=timestamps, channels=channels, metadata=meta)
+
+
+def lone_sequence_sweep(seq: Any, frames: np.ndarray, pixel_spacing: tuple[float, float] | None = None) -> Sweep:
+    """A sweep of a lone image sequence's ``frames`` (real pixels, or a zero-stride stand-in for geometry only):
+    posed when PLUS embedded the poses in each frame's IJKToRAS (EmbeddedTransformToFrame), else unposed with
+    the first frame's spacing (or ``pixel_spacing``)."""
+    ijk = image_sequence_ijk_to_ras(seq)
+    meta = {"source": "mrml", "image_sequence": seq.GetName(), "transform_chain": []}
+    if poses_in_image_geometry(ijk):
+        meta["poses_in_image_geometry"] = True
+        return sweep_from_pixel_to_world(frames, {}, ijk, True, pixel_spacing,
+                                         np.linalg.norm(ijk[:, :3, :2], axis=1).mean(axis=0), None, meta)
+    if pixel_spacing is None:
+        pixel_spacing = tuple(float(v) for v in np.linalg.norm(ijk[0, :3, :2], axis=0))
+    return Sweep(frames=frames, pixel_spacing=pixel_spacing, metadata=meta)

@@ -18,7 +18,7 @@ import vtk
 from slicer import util
 
 from ..errors import CalibrationError, InputError
-from ..io.slicer_sequences import (browser_sequences, check_not_recording, image_sequence_ijk_to_ras,
+from ..io.slicer_sequences import (browser_sequences, check_not_recording, lone_sequence_sweep,
                                    pick_image_sequence, poses_in_image_geometry, sweep_from_pixel_to_world)
 from ..sweep import Sweep
 
@@ -54,15 +54,7 @@ def lone_sequence_geometry(seq: Any, pixel_spacing: tuple[float, float] | None =
         raise InputError(f"The sequence '{seq.GetName()}' is empty.", "Record or import frames first.")
     shape = _frame_shape(seq.GetNthDataNode(0), f"image sequence '{seq.GetName()}'")
     frames = np.broadcast_to(np.zeros((1, 1, 1), dtype=np.uint8), (n, *shape))
-    ijk = image_sequence_ijk_to_ras(seq)
-    meta = {"source": "mrml", "image_sequence": seq.GetName(), "transform_chain": []}
-    if poses_in_image_geometry(ijk):  # as FreehandReconLogic.readSweep does
-        meta["poses_in_image_geometry"] = True
-        return sweep_from_pixel_to_world(frames, {}, ijk, True, pixel_spacing,
-                                         np.linalg.norm(ijk[:, :3, :2], axis=1).mean(axis=0), None, meta)
-    if pixel_spacing is None:
-        pixel_spacing = tuple(float(v) for v in np.linalg.norm(ijk[0, :3, :2], axis=0))
-    return Sweep(frames=frames, pixel_spacing=pixel_spacing, metadata=meta)
+    return lone_sequence_sweep(seq, frames, pixel_spacing)  # as FreehandReconLogic.readSweep does
 
 
 def browser_geometry(browser: Any, image_sequence: Any = None,
