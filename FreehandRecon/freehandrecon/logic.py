@@ -126,7 +126,7 @@ def reconstruct_sweep(sweep: Sweep, request: ReconstructionRequest, progress: Pr
         grid = grid_from_roi(request.roi.center, request.roi.size, request.spacing_mm, request.roi.orientation)
     else:
         grid = fit_grid(sweep, request.spacing_mm, clip_rectangle=opts.clip_rectangle, fan=opts.fan,
-                        oriented=request.oriented_grid)
+                        oriented=request.oriented_grid, plus_compatible=opts.plus_arithmetic)
     names = list(sweep.channels) if request.channels is None else list(request.channels)
     for name in names:
         sweep.channel_frames(name)  # refuse an unknown channel before any slow work
