@@ -21,7 +21,7 @@ from .engine import PasteJob, require_engine
 from .fixedpoint import fixed_matrices
 from .grid import OutputGrid
 from .masks import select_pixels
-from .memory import check_memory, chunk_frames_for
+from .memory import check_memory, chunk_frames_for, expected_holes
 from .options import CompoundOptions, CompoundResult
 
 
@@ -55,7 +55,8 @@ def compound(sweep: Sweep, grid: OutputGrid, options: CompoundOptions | None = N
     opts = dataclasses.replace(opts, engine=require_engine(opts))
     engine = importlib.import_module(f".{opts.engine}_engine", __package__)
     dev = engine.device(opts.device) if opts.engine == "torch" else "cpu"
-    estimate, workers = check_memory(grid, opts, (h, w), n)
+    estimate, workers = check_memory(grid, opts, (h, w), n, itemsize=frames.itemsize,
+                                     holes=expected_holes(sweep.pixel_to_world(), (h, w), grid, opts))
     sel = select_pixels((h, w), opts.clip_rectangle, opts.fan,
                         opts.importance_mask if opts.compounding == "importance" else None)
     p2v = grid.world_to_ijk()[None] @ sweep.pixel_to_world()
