@@ -41,7 +41,7 @@ def spine():
 
 
 def _suggested(err: ResourceError) -> float:
-    m = re.search(r"coarser spacing of ([0-9.]+), ([0-9.]+), ([0-9.]+) mm", err.fix)
+    m = re.search(r"coarser spacing of about ([0-9.]+), ([0-9.]+), ([0-9.]+) mm", err.fix)
     assert m, err.fix
     values = {float(v) for v in m.groups()}
     assert len(values) == 1  # isotropic request, isotropic suggestion
@@ -131,7 +131,7 @@ def test_run_at_the_suggested_spacing_stays_under_the_limit(tmp_path):
 
     with open(err, "w") as fh, contextlib.redirect_stderr(fh):
         assert main(["--quiet", "reconstruct", *args, "--spacing", "0.1", "--out", str(tmp_path / "b")]) == 4
-    m = re.search(r"coarser spacing of ([0-9.]+), ([0-9.]+), ([0-9.]+) mm", err.read_text())
+    m = re.search(r"coarser spacing of about ([0-9.]+), ([0-9.]+), ([0-9.]+) mm", err.read_text())
     assert m, err.read_text()
     sp = m.group(1)
     row = bench.run_child(dict(bench.job_case("suggested", [*args, "--spacing", sp]), out=str(tmp_path / "c")))

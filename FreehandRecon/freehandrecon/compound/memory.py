@@ -37,14 +37,13 @@ FAST_CHUNK_PIXELS = 1 << 21
 NUMPY_PIXEL_BYTES = {("nearest", False): 64, ("nearest", True): 96, ("linear", False): 256, ("linear", True): 400}
 # Torch engine, whole-chunk kernels (max, latest, PLUS arithmetic): bytes per chunk pixel of the work
 # tensors (float values, fixed-point coordinates, int64 flat indices; linear: 8 corners of indices, weights,
-# expanded values, corner tests; latest: the int64 pixel order). Measured ~120 (nearest) and ~570 (linear)
-# on the spine sweep; PLUS arithmetic adds the stable sort of the samples.
-TORCH_CHUNK_PIXEL_BYTES = {"nearest": 70, "linear": 400}
-TORCH_MASKED_PIXEL_BYTES = {"nearest": 80, "linear": 240}  # a clip/fan mask, threshold or importance on top
+# expanded values, corner tests; latest: the int64 pixel order). Measured 80-125 (nearest) and 420-570
+# (linear), depending on how the allocator reuses freed chunks; PLUS arithmetic adds the stable sort.
+TORCH_CHUNK_PIXEL_BYTES = {"nearest": 140, "linear": 620}
 PLUS_CHUNK_PIXEL_BYTES = {"nearest": 200, "linear": 1600}
 # Per hole that stick filling fills: its flat index (int64), and the per-hole work of the shortest-stick
-# search and interpolation (keys, scores, direction, steps, float64 values and weights; ~122 measured).
-STICK_HOLE_BYTES = 150
+# search and interpolation (keys, scores, direction, steps, float64 values and weights; ~121 measured).
+STICK_HOLE_BYTES = 136
 STICK_HOLE_BYTES_RANKED = 260  # several sticks: every direction's total per hole, then a ranking
 # Fixed costs that do not scale with the grid: thread stacks, allocator arenas, small tensors, the pixel
 # selection masks. Torch's first kernels initialise its thread pool and allocator.
@@ -89,15 +88,7 @@ def chunk_bytes(options: CompoundOptions, frame_pixels: int, frame_width: int = 
         return per_pixel * tile + 2 * frame_pixels
     interp = options.interpolation
     per_pixel = PLUS_CHUNK_PIXEL_BYTES[interp] if options.plus_arithmetic else TORCH_CHUNK_PIXEL_BYTES[interp]
-    if _masked(options):
-        per_pixel += TORCH_MASKED_PIXEL_BYTES[interp]
     return per_pixel * frame_pixels * chunk_frames_for(options, frame_pixels)
-
-
-def _masked(options: CompoundOptions) -> bool:
-    """Whether some pixels are left out or weighted (validity masks then go through the chunk kernels)."""
-    return (options.clip_rectangle is not None or options.fan is not None or options.pixel_threshold is not None
-            or options.compounding == "importance")
 
 
 def worker_bytes(grid: OutputGrid, options: CompoundOptions) -> int:
@@ -193,10 +184,12 @@ def expected_holes(pixel_to_world: np.ndarray, frame_shape: tuple[int, int], gri
                    options: CompoundOptions) -> int | None:
     """Voxels hole filling will fill, estimated from the frame geometry (an over-estimate), or None.
 
-    Between two consecutive frames the slab is about ``gap`` thick (gap: how far the clip rectangle's
-    corners move along the frame normal); pasting fills a layer about half a voxel (nearest) or one voxel
-    (linear) thick per frame, and a hole is filled only where a stick (at most ``size - 1`` steps between
-    its two filled ends) or the normalized kernel reaches a filled voxel. The rest of the slab are holes."""
+    Between two consecutive frames the slab is ``gap`` thick (how far the clip rectangle's corners move along
+    the frame normal). Pasting fills a layer of about one voxel (nearest) or two (linear) per frame, measured
+    along the normal; the rest of the slab are holes, and they are filled only where a stick (at most
+    ``size - 1`` steps between its two filled ends) spans the gap, or within the normalized kernel's reach of
+    a filled voxel (which also fills a rim around the swept region). Checked against the filled counts of the
+    spine sweep at 1, 0.5 and 0.25 mm (nearest and linear, both methods): the estimate was never below."""
     hf = options.hole_filling
     if hf.method == "none":
         return 0
@@ -215,25 +208,31 @@ def expected_holes(pixel_to_world: np.ndarray, frame_shape: tuple[int, int], gri
     normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
     sp = np.asarray(grid.spacing, dtype=np.float64)
     s_min, s_max, voxel = float(sp.min()), float(sp.max()), float(np.prod(sp))
-    layer = (0.5 if options.interpolation == "nearest" else 1.0) * s_min
+    # one voxel step along the grid's axes and diagonals covers at most |n|_1 voxel sizes along the normal n
+    n1 = np.abs(normal @ np.asarray(grid.direction)).sum(axis=1)[:, None]  # [N, 1], 1 .. sqrt(3)
+    # pasted layer per frame: ~|n|_1 voxels (nearest) or twice that (linear's 8 corners); 0.7 of it, so that
+    # the holes are over-estimated
+    nominal = (1.0 if options.interpolation == "nearest" else 2.0) * s_min * n1
+    layer = 0.7 * nominal
     if hf.method == "stick":
-        span = (int(hf.size) - 1) * s_max * math.sqrt(3.0)  # the longest stick along the frame normal
-        rim = 0.0
+        span = (int(hf.size) - 1) * s_max * n1  # the longest stick, measured along the frame normal
+        rim = np.zeros_like(n1)
     else:
-        span = 2 * ((int(hf.size) | 1) // 2) * s_max * math.sqrt(3.0)  # reach of the box on both sides
+        span = 2 * ((int(hf.size) | 1) // 2) * s_max * n1  # reach of the box on both sides
         rim = span / 2
     if pts.shape[0] < 2:
-        return int(min(grid.num_voxels, area.sum() * 2 * rim / voxel))
+        return int(min(grid.num_voxels, (area[:, None] * 2 * rim).sum() / voxel))
     gaps = np.abs(np.einsum("npa,na->np", pts[1:] - pts[:-1], normal[:-1]))  # [N-1, 4]
-    holes = np.clip(gaps - layer, 0.0, None)
+    holes = np.clip(gaps - layer[:-1], 0.0, None)
     if hf.method == "stick":
-        holes = np.where(gaps <= span, holes, 0.0)  # no stick spans a wider gap
+        # a stick must span the holes between the two pasted layers (taken 1.5x as thick, to be generous)
+        holes = np.where(gaps - 1.5 * nominal[:-1] <= span[:-1], holes, 0.0)
     else:
-        holes = np.minimum(holes, span)
+        holes = np.minimum(holes, span[:-1])
     slab = (area[:-1] * holes.mean(axis=1)).sum()
     # normalized also fills a rim around the swept region: beyond the first/last frames and the frame edges
     edge = 2 * (x1 - x0 + 1 + y1 - y0 + 1) * float(np.linalg.norm(u, axis=1).mean())
-    shell = rim * (area[0] + area[-1] + edge * gaps.mean(axis=1).sum())
+    shell = float(rim.max()) * (area[0] + area[-1] + edge * gaps.mean(axis=1).sum())
     return int(min(grid.num_voxels, (slab + shell) / voxel))
 
 
@@ -255,11 +254,11 @@ def available_bytes(device: str) -> int:
 # --- the whole reconstruction job ---------------------------------------------------------------
 
 # Compounding inside the job: the reader's and poses' leftovers (allocator arenas). Nodes: an MRML scene
-# with its logic objects, VTK's writers, what compounding's temporaries left in the allocator (~40 MB measured).
+# with its logic objects, VTK's writers (~15 MB measured).
 JOB_FIXED_BYTES = 16 << 20
-SCENE_FIXED_BYTES = 48 << 20
-# What each compound() leaves resident besides its result: freed work arrays the allocator keeps (~30 MB).
-RESIDUE_BYTES = 40 << 20
+SCENE_FIXED_BYTES = 24 << 20
+# What each compound() leaves resident besides its result: freed work arrays the allocator keeps (0-45 MB).
+RESIDUE_BYTES = {"torch": 32 << 20, "numpy": 16 << 20}
 # Volume rendering (offscreen, through Slicer's displayable managers): the mapper's copies of the volume and
 # its textures while rendering (~11 bytes a voxel measured on the spine sweep), part of them kept to the end.
 RENDER_VOXEL_BYTES = 14
@@ -287,7 +286,7 @@ def estimate_reconstruction_bytes(grid: OutputGrid, options: Sequence[CompoundOp
     for k, opts in enumerate(options):  # each compound() with the earlier results held
         est = estimate_memory_bytes(grid, opts, frame_shape, num_frames, workers, holes=holes[k], itemsize=itemsize)
         peak = max(peak, int(input_bytes) + results + est)
-        results += 8 * v + RESIDUE_BYTES  # float32 volume and coverage
+        results += 8 * v + RESIDUE_BYTES[planned_engine(opts)]  # float32 volume and coverage
     if nodes:
         # node arrays: each volume in the input pixel type, the float32 coverage; building them rounds a
         # float32 copy and clips another; the report masks the covered voxels (after rendering)
@@ -296,7 +295,7 @@ def estimate_reconstruction_bytes(grid: OutputGrid, options: Sequence[CompoundOp
             held += int(1.1 * input_bytes)  # the frames in the browser's sequence, one volume node each
         transient = 8 * v
         if mrb:  # saving the sequence of frames
-            transient = max(transient, int(1.1 * input_bytes) + (8 << 20))
+            transient = max(transient, int(1.1 * input_bytes))
         if render:
             transient = max(transient, RENDER_VOXEL_BYTES * v + RENDER_FIXED_BYTES,
                             RENDER_KEPT_VOXEL_BYTES * v + RENDER_FIXED_BYTES + 5 * v)
@@ -357,7 +356,8 @@ def refuse(grid: OutputGrid, need: int, budget: int, device: str, suggested: np.
     return ResourceError(
         f"The output grid {grid.dims[0]}x{grid.dims[1]}x{grid.dims[2]} ({grid.num_voxels / 1e6:.1f} M voxels) needs "
         f"about {need / 2**30:.2f} GiB{what} but only {budget / 2**30:.2f} GiB may be used on {device}.",
-        f"Use a coarser spacing of {text} mm (estimated to fit), a smaller ROI, or raise the memory limit.")
+        f"Use a coarser spacing of about {text} mm (the finest whose estimate fits), a smaller ROI, or raise the "
+        "memory limit.")
 
 
 def check_memory(grid: OutputGrid, options: CompoundOptions, frame_shape: tuple[int, int],
