@@ -40,6 +40,7 @@ NUMPY_PIXEL_BYTES = {("nearest", False): 64, ("nearest", True): 96, ("linear", F
 # expanded values, corner tests; latest: the int64 pixel order). Measured 80-125 (nearest) and 420-570
 # (linear), depending on how the allocator reuses freed chunks; PLUS arithmetic adds the stable sort.
 TORCH_CHUNK_PIXEL_BYTES = {"nearest": 140, "linear": 620}
+LATEST_CHUNK_PIXEL_BYTES = {"nearest": 16, "linear": 72}  # latest: the int64 pixel order (8 corners: linear)
 PLUS_CHUNK_PIXEL_BYTES = {"nearest": 200, "linear": 1600}
 # Per hole that stick filling fills: its flat index (int64), and the per-hole work of the shortest-stick
 # search and interpolation (keys, scores, direction, steps, float64 values and weights; ~121 measured).
@@ -88,6 +89,8 @@ def chunk_bytes(options: CompoundOptions, frame_pixels: int, frame_width: int = 
         return per_pixel * tile + 2 * frame_pixels
     interp = options.interpolation
     per_pixel = PLUS_CHUNK_PIXEL_BYTES[interp] if options.plus_arithmetic else TORCH_CHUNK_PIXEL_BYTES[interp]
+    if options.compounding == "latest":
+        per_pixel += LATEST_CHUNK_PIXEL_BYTES[interp]
     return per_pixel * frame_pixels * chunk_frames_for(options, frame_pixels)
 
 
