@@ -48,7 +48,6 @@ def _suggested(err: ResourceError) -> float:
     return values.pop()
 
 
-@pytest.mark.slow
 def test_estimate_bounds_measured_peak_in_fresh_processes(tmp_path):
     bench = _bench()
     spine_args = [str(SPINE), "--plus-config", str(CFG)]
@@ -118,7 +117,6 @@ def test_estimate_grows_with_what_the_job_keeps(spine):
     assert bare >= estimate_memory_bytes(grid, opts, spine.frame_shape, spine.num_frames) + spine.frames.nbytes
 
 
-@pytest.mark.slow
 def test_run_at_the_suggested_spacing_stays_under_the_limit(tmp_path):
     """The command line refuses 0.1 mm under a 0.3 GB limit, and its suggestion then runs under that limit."""
     bench = _bench()
