@@ -147,13 +147,20 @@ def reconstruct_sweep(sweep: Sweep, request: ReconstructionRequest, progress: Pr
                                 sweep, estimate, quality)
 
 
-def check_job_memory(sweep: Sweep, request: ReconstructionRequest, grid: OutputGrid, options: list[CompoundOptions],
-                     channels: list[str], *, render: bool = False, files: bool = False, mrb: bool = False) -> int:
-    """Peak bytes the reconstruction job needs above the imported modules (input, compounding, nodes, files,
-    rendering), or :class:`~freehandrecon.errors.ResourceError` over the memory limit with a spacing that
-    fits: the estimate is searched over spacing with the grid a run at that spacing would fit."""
+def job_memory_bytes(sweep: Sweep, request: ReconstructionRequest, grid: OutputGrid, options: list[CompoundOptions],
+                     channels: list[str], *, render: bool = False, files: bool = False, mrb: bool = False,
+                     input_bytes: int | None = None, check: bool = False) -> int:
+    """Peak bytes the reconstruction job needs above the imported modules: reading, the input held, one
+    compounding per entry of ``options`` (B-mode, then ``channels``), the MRML nodes, and with ``files`` the
+    sweep's browser and files, ``mrb`` the scene bundle, ``render`` the 3D view. ``input_bytes``: the frames'
+    and channels' bytes (default: the sweep's). With ``check``, :class:`~freehandrecon.errors.ResourceError`
+    over the memory limit, suggesting the finest spacing whose estimate fits (searched over spacing with the
+    grid a run at that spacing would use)."""
     opts = options[0]
-    frames = [sweep.frames] + [sweep.channel_frames(name) for name in channels]
+    frames = [sweep.channel_frames(name) for name in [None, *channels]]
+    if input_bytes is None:
+        input_bytes = sum(int(f.nbytes) for f in frames)
+    itemsize = max(f.itemsize for f in frames)
     p2w = sweep.pixel_to_world()
 
     def grid_at(spacing: np.ndarray) -> OutputGrid:
@@ -165,10 +172,16 @@ def check_job_memory(sweep: Sweep, request: ReconstructionRequest, grid: OutputG
     def holes_at(g: OutputGrid) -> list[int | None]:
         return [expected_holes(p2w, sweep.frame_shape, g, o) for o in options]
 
-    return check_reconstruction_memory(grid, options, sweep.frame_shape, sweep.num_frames,
-                                       sum(int(f.nbytes) for f in frames), grid_at=grid_at, holes_at=holes_at,
-                                       itemsize=max(f.itemsize for f in frames), nodes=True, render=render,
-                                       browser=files, mrb=mrb)
+    return check_reconstruction_memory(grid, options, sweep.frame_shape, sweep.num_frames, int(input_bytes),
+                                       grid_at=grid_at, holes_at=holes_at, itemsize=itemsize, nodes=True,
+                                       render=render, browser=files, mrb=mrb, check=check)
+
+
+def check_job_memory(sweep: Sweep, request: ReconstructionRequest, grid: OutputGrid, options: list[CompoundOptions],
+                     channels: list[str], *, render: bool = False, files: bool = False, mrb: bool = False) -> int:
+    """:func:`job_memory_bytes`, refusing a job over the memory limit with a spacing that fits."""
+    return job_memory_bytes(sweep, request, grid, options, channels, render=render, files=files, mrb=mrb,
+                            check=True)
 
 
 def check_spacing_mm(spacing: Any) -> tuple[float, float, float]:

@@ -76,11 +76,15 @@ def chunk_frames_for(options: CompoundOptions, frame_pixels: int) -> int:
     return max(1, per_chunk // max(frame_pixels, 1))
 
 
-def chunk_bytes(options: CompoundOptions, frame_pixels: int, frame_width: int = 0) -> int:
-    """Bytes of the per-chunk work arrays (``frame_width``: pixels per row, for the numpy engine's tiles)."""
+def chunk_bytes(options: CompoundOptions, frame_pixels: int, frame_width: int = 0, num_frames: int | None = None) -> int:
+    """Bytes of the per-chunk work arrays (``frame_width``: pixels per row, for the numpy engine's tiles;
+    ``num_frames``: the sweep's, when fewer than a chunk's)."""
+    frames = chunk_frames_for(options, frame_pixels)
+    if num_frames is not None:
+        frames = max(1, min(frames, int(num_frames)))
     if uses_fast_paste(options):  # the chunk's frame values (float32 at most), the threshold test's float copy
         per_pixel = 4 + (5 if options.pixel_threshold is not None else 0)
-        return per_pixel * frame_pixels * chunk_frames_for(options, frame_pixels)
+        return per_pixel * frame_pixels * frames
     if planned_engine(options) == "numpy":  # works tile by tile; per frame: the threshold masks
         from .numpy_engine import TILE_PIXELS
 
@@ -91,7 +95,7 @@ def chunk_bytes(options: CompoundOptions, frame_pixels: int, frame_width: int = 
     per_pixel = PLUS_CHUNK_PIXEL_BYTES[interp] if options.plus_arithmetic else TORCH_CHUNK_PIXEL_BYTES[interp]
     if options.compounding == "latest":
         per_pixel += LATEST_CHUNK_PIXEL_BYTES[interp]
-    return per_pixel * frame_pixels * chunk_frames_for(options, frame_pixels)
+    return per_pixel * frame_pixels * frames
 
 
 def worker_bytes(grid: OutputGrid, options: CompoundOptions) -> int:
@@ -111,11 +115,11 @@ def _padded_length(grid: OutputGrid) -> int:
 
 
 def _paste_stage(grid: OutputGrid, options: CompoundOptions, engine: str, frame_shape: tuple[int, int],
-                 itemsize: int, workers: int) -> tuple[int, int]:
+                 num_frames: int, itemsize: int, workers: int) -> tuple[int, int]:
     """(peak of pasting and finishing, bytes still held afterwards: volume and coverage)."""
     v, n = grid.num_voxels, _padded_length(grid)
     frame_pixels = int(frame_shape[0]) * int(frame_shape[1])
-    chunk = chunk_bytes(options, frame_pixels, int(frame_shape[1]))
+    chunk = chunk_bytes(options, frame_pixels, int(frame_shape[1]), num_frames)
     mode = options.compounding
     if engine == "numpy":
         acc = {"mean": 8, "importance": 8, "max": 8, "latest": 12}[mode] * n
@@ -175,7 +179,7 @@ def estimate_memory_bytes(grid: OutputGrid, options: CompoundOptions, frame_shap
     input pixel."""
     engine = planned_engine(options)
     nw = 1 if workers is None else max(1, int(workers))
-    paste, held = _paste_stage(grid, options, engine, frame_shape, itemsize, nw)
+    paste, held = _paste_stage(grid, options, engine, frame_shape, num_frames, itemsize, nw)
     peak = max(paste, _holes_stage(grid, options, engine, held, holes))
     per_frame = 4 * 4 * 8 * 3 + 3 * 3 * 8  # pixel-to-voxel matrices, their fixed-point columns
     frame_pixels = int(frame_shape[0]) * int(frame_shape[1])
@@ -390,11 +394,12 @@ def check_reconstruction_memory(grid: OutputGrid, options: Sequence[CompoundOpti
                                 num_frames: int, input_bytes: int, *, grid_at: Callable[[np.ndarray], OutputGrid],
                                 holes_at: Callable[[OutputGrid], list[int | None]], itemsize: int = 1,
                                 nodes: bool = True, render: bool = False, browser: bool = False,
-                                mrb: bool = False) -> int:
+                                mrb: bool = False, check: bool = True) -> int:
     """The job's estimate (:func:`estimate_reconstruction_bytes`, with the paste workers compound() would
-    start), or :class:`ResourceError` when even one worker's exceeds ``options[0].max_memory_bytes`` (default:
-    the input already held plus 80 % of the available memory), suggesting the finest spacing whose estimate
-    fits: ``grid_at(spacing)`` is the grid a run at that spacing would use, ``holes_at(grid)`` its holes."""
+    start), or (``check``) :class:`ResourceError` when even one worker's exceeds ``options[0].max_memory_bytes``
+    (default: the input already held plus 80 % of the available memory), suggesting the finest spacing whose
+    estimate fits: ``grid_at(spacing)`` is the grid a run at that spacing would use, ``holes_at(grid)`` its
+    holes."""
     opts = options[0]
 
     def need_at(g: OutputGrid, workers: int | None = None) -> int:
@@ -403,6 +408,8 @@ def check_reconstruction_memory(grid: OutputGrid, options: Sequence[CompoundOpti
                                              workers=workers)
 
     need = need_at(grid)
+    if not check:
+        return need_at(grid, max(default_workers(o) for o in options))
     if opts.max_memory_bytes is not None:
         budget = int(opts.max_memory_bytes)
     else:  # what is free now, besides the input this process already holds
