@@ -356,13 +356,13 @@ def refuse(grid: OutputGrid, need: int, budget: int, device: str, suggested: np.
            what: str = "") -> ResourceError:
     """The ResourceError for an estimate over the budget, with the suggested spacing."""
     if suggested is None:
-        return ResourceError(f"Even a tiny output needs more than the {budget / 2**20:.0f} MiB that may be used "
-                             f"on {device} (this grid: about {need / 2**20:.0f} MiB).",
+        return ResourceError(f"Even a tiny output needs more than the {budget / 2**20:.0f} MiB {device} allows "
+                             f"(this grid: about {need / 2**20:.0f} MiB).",
                              "Free memory or raise the memory limit; a sweep with fewer or smaller frames needs less.")
     _, text = _display(suggested)
     return ResourceError(
         f"The output grid {grid.dims[0]}x{grid.dims[1]}x{grid.dims[2]} ({grid.num_voxels / 1e6:.1f} M voxels) needs "
-        f"about {need / 2**30:.2f} GiB{what} but only {budget / 2**30:.2f} GiB may be used on {device}.",
+        f"about {need / 2**30:.2f} GiB{what} but {device} allows only {budget / 2**30:.2f} GiB.",
         f"Use a coarser spacing of about {text} mm (the finest whose estimate fits), a smaller ROI, or raise the "
         "memory limit.")
 
@@ -387,7 +387,8 @@ def check_memory(grid: OutputGrid, options: CompoundOptions, frame_shape: tuple[
                                      holes=None if holes is None else int(math.ceil(scale * g.num_voxels)),
                                      itemsize=itemsize)
 
-    raise refuse(grid, need, budget, options.device, suggest_spacing(grid, need_at, budget))
+    where = "the memory limit" if options.max_memory_bytes is not None else f"the free memory on {options.device}"
+    raise refuse(grid, need, budget, where, suggest_spacing(grid, need_at, budget))
 
 
 def check_reconstruction_memory(grid: OutputGrid, options: Sequence[CompoundOptions], frame_shape: tuple[int, int],
@@ -415,7 +416,7 @@ def check_reconstruction_memory(grid: OutputGrid, options: Sequence[CompoundOpti
     else:  # what is free now, besides the input this process already holds
         budget = available_bytes("cpu") + int(input_bytes)
     if need > budget:
-        raise refuse(grid, need, budget, "this machine" if opts.max_memory_bytes is None else "the memory limit",
+        raise refuse(grid, need, budget, "the free memory" if opts.max_memory_bytes is None else "the memory limit",
                      suggest_spacing(grid, need_at, budget, grid_at), " for the whole reconstruction")
     workers = max(default_workers(o) for o in options)
     while workers > 1 and need_at(grid, workers) > budget:
