@@ -144,11 +144,13 @@ def test_too_large_output_is_refused_with_a_spacing_that_fits() -> None:
 
 
 def test_estimate_grows_with_voxels_and_modes() -> None:
-    g1 = grid_from_roi((0, 0, 0), (10, 10, 10), 1.0)
-    g2 = grid_from_roi((0, 0, 0), (10, 10, 10), 0.5)
+    # grids large enough that the voxel terms, not the fixed per-worker buffers, set the peak
+    g1 = grid_from_roi((0, 0, 0), (100, 100, 100), 1.0)
+    g2 = grid_from_roi((0, 0, 0), (100, 100, 100), 0.5)
     o = CompoundOptions()
     e1, e2 = (estimate_memory_bytes(g, o, (100, 100), 10) for g in (g1, g2))
-    assert e2 - e1 >= (g2.num_voxels - g1.num_voxels) * 16  # at least the float32 volume + coverage
+    # at least the accumulator (8 bytes a voxel) and the float32 volume + coverage made from it
+    assert e2 - e1 >= (g2.num_voxels - g1.num_voxels) * 16
     stick = CompoundOptions(hole_filling=HoleFilling("stick", 9))
     assert estimate_memory_bytes(g2, stick, (100, 100), 10) > estimate_memory_bytes(g2, o, (100, 100), 10)
 

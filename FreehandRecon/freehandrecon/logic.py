@@ -21,8 +21,8 @@ from typing import Any, Callable
 import numpy as np
 
 from . import __version__
-from .compound import (CompoundOptions, CompoundResult, OutputGrid, compound, estimate_memory_bytes, fit_grid,
-                       grid_from_roi)
+from .compound import CompoundOptions, CompoundResult, OutputGrid, compound, fit_grid, grid_from_roi
+from .compound.memory import check_reconstruction_memory, expected_holes
 from .compound.options import channel_options
 from .errors import Cancelled, InputError, OutputExistsError
 from .poses import PoseEstimate, estimate_poses, sweep_with_poses
@@ -114,8 +114,13 @@ def _stage(progress: ProgressCallback | None, stage: str) -> Callable[[int, int]
 
 
 def reconstruct_sweep(sweep: Sweep, request: ReconstructionRequest, progress: ProgressCallback | None = None,
-                      should_cancel: Callable[[], bool] | None = None) -> ReconstructionResult:
-    """Estimate poses when asked, then compound the B-mode frames and every requested channel."""
+                      should_cancel: Callable[[], bool] | None = None, *, render: bool = False,
+                      files: bool = False, mrb: bool = False) -> ReconstructionResult:
+    """Estimate poses when asked, then compound the B-mode frames and every requested channel.
+
+    Before compounding, the memory the whole job needs is checked against the memory limit
+    (:func:`check_job_memory`): the result's MRML nodes, and with ``files`` the sweep's browser and
+    files, ``mrb`` the scene bundle, ``render`` the 3D view (as :func:`run_reconstruct_job` makes them)."""
     t0 = time.perf_counter()
     check_request(sweep, request)
     report = check_quality(sweep, request.poses, progress)
@@ -126,19 +131,57 @@ def reconstruct_sweep(sweep: Sweep, request: ReconstructionRequest, progress: Pr
         grid = grid_from_roi(request.roi.center, request.roi.size, request.spacing_mm, request.roi.orientation)
     else:
         grid = fit_grid(sweep, request.spacing_mm, clip_rectangle=opts.clip_rectangle, fan=opts.fan,
-                        oriented=request.oriented_grid)
+                        oriented=request.oriented_grid, plus_compatible=opts.plus_arithmetic)
     names = list(sweep.channels) if request.channels is None else list(request.channels)
     for name in names:
         sweep.channel_frames(name)  # refuse an unknown channel before any slow work
-    memory = estimate_memory_bytes(grid, opts, sweep.frame_shape, sweep.num_frames) * (1 + len(names))
-    bmode = compound(sweep, grid, opts, progress=_stage(progress, "B-mode"), should_cancel=should_cancel)
     channel_opts = {name: channel_options(opts, name, request.channel_compounding) for name in names}
+    memory = check_job_memory(sweep, request, grid, [opts, *channel_opts.values()], names, render=render,
+                              files=files, mrb=mrb)
+    bmode = compound(sweep, grid, opts, progress=_stage(progress, "B-mode"), should_cancel=should_cancel)
     channels = {name: compound(sweep, grid, channel_opts[name], channel=name, progress=_stage(progress, name),
                                should_cancel=should_cancel) for name in names}  # the B-mode poses, every channel
     for name, res in channels.items():
         res.stats["compounding"] = channel_opts[name].compounding
     return ReconstructionResult(bmode, channels, grid, time.perf_counter() - t0, memory, sweep.frames.dtype,
                                 sweep, estimate, quality)
+
+
+def job_memory_bytes(sweep: Sweep, request: ReconstructionRequest, grid: OutputGrid, options: list[CompoundOptions],
+                     channels: list[str], *, render: bool = False, files: bool = False, mrb: bool = False,
+                     input_bytes: int | None = None, check: bool = False) -> int:
+    """Peak bytes the reconstruction job needs above the imported modules: reading, the input held, one
+    compounding per entry of ``options`` (B-mode, then ``channels``), the MRML nodes, and with ``files`` the
+    sweep's browser and files, ``mrb`` the scene bundle, ``render`` the 3D view. ``input_bytes``: the frames'
+    and channels' bytes (default: the sweep's). With ``check``, :class:`~freehandrecon.errors.ResourceError`
+    over the memory limit, suggesting the finest spacing whose estimate fits (searched over spacing with the
+    grid a run at that spacing would use)."""
+    opts = options[0]
+    frames = [sweep.channel_frames(name) for name in [None, *channels]]
+    if input_bytes is None:
+        input_bytes = sum(int(f.nbytes) for f in frames)
+    itemsize = max(f.itemsize for f in frames)
+    p2w = sweep.pixel_to_world()
+
+    def grid_at(spacing: np.ndarray) -> OutputGrid:
+        if request.roi is not None:
+            return grid_from_roi(request.roi.center, request.roi.size, spacing, request.roi.orientation)
+        return fit_grid(sweep, spacing, clip_rectangle=opts.clip_rectangle, fan=opts.fan,
+                        oriented=request.oriented_grid, plus_compatible=opts.plus_arithmetic)
+
+    def holes_at(g: OutputGrid) -> list[int | None]:
+        return [expected_holes(p2w, sweep.frame_shape, g, o) for o in options]
+
+    return check_reconstruction_memory(grid, options, sweep.frame_shape, sweep.num_frames, int(input_bytes),
+                                       grid_at=grid_at, holes_at=holes_at, itemsize=itemsize, nodes=True,
+                                       render=render, browser=files, mrb=mrb, check=check)
+
+
+def check_job_memory(sweep: Sweep, request: ReconstructionRequest, grid: OutputGrid, options: list[CompoundOptions],
+                     channels: list[str], *, render: bool = False, files: bool = False, mrb: bool = False) -> int:
+    """:func:`job_memory_bytes`, refusing a job over the memory limit with a spacing that fits."""
+    return job_memory_bytes(sweep, request, grid, options, channels, render=render, files=files, mrb=mrb,
+                            check=True)
 
 
 def check_spacing_mm(spacing: Any) -> tuple[float, float, float]:
@@ -325,7 +368,7 @@ def run_reconstruct_job(sweep: Sweep, request: ReconstructionRequest, out_dir: P
     if render and has_channels:
         names += (FUSED_RENDER,)
     check_outputs_free(out_dir, names, force)
-    result = reconstruct_sweep(sweep, request, progress, should_cancel)
+    result = reconstruct_sweep(sweep, request, progress, should_cancel, render=render, files=True, mrb=mrb)
     pose_check = compare_with_tracked(sweep, result.pose_estimate)
     sweep = result.sweep if result.sweep is not None else sweep
     from .io.slicer_files import save_mrb, save_node

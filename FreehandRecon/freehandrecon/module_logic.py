@@ -847,7 +847,7 @@ class FreehandReconLogic:
         the browser is not moved), and it is cached until the sequences change. Without tracking
         transforms or an ROI the output box is unknown and :class:`InputError` is raised.
         """
-        from .compound import CompoundOptions, HoleFilling, estimate_memory_bytes, fit_grid, grid_from_roi
+        from .compound import CompoundOptions, HoleFilling, fit_grid, grid_from_roi
 
         spacingMm = _spacing(spacingMm)
         skip = _skipInterval(skipInterval)
@@ -869,7 +869,16 @@ class FreehandReconLogic:
                 raise InputError("The output box is not known before the poses are estimated.",
                                  "Select an ROI to see the memory estimate, or use a tracked sweep.")
             grid = fit_grid(light, spacingMm, clip_rectangle=clip)
-        need = estimate_memory_bytes(grid, options, light.frame_shape, light.num_frames) * (1 + nchannels)
+        from .compound.options import channel_options
+        from .io.slicer_sequences import CHANNEL_ATTRIBUTE
+        from .logic import ReconstructionRequest, job_memory_bytes
+
+        # the figure the run reports: the whole reconstruction (frames, one compounding per channel, nodes)
+        names = list(channelKeys) if channels is None else [
+            c if isinstance(c, str) else (c.GetAttribute(CHANNEL_ATTRIBUTE) or c.GetName()) for c in channels]
+        request = ReconstructionRequest(spacing_mm=spacingMm, options=options, roi=roi)
+        need = job_memory_bytes(light, request, grid, [options, *(channel_options(options, n, {}) for n in names)],
+                                [], input_bytes=int(light.frames.nbytes) * (1 + nchannels))
         return need / 2**20
 
     def _sweepGeometry(self, browserNode: Any, imageSequence: Any = None,

@@ -20,7 +20,7 @@ from .engine import PasteJob, require_engine
 from .fixedpoint import fixed_matrices
 from .grid import OutputGrid
 from .masks import select_pixels
-from .memory import check_memory, chunk_frames_for
+from .memory import check_memory, chunk_frames_for, expected_holes
 from .options import CompoundOptions, CompoundResult
 
 
@@ -57,7 +57,8 @@ def compound(sweep: Sweep, grid: OutputGrid, options: CompoundOptions | None = N
     else:
         from . import numpy_engine as engine
     dev = engine.device(opts.device) if opts.engine == "torch" else "cpu"
-    estimate, workers = check_memory(grid, opts, (h, w), n)
+    estimate, workers = check_memory(grid, opts, (h, w), n, itemsize=frames.itemsize,
+                                     holes=expected_holes(sweep.pixel_to_world(), (h, w), grid, opts))
     sel = select_pixels((h, w), opts.clip_rectangle, opts.fan,
                         opts.importance_mask if opts.compounding == "importance" else None)
     p2v = grid.world_to_ijk()[None] @ sweep.pixel_to_world()

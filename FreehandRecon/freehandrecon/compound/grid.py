@@ -120,16 +120,23 @@ def sweep_axes(sweep: Sweep) -> np.ndarray:
 
 
 def fit_grid(sweep: Sweep, spacing: float | Sequence[float], clip_rectangle: tuple[int, int, int, int] | None = None,
-             fan=None, oriented: bool = False, margin_mm: float = 0.0) -> OutputGrid:
-    """Grid holding every frame corner (inside the clip rectangle / fan bounding box).
+             fan=None, oriented: bool = False, margin_mm: float = 0.0, plus_compatible: bool = False) -> OutputGrid:
+    """Grid holding every frame corner (inside the clip rectangle, and the fan's bounding box).
 
-    Axis-aligned (default) it reproduces PLUS: origin at the minimum corner, ``round(extent / spacing) + 1``
-    voxels per axis. ``oriented=True`` aligns the box with the mean frame axes, which is much smaller for
-    oblique sweeps. ``margin_mm`` pads every side.
+    Axis-aligned (default) the arithmetic is PLUS's: origin at the minimum corner, ``round(extent / spacing) + 1``
+    voxels per axis. ``plus_compatible=True`` gives PLUS's grid exactly: IGSIO fits the box to the clip
+    rectangle's corners only (the fan does not shrink it), so ``fan`` is ignored and ``oriented`` must be off.
+    ``oriented=True`` aligns the box with the mean frame axes, which is much smaller for oblique sweeps.
+    ``margin_mm`` pads every side.
     """
     sp = as_spacing(spacing)
     if margin_mm < 0 or not np.isfinite(margin_mm):
         raise InputError(f"Grid margin must be >= 0 mm, got {margin_mm}.", "Give a non-negative margin.")
+    if plus_compatible:
+        if oriented:
+            raise InputError("A PLUS-compatible grid is aligned with the reference axes; it cannot be oriented "
+                             "along the sweep.", "Leave out --oriented, or --plus-compatible.")
+        fan = None  # vtkIGSIOVolumeReconstructor fits the output extent to the clip rectangle alone
     h, w = sweep.frame_shape
     pts = _world_corners(sweep, _pixel_rect(w, h, clip_rectangle, fan))
     direction = sweep_axes(sweep) if oriented else np.eye(3)
