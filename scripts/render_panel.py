@@ -129,7 +129,8 @@ def sample_state(spacing_mm: float) -> dict:
     r = logic.lastReport
     status = (f"Done: {r['frames']} frames in {r['seconds']:.1f} s, {' x '.join(map(str, r['dims_ijk']))} voxels of "
               f"{r['spacing_mm'][0]:g} mm, coverage {100 * r['coverage_fraction']:.0f} %.")
-    return {"browser": browser.GetName(), "memory": f"{memory:,.0f} MB", "status": status}
+    return {"browser": browser.GetName(), "memory": f"{memory:,.0f} MB", "status": status,
+            "reported": f"{r['memory_estimate_mb']:,.0f} MB"}
 
 
 def render(out: Path, width: int = 460, with_sample: bool = True, spacing_mm: float = 0.5) -> Path:
@@ -158,7 +159,7 @@ def render(out: Path, width: int = 460, with_sample: bool = True, spacing_mm: fl
     if panel is None:
         raise SystemExit(f"QUiLoader could not load {UI_FILE}: {loader.errorString()}")
 
-    state = sample_state(spacing_mm) if with_sample else {"browser": None, "memory": "-", "status": ""}
+    state = sample_state(spacing_mm) if with_sample else {"browser": None, "memory": "-", "status": "", "reported": "-"}
     find = lambda name: panel.findChild(QtWidgets.QWidget, name)  # noqa: E731
     selections = {"parameterSetSelector": "FreehandRecon", "importanceMaskSelector": None,
                   "inputBrowserSelector": state["browser"], "imageSequenceSelector": None,
@@ -195,7 +196,7 @@ def render(out: Path, width: int = 460, with_sample: bool = True, spacing_mm: fl
     out.parent.mkdir(parents=True, exist_ok=True)
     if not panel.grab().save(str(out)):
         raise SystemExit(f"could not write {out}")
-    print(f"memory estimate: {state['memory']}; status: {state['status']}")
+    print(f"memory estimate: {state['memory']}; run's own estimate: {state['reported']}; status: {state['status']}")
     return out
 
 
