@@ -159,3 +159,17 @@ def test_evaluate_set_refuses_files_too(tmp_path):
 
     rc = main(["--quiet", "evaluate", str(FILES[0]), "--set", "independent", "--out", str(tmp_path / "o")])
     assert rc != 0
+
+
+def test_convex_geometry_table_is_pymusts():
+    """The committed convex sweeps are checked without pymust through a table of its element geometry; where
+    pymust is installed the table must equal what it computes."""
+    import importlib.util
+
+    if importlib.util.find_spec("pymust") is None:
+        assert set(lab.CONVEX_GEOMETRY) == {n for n, p in lab.PROBES.items() if p.convex}
+        return
+    for name, values in lab.CONVEX_GEOMETRY.items():
+        p = lab.PROBES[name].param()
+        _, _, the, h = p.getElementPositions()
+        assert np.allclose(values, (float(p.radius) * 1e3, float(np.ravel(h)[0]) * 1e3, float(np.abs(the).max())))

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import logging
 import sys
@@ -132,8 +133,16 @@ def probe(name: str) -> Probe:
     return PROBES[name]
 
 
+# (radius mm, apothem mm, half fan angle rad) of the convex probes, as pymust 0.1.9's element layout gives them
+# (Testing/test_independent_set.py compares them with pymust where it is installed), so that the committed sweeps'
+# fan masks and checks need no pymust.
+CONVEX_GEOMETRY = {"C5-2v": (49.57, 47.009477432522154, 0.32281763215141673)}
+
+
 def _element_geometry(pr: Probe) -> tuple[float, float, float]:
     """(radius, apothem, half fan angle in rad) in mm of a convex probe, from pymust's element layout."""
+    if importlib.util.find_spec("pymust") is None and pr.name in CONVEX_GEOMETRY:
+        return CONVEX_GEOMETRY[pr.name]
     p = pr.param()
     xe, ze, the, h = p.getElementPositions()
     return float(p.radius) * 1e3, float(np.ravel(h)[0]) * 1e3, float(np.abs(the).max())
