@@ -25,9 +25,9 @@ EXIT_INTERNAL = 70
 log = logging.getLogger("freehandrecon")
 
 
-def _plain_help(sub: argparse._SubParsersAction) -> None:
+def _plain_help(top: argparse.ArgumentParser, sub: argparse._SubParsersAction) -> None:
     """Strip reST markup (``code``, **bold**) that descriptions borrowed from docstrings carry into --help."""
-    for parser in sub.choices.values():
+    for parser in (top, *sub.choices.values()):
         if parser.description:
             parser.description = parser.description.replace("``", "'").replace("**", "")
         for action in parser._actions:
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for family in (reconstruct, poses, adapt, quality, files, lab):
         family.add_parser(sub)
-    _plain_help(sub)
+    _plain_help(parser, sub)
     return parser
 
 
