@@ -49,8 +49,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="fit the output box along the sweep instead of the world axes (smaller volume)")
     p.add_argument("--plus-compatible", action="store_true",
                    help="reproduce PLUS/IGSIO's integer arithmetic (running mean rounded at every insertion, "
-                   "truncating stick filling) to match its volumes voxel for voxel; the default computes the "
-                   "exact weighted mean")
+                   "truncating stick filling) on PLUS's grid (the box around the clip rectangles, the fan ignored) to match "
+                   "its volumes voxel for voxel; needs PyTorch; the default computes the exact weighted mean")
     add_pose_args(p, with_tracked=True)
     p.add_argument("--device", choices=["cpu", "cuda"],
                    help="where to compound and run the learned pose model (default: cpu)")
