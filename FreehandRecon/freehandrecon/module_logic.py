@@ -366,8 +366,9 @@ class FreehandReconLogic:
         return dependencies.missing(dependencies.needed_for(poses, checkQuality, fillHoles, device))
 
     @classmethod
-    def _requireTorch(cls, poses: str = "learned", checkQuality: bool = False, fillHoles: str = "none",
-                      device: str = "cpu") -> None:
+    def requireDependencies(cls, poses: str = "learned", checkQuality: bool = False, fillHoles: str = "none",
+                            device: str = "cpu") -> None:
+        """Raise ResourceError naming what :meth:`missingDependencies` reports for this action, if anything."""
         missing = cls.missingDependencies(poses, checkQuality, fillHoles, device)
         if not missing:
             return
@@ -475,7 +476,7 @@ class FreehandReconLogic:
 
             _choice(preset, PRESET_NAMES, "volume rendering preset")
         roi, roiParent = self._roiInParentFrame(self._node(roiNode, "ROI"))
-        self._requireTorch(poses, checkQuality and poses == "learned" and qualityReport is None, fillHoles, device)
+        self.requireDependencies(poses, checkQuality and poses == "learned" and qualityReport is None, fillHoles, device)
         from .compound import CompoundOptions, HoleFilling, detect_fan
         from .logic import ReconstructionLogic, ReconstructionRequest, reconstruct_sweep
 
@@ -727,7 +728,7 @@ class FreehandReconLogic:
         _choice(method, POSE_METHODS[1:], "pose estimation method")
         _choice(sweepDirection, SWEEP_DIRECTIONS, "sweep direction")
         _choice(device, DEVICES, "device")
-        self._requireTorch(method)
+        self.requireDependencies(method)
         browser, _ = self._browserAndSequence(browserNode, imageSequence)
         sweep = self.readSweep(browserNode, imageSequence, pixelSpacingMm)
         mats = self._estimate(sweep, method, model, sweepDirection, device, progress, shouldCancel, curve)
@@ -754,7 +755,7 @@ class FreehandReconLogic:
         under "qualityTable" and "qualityChart". ``guard`` is a guard .json path or a loaded guard
         (default: the shipped one).
         """
-        self._requireTorch("tracked", checkQuality=True)
+        self.requireDependencies("tracked", checkQuality=True)
         from .quality import Guard, check_sweep, load_guard
 
         sweep = self.readSweep(browserNode, imageSequence, pixelSpacingMm)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from ..module_logic import DEVICES, FreehandReconLogic, ProgressCallback, _choice
+from ..module_logic import FreehandReconLogic, ProgressCallback
 from .finetune import FineTuneOptions
 from .job import AdaptOptions, adapt_probe
 
@@ -26,14 +26,13 @@ def adapt_from_browsers(logic: FreehandReconLogic, browserNodes: Any, outDir: st
     seconds); give ``outDir/probe_model.json`` as the model of ``logic.estimatePoses`` or ``logic.reconstruct``.
     Nothing is written, and the scene is not changed, when it fails or is cancelled.
     """
-    _choice(device, DEVICES, "device")
-    logic._requireTorch("learned", checkQuality=True)
-    nodes = list(browserNodes) if isinstance(browserNodes, (list, tuple)) else [browserNodes]
+    logic.requireDependencies("learned", checkQuality=True)  # adapt_probe checks the device before any work
+    refs = list(browserNodes) if isinstance(browserNodes, (list, tuple)) else [browserNodes]
     named = []
-    for ref in nodes:
-        node = logic._node(ref, "sequence browser")
-        sweep = logic.readSweep(node, None, pixelSpacingMm, calibrationNode)
-        named.append((str(sweep.metadata.get("image_sequence") or node.GetName()), sweep))
+    for ref in refs:  # nodes, IDs or names: readSweep resolves them
+        sweep = logic.readSweep(ref, None, pixelSpacingMm, calibrationNode)
+        fallback = ref if isinstance(ref, str) else ref.GetName()
+        named.append((str(sweep.metadata.get("image_sequence") or fallback), sweep))
     ft = FineTuneOptions()
     ft.epochs = ft.epochs if epochs is None else int(epochs)
     ft.steps_per_epoch = ft.steps_per_epoch if stepsPerEpoch is None else int(stepsPerEpoch)
