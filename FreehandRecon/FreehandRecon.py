@@ -119,6 +119,7 @@ class FreehandReconParameterNode:
     modelPath: pathlib.Path = pathlib.Path()
     sweepDirection: Annotated[str, Choice(list(module_logic.SWEEP_DIRECTIONS))] = "auto"
     device: Annotated[str, Choice(list(module_logic.DEVICES))] = "cpu"
+    adaptFolder: pathlib.Path = pathlib.Path()  # where "Adapt to my probe" writes probe_model.json
     # Reconstruction
     roiNode: vtkMRMLMarkupsROINode
     spacingMm: Annotated[float, WithinRange(0.05, 20.0)] = 1.0  # X (all axes unless anisotropicSpacing)
@@ -190,6 +191,7 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.checkSweepButton.connect("clicked(bool)", self.onCheckSweepButton)
         self._checkSweepToolTip = self.ui.checkSweepButton.toolTip
         self.ui.fitRoiButton.connect("clicked(bool)", self.onFitRoiButton)
+        self.ui.adaptButton.connect("clicked(bool)", self.onAdaptButton)
         # one parameter set (vtkMRMLScriptedModuleNode with ModuleName=FreehandRecon) per configuration
         self.ui.parameterSetSelector.addAttribute("vtkMRMLScriptedModuleNode", "ModuleName", self.moduleName)
         self.ui.parameterSetSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onParameterSetSelected)
@@ -277,14 +279,16 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         missing = self.logic.checkInputs(p)
         self.ui.applyButton.enabled = missing is None and not self._running
         self.ui.checkSweepButton.enabled = bool(p.inputBrowser or p.imageSequence) and not self._running
+        self.ui.adaptButton.enabled = bool(p.inputBrowser or p.imageSequence) and not self._running
         self.ui.applyButton.toolTip = _("Reconstruct the selected sweep.") if missing is None else missing
         self._showDependencyState(p)
         self._updateMemoryEstimate(missing)
 
     def _hideEmptyModelPath(self) -> None:
         """An empty model path is pathlib.Path() ("."): show it as empty, not as "."."""
-        if self.ui.modelPathLineEdit.currentPath == ".":
-            self.ui.modelPathLineEdit.currentPath = ""
+        for widget in (self.ui.modelPathLineEdit, self.ui.adaptFolderLineEdit):
+            if widget.currentPath == ".":
+                widget.currentPath = ""
 
     def _showDependencyState(self, p) -> None:
         """While the chosen action needs packages that are not installed, Apply (and Check sweep) say so and
@@ -414,6 +418,42 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showFailure(err, "quality check",
                               _("Quality check failed (see the Python console / log for details)."),
                               _("Quality check failed: {error}").format(error=err))
+        finally:
+            self._setRunning(False)
+
+    def onAdaptButton(self) -> None:
+        """Calibrate once, then go trackerless: adapt the learned model to the probe of the tracked input sweep,
+        write it into the chosen folder and select it as the pose model."""
+        p = self._parameterNode
+        missing = self.logic.missingDependencies("learned", checkQuality=True)
+        if missing:
+            self._installDependencies(missing)
+            return
+        folder = str(p.adaptFolder)
+        if folder in ("", "."):
+            self.ui.statusLabel.text = _("Choose a folder for the probe model first (beside 'Adapt to my probe').")
+            return
+        force = (pathlib.Path(folder) / "probe_model.json").exists()
+        if force and not slicer.util.confirmOkCancelDisplay(
+                _("{folder} already holds a probe model. Replace it?").format(folder=folder),
+                windowTitle=_("Freehand Reconstruction")):
+            return
+        self._setRunning(True)
+        self.ui.statusLabel.text = _("Adapting the pose model to this probe (a few minutes)...")
+        try:
+            from freehandrecon.adapt.browsers import adapt_from_browsers, adaptation_summary
+
+            spacing = (p.pixelSpacingXMm, p.pixelSpacingYMm) if p.overridePixelSpacing else None
+            report = adapt_from_browsers(self.logic, p.inputBrowser or p.imageSequence, folder,
+                                         progress=self._progress, shouldCancel=self._shouldCancel, device=p.device,
+                                         force=force, pixelSpacingMm=spacing, calibrationNode=p.calibrationTransform)
+            p.modelPath = pathlib.Path(folder) / "probe_model.json"
+            self.ui.statusLabel.text = adaptation_summary(report) + " " + _("Selected as the pose model.")
+        except Cancelled:
+            self.ui.statusLabel.text = _("Adaptation cancelled; nothing was written.")
+        except Exception as err:  # noqa: BLE001 - show every failure to the user, with the traceback in the log
+            self._showFailure(err, "adaptation", _("Adaptation failed (see the Python console / log for details)."),
+                              _("Adaptation failed: {error}").format(error=err))
         finally:
             self._setRunning(False)
 

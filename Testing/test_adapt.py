@@ -204,7 +204,7 @@ def test_several_sweeps_hold_out_whole_sweeps(sims):
 def test_module_logic_adapts_from_browsers(tmp_path, sims, monkeypatch):
     import slicer
 
-    from freehandrecon.adapt.browsers import adapt_from_browsers
+    from freehandrecon.adapt.browsers import adapt_from_browsers, adaptation_summary
     from freehandrecon.io.slicer_scene import new_scene
     from freehandrecon.io.slicer_sequences import sweep_to_browser
     from freehandrecon.module_logic import FreehandReconLogic
@@ -229,6 +229,10 @@ def test_module_logic_adapts_from_browsers(tmp_path, sims, monkeypatch):
     assert report["heldout"]["sweeps"] == ["SweepB"] and report["adaptation"]["sweeps"] == ["SweepA"]
     assert {"curve", "adapt", "guard"} <= set(stages)
     assert (tmp_path / "probe" / "probe_model.json").is_file()
+    summary = adaptation_summary(report)  # the panel's status line after "Adapt to my probe"
+    held = report["heldout"]["learned"]
+    assert f"{held['before_pct']:.1f} % -> {held['after_pct']:.1f} %" in summary
+    assert f"({report['heldout']['frames']} held-out frames" in summary
     assert scene.GetNumberOfNodes() == nodes  # adapting adds nothing to the scene
     transforms = logic.estimatePoses(b, "learned", model=str(tmp_path / "probe" / "probe_model.json"))
     assert transforms.GetNumberOfDataNodes() == back.num_frames

@@ -38,3 +38,14 @@ def adapt_from_browsers(logic: FreehandReconLogic, browserNodes: Any, outDir: st
     ft.steps_per_epoch = ft.steps_per_epoch if stepsPerEpoch is None else int(stepsPerEpoch)
     return adapt_probe(named, Path(outDir), AdaptOptions(ft, device=device), force=force, progress=progress,
                        should_cancel=shouldCancel)
+
+
+def adaptation_summary(report: dict[str, Any]) -> str:
+    """One line for the panel's status: the held-out drift before and after, and any warning."""
+    held = report["heldout"]
+    line = (f"Probe model written: held-out drift {held['learned']['before_pct']:.1f} % -> "
+            f"{held['learned']['after_pct']:.1f} % of the path ({held['frames']} held-out frames; speckle "
+            f"{held['speckle']['before_pct']:.1f} % -> {held['speckle']['after_pct']:.1f} %).")
+    if report.get("warnings"):
+        line += " Warning: " + " ".join(report["warnings"])
+    return line
