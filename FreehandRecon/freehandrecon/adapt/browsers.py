@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..module_logic import FreehandReconLogic, ProgressCallback
-from .finetune import FineTuneOptions
+from .options import FineTuneOptions
 from .job import AdaptOptions, adapt_probe
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .finetune import FineTuneOptions
+from .options import FineTuneOptions
 
 DESCRIPTION = """\
 From one or more tracked sweeps of your probe (60 frames or more, or a phantom on a stepper):

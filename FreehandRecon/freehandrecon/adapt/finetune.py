@@ -9,7 +9,6 @@ the probe's frames.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -20,20 +19,7 @@ from ..poses.losses import LossWeights, total_loss
 from ..sweep import Sweep
 from ..lab.train import datasets
 from ..lab.train.trainer import lr_lambda
-
-
-@dataclass
-class FineTuneOptions:
-    """Length and optimiser of the fine-tuning (defaults: ~2-3 minutes on 2 CPU cores)."""
-
-    epochs: int = 4                # 100 steps: ~1.4 s each on 2 free CPU cores (2.7 CPU-seconds) -> ~2.5 min
-    steps_per_epoch: int = 25
-    batch_size: int = 6
-    lr: float = 1e-3               # 3e-4 moved the N-wire sweep's held-out drift far less in the same steps
-    weight_decay: float = 1e-2
-    warmup_steps: int = 20
-    grad_clip: float = 1.0
-    seed: int = 0
+from .options import FineTuneOptions
 
 
 def records_for(sweeps: list[tuple[str, Sweep]], model: LoadedModel, curve) -> list[datasets.SweepRecord]:

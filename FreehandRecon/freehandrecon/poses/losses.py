@@ -22,10 +22,10 @@ rz (deg)]`` of frame t+1 in frame t (centre frame, ``R = Rz Ry Rx`` as in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
+
+from .config import LossWeights  # noqa: F401 (public here)
 
 
 def euler_to_matrix(angles_deg: torch.Tensor) -> torch.Tensor:
@@ -123,18 +123,6 @@ def triplet_loss(embed: torch.Tensor, labels: torch.Tensor, margin: float = 0.1)
     dist_y.fill_diagonal_(-1.0)
     neg = dist_y.argmax(1)
     return F.triplet_margin_loss(e, e[pos], e[neg], margin=margin)
-
-
-@dataclass
-class LossWeights:
-    """Weights of the loss terms (``triplet`` 0 disables it)."""
-
-    mae: float = 1.0
-    correlation: float = 0.2
-    corner: float = 0.1
-    triplet: float = 0.0
-    heads: float = 0.5  # extra MAE weight on each of the local and global heads
-    drift_rate: float = 0.0
 
 
 def total_loss(out: dict[str, torch.Tensor], target: torch.Tensor, scales: torch.Tensor,

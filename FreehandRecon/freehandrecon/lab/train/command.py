@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ...errors import InputError
-from ...poses.losses import LossWeights
-from ...poses.network import PoseNetConfig
+from ...poses.config import LossWeights, PoseNetConfig
 from .datasets import SPLIT_BY, TRAJECTORY_KINDS
 
 EXAMPLE = """examples:
