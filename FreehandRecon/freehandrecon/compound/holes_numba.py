@@ -23,70 +23,8 @@ STICKS = ((1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 
           (1, 1, 1), (-1, 1, 1), (1, -1, 1), (-1, -1, 1))
 _OFFSETS3 = np.array(STICKS, dtype=np.int64)  # (dx, dy, dz) per direction
 _SQ = np.array([dx * dx + dy * dy + dz * dz for dx, dy, dz in STICKS], dtype=np.int64)
-_KLOOP = 32  # offsets shorter than this use the k-loop (the recurrence would not vectorise)
-_BLOCK = 8192  # voxels per block of the k-loop (stays in L1)
-
-
-@numba.njit(cache=True, nogil=True)
-def _distance(fl: np.ndarray, out: np.ndarray, off: int, cap: int) -> None:
-    """``out[i]``: steps ``k >= 1`` to the first ``fl[i + k * off]`` set, ``cap`` if none below ``cap``
-    (reads past the array's ends count as unset)."""
-    n = fl.size
-    a = abs(off)
-    if a < _KLOOP:
-        for b0 in range(0, n, _BLOCK):
-            b1 = min(b0 + _BLOCK, n)
-            for i in range(b0, b1):
-                out[i] = cap
-            for k in range(cap - 1, 0, -1):
-                s = k * off
-                lo = max(b0, -s)
-                hi = min(b1, n - s)
-                for i in range(lo, hi):
-                    if fl[i + s]:
-                        out[i] = k
-        return
-    if off > 0:  # out[i] depends on out[i + off]: blocks of ``off`` voxels from the top down
-        for i in range(max(n - off, 0), n):
-            out[i] = cap
-        e = n - off
-        while e > 0:
-            s0 = max(e - off, 0)
-            for i in range(s0, e):
-                v = out[i + off] + 1
-                out[i] = 1 if fl[i + off] else min(v, cap)
-            e = s0
-    else:
-        for i in range(0, min(a, n)):
-            out[i] = cap
-        s0 = a
-        while s0 < n:
-            e = min(s0 + a, n)
-            for i in range(s0, e):
-                v = out[i - a] + 1
-                out[i] = 1 if fl[i - a] else min(v, cap)
-            s0 = e
-
-
-@numba.njit(cache=True, nogil=True)
-def _codes_one(fl: np.ndarray, code: np.ndarray, scratch: np.ndarray, off: int, reach: int, shift: int,
-               invalid: int) -> None:
-    """``code[i]``: ``(fwd + bwd) << shift | fwd`` where the stick through ``i`` along ``off`` is at most
-    ``reach`` steps long, else ``invalid`` (``code`` first holds the backward steps)."""
-    _distance(fl, code, -off, reach)
-    _distance(fl, scratch, off, reach)
-    for i in range(fl.size):
-        f = scratch[i]
-        t = f + code[i]
-        code[i] = (t << shift | f) if t <= reach else invalid
-
-
-@numba.njit(cache=True, parallel=True)
-def _codes(fl: np.ndarray, codes: np.ndarray, offs: np.ndarray, reach: int, shift: int, invalid: int) -> None:
-    """:func:`_codes_one` for every direction, in parallel."""
-    for d in numba.prange(offs.size):
-        scratch = np.empty(fl.size, dtype=codes.dtype)
-        _codes_one(fl, codes[d], scratch, offs[d], reach, shift, invalid)
+_CLASS = np.array([0 if q == 1 else 1 if q == 2 else 2 for q in _SQ], dtype=np.int64)  # 0: axes, 1, 2: diagonals
+_CLASS_START = np.array([0, 3, 9, 13], dtype=np.int64)  # STICKS is grouped by class
 
 
 @numba.njit(cache=True, parallel=True)
@@ -103,11 +41,37 @@ def _pad_filled(filled: np.ndarray, pad: int) -> np.ndarray:
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def _row_distances(fl: np.ndarray, start: int, off: int, reach: int, out: np.ndarray) -> None:
+    """``out[j]``: steps ``k`` (1 <= k < reach) from the flat voxel ``start + j`` to the first set
+    ``fl[start + j + k * off]``, ``reach`` if none (reads past the array's ends count as unset)."""
+    m = out.size
+    n = fl.size
+    for j in range(m):
+        out[j] = reach
+    for k in range(reach - 1, 0, -1):  # descending: the nearest one is written last
+        s = start + k * off
+        lo = max(0, -s)
+        hi = min(m, n - s)
+        if hi <= lo:
+            continue
+        src = fl[s + lo:s + hi]
+        dst = out[lo:hi]
+        kk = out.dtype.type(k)
+        for j in range(hi - lo):
+            dst[j] = kk if src[j] else dst[j]
+
+
 @numba.njit(cache=True, parallel=True)
-def _fill(volume: np.ndarray, filled: np.ndarray, codes: np.ndarray, pad: int, reach: int, shift: int,
-          invalid: int, sticks: int, dirs: np.ndarray, sq: np.ndarray, w_table: np.ndarray,
-          truncate: bool) -> tuple[np.ndarray, int]:
-    """The filled volume and count from the per-direction ``codes`` (see :func:`_codes_one`)."""
+def _fill(volume: np.ndarray, filled: np.ndarray, fl: np.ndarray, pad: int, reach: int, shift: int,
+          invalid: int, sticks: int, dirs: np.ndarray, offs: np.ndarray, sq: np.ndarray, w_table: np.ndarray,
+          truncate: bool, code_type: np.ndarray) -> tuple[np.ndarray, int]:
+    """The filled volume and count, row by row (rows in parallel over z-planes).
+
+    Per row and direction, ``code = (fwd + bwd) << shift | fwd`` (steps to the nearest filled voxel
+    forwards / backwards along the padded flat volume ``fl``) where the stick is at most ``reach`` steps long,
+    else ``invalid``; codes of one class compare as their sticks' lengths.
+    """
     nz, ny, nx = volume.shape
     py, px = ny + pad, nx + pad
     nd = sq.size
@@ -115,43 +79,70 @@ def _fill(volume: np.ndarray, filled: np.ndarray, codes: np.ndarray, pad: int, r
     out = np.empty_like(volume)
     counts = np.zeros(nz, dtype=np.int64)
     big = np.iinfo(np.int64).max
+    m = ny * px  # one plane's rows (with their padding columns) in the flat padded volume
     for z in numba.prange(nz):
+        codes = np.empty((nd, m), dtype=code_type.dtype)
+        fw = np.empty(m, dtype=code_type.dtype)
+        bw = np.empty(m, dtype=code_type.dtype)
+        cmin = np.empty((3, m), dtype=code_type.dtype)
         score = np.empty(nd, dtype=np.int64)
         srt = np.empty(nd, dtype=np.int64)
         cnt = 0
+        b0 = z * py * px
+        for d in range(nd):
+            _row_distances(fl, b0, offs[d], reach, fw)
+            _row_distances(fl, b0, -offs[d], reach, bw)
+            cd = codes[d]
+            for j in range(m):
+                f = fw[j]
+                t = f + bw[j]
+                cd[j] = (t << shift | f) if t <= reach else invalid
+        for c in range(3):  # per class the shortest stick (its code)
+            cm = cmin[c]
+            for j in range(m):
+                cm[j] = codes[_CLASS_START[c], j]
+            for d in range(_CLASS_START[c] + 1, _CLASS_START[c + 1]):
+                cd = codes[d]
+                for j in range(m):
+                    cm[j] = min(cm[j], cd[j])
         for y in range(ny):
-            b = (z * py + y) * px
             for x in range(nx):
-                v = volume[z, y, x]
-                out[z, y, x] = v
+                out[z, y, x] = volume[z, y, x]
+            for x in range(nx):
                 if filled[z, y, x]:
                     continue
-                i = b + x
+                i = y * px + x
                 best = big
-                for d in range(nd):
-                    c = codes[d, i]
-                    if c == invalid:
-                        score[d] = big
-                    else:
-                        t1 = (c >> shift) + 1
-                        score[d] = t1 * t1 * sq[d]
-                        if score[d] < best:
-                            best = score[d]
+                d0, d1 = 0, nd
+                for c in range(3):
+                    mc = cmin[c, i]
+                    if mc != invalid:
+                        t1 = (mc >> shift) + 1
+                        sc = t1 * t1 * (c + 1)
+                        if sc < best:  # classes never tie (sqrt 2, sqrt 3 are irrational)
+                            best = sc
+                            d0, d1 = _CLASS_START[c], _CLASS_START[c + 1]
                 if best == big:
                     continue
                 kth = best
                 if sticks > 1:  # the sticks-th smallest score, ties included (IGSIO takes whole tie groups)
                     for d in range(nd):
+                        c = codes[d, i]
+                        t1 = (c >> shift) + 1
+                        score[d] = big if c == invalid else t1 * t1 * sq[d]
                         srt[d] = score[d]
                     srt.sort()
                     kth = srt[min(sticks, nd) - 1]
+                    d0, d1 = 0, nd
                 num = 0.0
                 den = 0.0
-                for d in range(nd):
-                    if score[d] > kth or score[d] == big:
-                        continue
+                for d in range(d0, d1):
                     c = codes[d, i]
+                    if c == invalid:
+                        continue
                     t = c >> shift
+                    if (t + 1) * (t + 1) * sq[d] > kth:
+                        continue
                     f = c & mask
                     r = t - f
                     dx, dy, dz = dirs[d, 0], dirs[d, 1], dirs[d, 2]
@@ -198,11 +189,8 @@ def fill_sticks(volume: np.ndarray, filled: np.ndarray, length: int = 9, sticks:
         cdt, shift = np.int32, 16
     invalid = int(np.iinfo(cdt).max)
     offs = np.array([dx + dy * px + dz * px * py for dx, dy, dz in STICKS], dtype=np.int64)
-    nd = offs.size
-    codes = np.empty((nd, n), dtype=cdt)
-    _codes(fl, codes, offs, reach, shift, invalid)
     lens = np.arange(1, reach + 2, dtype=np.float64)
     w_table = 1.0 / (lens[None, :] * np.sqrt(_SQ.astype(np.float64))[:, None])
-    out, count = _fill(volume, filled, codes, pad, reach, shift, invalid, int(sticks), _OFFSETS3, _SQ, w_table,
-                       bool(truncate))
+    out, count = _fill(volume, filled, fl, pad, reach, shift, invalid, int(sticks), _OFFSETS3, offs, _SQ, w_table,
+                       bool(truncate), np.zeros(1, dtype=cdt))
     return out, int(count)
