@@ -28,42 +28,46 @@ _CLASS_START = np.array([0, 3, 9, 13], dtype=np.int64)  # STICKS is grouped by c
 
 
 @numba.njit(cache=True, parallel=True)
-def _pad_filled(filled: np.ndarray, pad: int) -> np.ndarray:
-    """``filled`` as uint8 ``[nz, ny + pad, nx + pad]`` flat, padding unfilled."""
+def _pad_filled(filled: np.ndarray, pad: int, ext: int) -> np.ndarray:
+    """``filled`` as uint8 ``[nz, ny + pad, nx + pad]`` flat after ``ext`` unfilled voxels and before as
+    many, padding unfilled."""
     nz, ny, nx = filled.shape
     py, px = ny + pad, nx + pad
-    out = np.zeros(nz * py * px, dtype=np.uint8)
+    out = np.zeros(nz * py * px + 2 * ext, dtype=np.uint8)
     for z in numba.prange(nz):
         for y in range(ny):
-            b = (z * py + y) * px
+            b = ext + (z * py + y) * px
             for x in range(nx):
                 out[b + x] = filled[z, y, x]
     return out
 
 
 @numba.njit(cache=True, nogil=True)
-def _row_distances(fl: np.ndarray, start: int, off: int, reach: int, out: np.ndarray) -> None:
-    """``out[j]``: steps ``k`` (1 <= k < reach) from the flat voxel ``start + j`` to the first set
-    ``fl[start + j + k * off]``, ``reach`` if none (reads past the array's ends count as unset)."""
+def _plane_distances(fl: np.ndarray, start: int, off: int, reach: int, kmax: int, out: np.ndarray) -> None:
+    """``out[j]``: steps ``k`` (1 <= k <= kmax < reach) from the flat voxel ``start + j`` to the first set
+    ``fl[start + j + k * off]``, else ``reach``; ``fl`` is extended with unset voxels wide enough for every
+    read."""
     m = out.size
-    n = fl.size
+    rt = out.dtype.type(reach)
     for j in range(m):
-        out[j] = reach
-    for k in range(reach - 1, 0, -1):  # descending: the nearest one is written last
-        s = start + k * off
-        lo = max(0, -s)
-        hi = min(m, n - s)
-        if hi <= lo:
-            continue
-        src = fl[s + lo:s + hi]
-        dst = out[lo:hi]
-        kk = out.dtype.type(k)
-        for j in range(hi - lo):
-            dst[j] = kk if src[j] else dst[j]
+        out[j] = rt
+    k = kmax
+    while k >= 1:  # descending, four steps per pass (the last repeated): the nearest one is written last
+        k1, k2, k3 = max(k - 1, 1), max(k - 2, 1), max(k - 3, 1)
+        s0, s1, s2, s3 = start + k * off, start + k1 * off, start + k2 * off, start + k3 * off
+        a0, a1, a2, a3 = fl[s0:s0 + m], fl[s1:s1 + m], fl[s2:s2 + m], fl[s3:s3 + m]
+        v0, v1, v2, v3 = out.dtype.type(k), out.dtype.type(k1), out.dtype.type(k2), out.dtype.type(k3)
+        for j in range(m):
+            v = out[j]
+            v = v0 if a0[j] else v
+            v = v1 if a1[j] else v
+            v = v2 if a2[j] else v
+            out[j] = v3 if a3[j] else v
+        k -= 4
 
 
 @numba.njit(cache=True, parallel=True)
-def _fill(volume: np.ndarray, filled: np.ndarray, fl: np.ndarray, pad: int, reach: int, shift: int,
+def _fill(volume: np.ndarray, filled: np.ndarray, fl: np.ndarray, ext: int, pad: int, reach: int, shift: int,
           invalid: int, sticks: int, dirs: np.ndarray, offs: np.ndarray, sq: np.ndarray, w_table: np.ndarray,
           truncate: bool, code_type: np.ndarray) -> tuple[np.ndarray, int]:
     """The filled volume and count, row by row (rows in parallel over z-planes).
@@ -77,6 +81,7 @@ def _fill(volume: np.ndarray, filled: np.ndarray, fl: np.ndarray, pad: int, reac
     nd = sq.size
     mask = (1 << shift) - 1
     out = np.empty_like(volume)
+    vf = volume.ravel()
     counts = np.zeros(nz, dtype=np.int64)
     big = np.iinfo(np.int64).max
     m = ny * px  # one plane's rows (with their padding columns) in the flat padded volume
@@ -90,21 +95,19 @@ def _fill(volume: np.ndarray, filled: np.ndarray, fl: np.ndarray, pad: int, reac
         cnt = 0
         b0 = z * py * px
         for d in range(nd):
-            _row_distances(fl, b0, offs[d], reach, fw)
-            _row_distances(fl, b0, -offs[d], reach, bw)
+            kmax = reach - 1 if dirs[d, 2] == 0 else min(reach - 1, nz + 1)  # past the ends: unfilled
+            _plane_distances(fl, ext + b0, offs[d], reach, kmax, fw)
+            _plane_distances(fl, ext + b0, -offs[d], reach, kmax, bw)
             cd = codes[d]
+            c = _CLASS[d]
+            cm = cmin[c]
+            first = d == _CLASS_START[c]
             for j in range(m):
                 f = fw[j]
                 t = f + bw[j]
-                cd[j] = (t << shift | f) if t <= reach else invalid
-        for c in range(3):  # per class the shortest stick (its code)
-            cm = cmin[c]
-            for j in range(m):
-                cm[j] = codes[_CLASS_START[c], j]
-            for d in range(_CLASS_START[c] + 1, _CLASS_START[c + 1]):
-                cd = codes[d]
-                for j in range(m):
-                    cm[j] = min(cm[j], cd[j])
+                v = (t << shift | f) if t <= reach else invalid
+                cd[j] = v
+                cm[j] = v if first else min(cm[j], v)  # per class the shortest stick (its code)
         for y in range(ny):
             for x in range(nx):
                 out[z, y, x] = volume[z, y, x]
@@ -112,6 +115,7 @@ def _fill(volume: np.ndarray, filled: np.ndarray, fl: np.ndarray, pad: int, reac
                 if filled[z, y, x]:
                     continue
                 i = y * px + x
+                base = (z * ny + y) * nx + x
                 best = big
                 d0, d1 = 0, nd
                 for c in range(3):
@@ -145,9 +149,9 @@ def _fill(volume: np.ndarray, filled: np.ndarray, fl: np.ndarray, pad: int, reac
                         continue
                     f = c & mask
                     r = t - f
-                    dx, dy, dz = dirs[d, 0], dirs[d, 1], dirs[d, 2]
-                    fv = np.float64(volume[z + f * dz, y + f * dy, x + f * dx])
-                    rv = np.float64(volume[z - r * dz, y - r * dy, x - r * dx])
+                    o = dirs[d, 0] + dirs[d, 1] * nx + dirs[d, 2] * nx * ny  # both ends are in the volume
+                    fv = np.float64(vf[base + f * o])
+                    rv = np.float64(vf[base - r * o])
                     w = w_table[d, t]
                     # the float64 operations (and their order) of holes._interpolate
                     num += (rv * f + fv * (r + 1)) * w / (t + 1)
@@ -179,8 +183,10 @@ def fill_sticks(volume: np.ndarray, filled: np.ndarray, length: int = 9, sticks:
     nz, ny, nx = volume.shape
     pad = steps
     px, py = nx + pad, ny + pad
-    fl = _pad_filled(filled, pad)
-    n = fl.size
+    offs = np.array([dx + dy * px + dz * px * py for dx, dy, dz in STICKS], dtype=np.int64)
+    # reads reach at most reach - 1 steps, and past the first or last plane only by one plane
+    ext = max(min(reach - 1, nz + 1) * int(np.abs(offs).max()), (reach - 1) * (px + 1)) + 1
+    fl = _pad_filled(filled, pad, ext)
     if reach <= 15:
         cdt, shift = np.uint8, 4
     elif reach <= 255:
@@ -188,9 +194,8 @@ def fill_sticks(volume: np.ndarray, filled: np.ndarray, length: int = 9, sticks:
     else:
         cdt, shift = np.int32, 16
     invalid = int(np.iinfo(cdt).max)
-    offs = np.array([dx + dy * px + dz * px * py for dx, dy, dz in STICKS], dtype=np.int64)
     lens = np.arange(1, reach + 2, dtype=np.float64)
     w_table = 1.0 / (lens[None, :] * np.sqrt(_SQ.astype(np.float64))[:, None])
-    out, count = _fill(volume, filled, fl, pad, reach, shift, invalid, int(sticks), _OFFSETS3, offs, _SQ, w_table,
+    out, count = _fill(volume, filled, fl, ext, pad, reach, shift, invalid, int(sticks), _OFFSETS3, offs, _SQ, w_table,
                        bool(truncate), np.zeros(1, dtype=cdt))
     return out, int(count)
