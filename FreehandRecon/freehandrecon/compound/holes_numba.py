@@ -1,13 +1,12 @@
 """Stick hole filling compiled with numba: the same results as :func:`.holes.fill_sticks`, bit for bit.
 
-Import this module only where numba is installed (it imports numba at the top). Two passes:
-
-1. per stick direction (in parallel over the 13 directions), the steps to the nearest filled voxel forwards
-   and backwards by a running recurrence over the flat, padded volume (the padding of :mod:`.holes`: a line
-   leaving the volume sideways runs through unfilled padding, one leaving through the first or last plane
-   past the array's ends), packed per voxel as ``steps between the ends << shift | forward steps``;
-2. per hole (in parallel over z-planes), the shortest sticks (ties included) from those 13 codes,
-   interpolated and averaged in IGSIO's direction order and float64 arithmetic.
+Import this module only where numba is installed (it imports numba at the top). One parallel pass over the
+z-planes; per plane, for each of the 13 directions, the steps to the nearest filled voxel forwards and
+backwards (vectorised over the plane, on the flat padded mask of :mod:`.holes`: a line leaving the volume
+sideways runs through unfilled padding, one leaving through the first or last plane past the ends), packed
+per voxel as ``steps between the ends << shift | forward steps``; then per hole the shortest sticks (ties
+included), interpolated and averaged in IGSIO's direction order and float64 arithmetic. Each voxel's value
+depends only on the input, so any number of threads gives the same volume.
 """
 
 from __future__ import annotations
