@@ -19,6 +19,7 @@ from freehandrecon.simulate import (BLENDED_SITES, HELDOUT_SITE, KINDS, SIMULATO
                                     random_sweep, simulate_sweep, site_settings, theoretical_correlation, vessel_mask)
 from freehandrecon.lab.simulate_command import add_parser
 from freehandrecon.simulate.imaging import torch_threads
+from freehandrecon.simulate.sites import RANDOMISED_SITES
 
 # a plain linear probe with negligible electronic noise, for the physics checks
 PROBE = AcquisitionSettings(probe="linear", f0_mhz=7.5, fractional_bandwidth=0.65, depth_mm=40.0, width_mm=38.0,
@@ -225,6 +226,10 @@ def test_sites_keep_spacing_and_heldout_inside_training_span():
             continue
         assert min(min(np.atleast_1d(t)) for t in train) <= lo_hi[0] and lo_hi[1] <= max(max(np.atleast_1d(t))
                                                                                         for t in train), name
+    for site in RANDOMISED_SITES:  # wider physics, pixel spacing still fine for the 0.3 mm model grid
+        for _ in range(50):
+            sx, sy = site_settings(site, rng).pixel_spacing
+            assert 0.2 <= sx <= 0.5 and 0.2 <= sy <= 0.5, (site, sx, sy)
     # a new combination: no training site's ranges contain all held-out ranges
     for s in TRAIN_SITES:
         spec = SITES[s]
@@ -320,3 +325,22 @@ def test_cli_help_documents_every_option(capsys):
     for option in ("--out", "--count", "--site", "--seed", "--frames", "--trajectory", "--direction", "--size",
                    "--force"):
         assert option in text
+
+
+def test_randomised_sites_vary_the_physics_and_leave_the_named_sites_alone():
+    """Physics randomisation (issue 17): each sweep draws its own elevation beam, speckle density and display
+    chain; the named sites keep the defaults (fully developed speckle, plain grey map), so their sweeps are
+    unchanged."""
+    rng = np.random.default_rng(1)
+    drawn = [site_settings("site-random-linear", rng) for _ in range(40)]
+    for name in ("elevation_focus_mm", "elevation_aperture_mm", "scatterers_per_cell", "smoothing_px", "gamma",
+                 "grey_levels", "f0_mhz"):
+        values = np.array([getattr(s, name) for s in drawn])
+        assert values.max() > 1.5 * values.min() or values.min() == 0, name
+    assert site_settings("site-random-convex", rng).probe == "curvilinear"
+    for site in SITES:
+        s = site_settings(site, np.random.default_rng(2))
+        assert (s.scatterers_per_cell, s.smoothing_px, s.gamma, s.grey_levels) == (10.0, 0.0, 1.0, 256.0)
+    plain = random_sweep("site-random-linear", 5, num_frames=3, image_size=(48, 48))
+    grey = plain.metadata["settings"]["grey_levels"]
+    assert len(np.unique(plain.frames)) <= int(grey)  # the grey-level loss is applied

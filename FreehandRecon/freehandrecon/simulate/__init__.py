@@ -16,7 +16,7 @@ from typing import Any
 # does not import PyTorch through the image formation
 _EXPORTS = {
     "SIMULATOR_VERSION": "sweeps", "AcquisitionSettings": "sites", "SITES": "sites", "TRAIN_SITES": "sites",
-    "HELDOUT_SITE": "sites", "BLENDED_SITES": "sites", "SITE_NAMES": "sites", "KINDS": "trajectory",
+    "HELDOUT_SITE": "sites", "BLENDED_SITES": "sites", "SITE_NAMES": "sites", "RANDOMISED_SITES": "sites", "KINDS": "trajectory",
     "site_settings": "sites", "make_trajectory": "trajectory", "make_phantom": "phantom", "phantom_for": "sweeps",
     "simulate_sweep": "imaging", "random_sweep": "sweeps", "benchmark_simulator": "sweeps", "Imager": "imaging",
     "Phantom": "phantom", "elevation_sigma_mm": "beam", "theoretical_correlation": "beam",

@@ -234,7 +234,20 @@ class Imager:
         """Log compression with gain and dynamic range, quantised to uint8."""
         s = self.settings
         level = 20.0 * torch.log10(envelope.clamp_min(1e-6)) + s.gain_db
-        grey = ((level / s.dynamic_range_db + TISSUE_LEVEL).clamp(0.0, 1.0) * 255.0).round()
+        grey = (level / s.dynamic_range_db + TISSUE_LEVEL).clamp(0.0, 1.0)
+        if s.smoothing_px > 0:  # speckle reduction
+            k = _gauss_kernel(float(s.smoothing_px))
+            pad = (k.numel() - 1) // 2
+            g = F.pad(grey[None, None], (pad, pad, 0, 0), mode="replicate")
+            g = F.conv2d(g, k.view(1, 1, 1, -1))
+            g = F.pad(g, (0, 0, pad, pad), mode="replicate")
+            grey = F.conv2d(g, k.view(1, 1, -1, 1))[0, 0]
+        if s.gamma != 1.0:
+            grey = grey ** float(s.gamma)
+        if s.grey_levels < 256:  # a coarser display chain / lossy video: fewer distinct grey levels
+            steps = float(s.grey_levels) - 1.0
+            grey = (grey * steps).round() / steps
+        grey = (grey * 255.0).round()
         if self.curved:
             grey = grey * self._fan_mask
         return grey.to(torch.uint8).numpy()

@@ -45,6 +45,11 @@ class AcquisitionSettings:
     noise_db: float = -40.0
     frame_rate_hz: float = 25.0
     sound_speed_m_s: float = 1540.0
+    # physics randomisation (defaults: the five training sites' fully developed speckle, plain log compression)
+    scatterers_per_cell: float = 10.0  # below ~5: partly developed speckle
+    smoothing_px: float = 0.0          # Gaussian speckle-reduction filter on the B-mode image (sigma, pixels)
+    gamma: float = 1.0                 # grey-map curve applied after log compression
+    grey_levels: float = 256.0         # grey levels left after the display chain (lossy video: fewer)
 
     def __post_init__(self) -> None:
         if self.probe not in PROBES:
@@ -55,12 +60,16 @@ class AcquisitionSettings:
         object.__setattr__(self, "image_size", (h, w))
         positive = ("f0_mhz", "fractional_bandwidth", "depth_mm", "width_mm", "sector_deg", "radius_mm",
                     "elevation_focus_mm", "elevation_aperture_mm", "lateral_fnumber", "dynamic_range_db",
-                    "frame_rate_hz", "sound_speed_m_s")
+                    "frame_rate_hz", "sound_speed_m_s", "scatterers_per_cell", "gamma")
         for name in positive:
             v = float(getattr(self, name))
             if not (math.isfinite(v) and v > 0):
                 raise InputError(f"Acquisition setting {name} must be positive, got {v}.",
                                  "Give a positive, finite value.")
+        if not (math.isfinite(float(self.smoothing_px)) and self.smoothing_px >= 0):
+            raise InputError(f"smoothing_px must be 0 or more, got {self.smoothing_px}.", "Give 0 for no smoothing.")
+        if not 2 <= float(self.grey_levels) <= 256:
+            raise InputError(f"grey_levels must be 2..256, got {self.grey_levels}.", "Give 256 for 8-bit images.")
 
     # --- derived geometry ----------------------------------------------------------
     @property
@@ -135,6 +144,24 @@ SITES: dict[str, dict[str, Any]] = {
                "lateral_fnumber": (2.0, 2.3), "gain_db": (2, 4), "dynamic_range_db": (58, 62),
                "noise_db": (-40, -36)},
 }
+# Training-only, physics randomised (issue 17): instead of five scanners, every sweep draws its own probe physics
+# from wide ranges: centre frequency and bandwidth, elevation focus and aperture (hence the depth profile of
+# elevational decorrelation), lateral F-number, partly to fully developed speckle, speckle-reduction smoothing,
+# grey map and grey-level loss. The ranges are set from published probe specifications, not from any
+# evaluation sweep; they are never used for evaluation.
+RANDOMISED_SITES: dict[str, dict[str, Any]] = {
+    "site-random-linear": {"probe": "linear", "f0_mhz": (5.0, 13.0), "fractional_bandwidth": (0.4, 0.95),
+                           "depth_mm": (26, 56), "width_mm": (28, 44), "elevation_focus_mm": (10, 35),
+                           "elevation_aperture_mm": (2.5, 7.0), "lateral_fnumber": (1.2, 3.5), "gain_db": (-6, 6),
+                           "dynamic_range_db": (40, 75), "noise_db": (-50, -30), "scatterers_per_cell": (1.5, 20.0),
+                           "smoothing_px": (0.0, 1.5), "gamma": (0.6, 1.6), "grey_levels": (32, 256)},
+    "site-random-convex": {"probe": "curvilinear", "f0_mhz": (2.5, 6.0), "fractional_bandwidth": (0.4, 0.9),
+                           "depth_mm": (34, 48), "radius_mm": (18, 28), "sector_deg": (36, 46),
+                           "elevation_focus_mm": (20, 45), "elevation_aperture_mm": (5.0, 10.0),
+                           "lateral_fnumber": (1.5, 3.5), "gain_db": (-6, 6), "dynamic_range_db": (40, 75),
+                           "noise_db": (-48, -30), "scatterers_per_cell": (1.5, 20.0), "smoothing_px": (0.0, 1.5),
+                           "gamma": (0.6, 1.6), "grey_levels": (32, 256)},
+}
 TRAIN_SITES: tuple[str, ...] = ("site-a", "site-b", "site-c", "site-d", "site-e")
 HELDOUT_SITE = "site-f"
 
@@ -146,7 +173,7 @@ HELDOUT_SITE = "site-f"
 BLENDED_SITES: dict[str, tuple[tuple[str, str], ...]] = {
     "site-blend": (("site-a", "site-b"), ("site-a", "site-d"), ("site-b", "site-d"), ("site-c", "site-e")),
 }
-SITE_NAMES: tuple[str, ...] = (*SITES, *BLENDED_SITES)
+SITE_NAMES: tuple[str, ...] = (*SITES, *BLENDED_SITES, *RANDOMISED_SITES)
 
 
 def check_site(site: str) -> None:
@@ -168,8 +195,8 @@ def site_settings(site: str, rng: np.random.Generator,
     """Draw one :class:`AcquisitionSettings` from the site's ranges (for a blended site: a blend of two
     training sites' draws, see :data:`BLENDED_SITES`)."""
     check_site(site)
-    if site in SITES:
-        return AcquisitionSettings(image_size=tuple(image_size), **_draw(SITES[site], rng))
+    if site in SITES or site in RANDOMISED_SITES:
+        return AcquisitionSettings(image_size=tuple(image_size), **_draw({**SITES, **RANDOMISED_SITES}[site], rng))
     pairs = BLENDED_SITES[site]
     first, second = pairs[int(rng.integers(len(pairs)))]
     a, b = _draw(SITES[first], rng), _draw(SITES[second], rng)

@@ -94,7 +94,7 @@ def random_sweep(site: str, seed: int, num_frames: int = 100, kind: str | None =
     direction = drawn_dir if direction is None else int(direction)
     poses = make_trajectory(kind, num_frames, rng, direction=direction, step_mm=step_mm,
                             pivot_mm=settings.skin_point_mm, depth_mm=settings.depth_mm)
-    phantom = phantom_for(settings, poses, rng, structure=structure)
+    phantom = phantom_for(settings, poses, rng, structure=structure, per_cell=settings.scatterers_per_cell)
     centre = np.array([settings.skin_point_mm[0], settings.depth_mm / 2, 0.0, 1.0])
     step = np.linalg.norm(np.diff(poses @ centre, axis=0)[:, :3], axis=1)
     meta = {"site": site, "seed": int(seed), "trajectory": kind, "sweep_direction": direction,
