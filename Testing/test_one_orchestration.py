@@ -109,3 +109,30 @@ def test_the_library_call_is_the_same_orchestration(simulated):
                                ReconstructionRequest(spacing_mm=SPACING, skip_interval=3, fan=fan))
     np.testing.assert_array_equal(result.volume_array(), module_array)
     assert result.sweep.num_frames == report["frames"] == 8
+
+
+def test_estimated_pose_sequence_has_every_frame_in_world_after_a_skip(simulated):
+    """transformSequence adds the estimate for every frame of the browser (in world coordinates), also when only
+    every other frame is compounded (it used to add the skipped subset and fail on the browser's frame count)."""
+    scene = new_scene()
+    browser = sweep_to_browser(scene, Sweep(simulated.frames, simulated.pixel_spacing), name="Untracked")
+    logic = FreehandReconLogic(scene)
+    logic.reconstruct(browser, poses="learned", spacingMm=SPACING, showIn3D=False, skipInterval=2,
+                      transformSequence=True, checkQuality=False)
+    seq = logic.lastNodes["transforms"]
+    assert seq.GetNumberOfDataNodes() == simulated.num_frames == browser.GetNumberOfItems()
+    assert logic.lastReport["frames"] == simulated.num_frames // 2
+    reread = logic.readSweep(browser)  # the images now sit under the estimated poses
+    assert reread.image_to_world is not None and reread.num_frames == simulated.num_frames
+
+
+def test_a_model_path_is_checked_only_where_poses_are_estimated(simulated):
+    scene = new_scene()
+    browser = sweep_to_browser(scene, simulated, name="Sim")
+    logic = FreehandReconLogic(scene)
+    assert logic.reconstruct(browser, spacingMm=SPACING, showIn3D=False, model="/no/such/model.json") is not None
+    from freehandrecon.errors import InputError
+
+    with pytest.raises(InputError, match="model file '/no/such/model.json' does not exist"):
+        reconstruct_sweep(simulated, ReconstructionRequest(poses=replace(ReconstructionRequest().poses,
+                                                                         method="learned", model="/no/such/model.json")))

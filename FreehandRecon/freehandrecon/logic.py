@@ -72,20 +72,22 @@ class PoseRequest:
 
 
 def checked_pose_request(poses: PoseRequest) -> PoseRequest:
-    """``poses`` with an empty model or curve path ("" or "." from a path widget) as None, refusing a path
-    that names no file with :class:`InputError` before any slow work."""
+    """``poses`` with an empty model or curve path ("" or "." from a path widget) as None; for estimated poses,
+    :class:`InputError` before any slow work when the model (a file or a probe model's folder) or the curve
+    file does not exist. Tracked poses use neither."""
 
-    def optional_file(value: Any, what: str, fix: str) -> str | None:
+    def optional_path(value: Any, what: str, fix: str, folder_ok: bool) -> str | None:
         if value is None or str(value) in ("", "."):
             return None
-        if not Path(value).is_file():
+        path = Path(value)
+        if poses.method != "tracked" and not (path.is_file() or (folder_ok and path.is_dir())):
             raise InputError(f"The {what} '{value}' does not exist.", fix)
         return str(value)
 
-    model = optional_file(poses.model, "model file",
-                          "Choose a .safetensors model file, or leave it empty for the bundled model.")
-    curve = optional_file(poses.curve, "decorrelation curve file",
-                          "Give a curve JSON from 'freehandrecon calibrate-speckle', or none for the default.")
+    model = optional_path(poses.model, "model file",
+                          "Choose a .safetensors model file, or leave it empty for the bundled model.", True)
+    curve = optional_path(poses.curve, "decorrelation curve file",
+                          "Give a curve JSON from 'freehandrecon calibrate-speckle', or none for the default.", False)
     return replace(poses, model=model, curve=curve)
 
 

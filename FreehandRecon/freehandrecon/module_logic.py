@@ -9,6 +9,10 @@ says what an action still needs).
 
 Nodes are added only after a computation succeeded; a failed or cancelled run leaves the
 scene as it was (an output volume the user chose is replaced only on success).
+
+It does not orchestrate: each action validates its arguments, reads its inputs from the scene
+(:mod:`freehandrecon.module_inputs`), makes one :mod:`freehandrecon.logic` call (the same the command line
+makes) and then adds or replaces nodes, display and report.
 """
 
 from __future__ import annotations
