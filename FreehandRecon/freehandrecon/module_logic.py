@@ -359,7 +359,9 @@ class FreehandReconLogic:
 
                     show_result_fused(scene, nodes, method=None)
             if qualityNodes and result.quality_report is not None:
-                nodes.update(self._addQualityNodes(scene, result.quality_report, base))
+                from .scene.quality_nodes import add_quality_nodes
+
+                nodes.update(add_quality_nodes(scene, result.quality_report, base))
         except BaseException:
             self._removeNewNodes(scene, before)
             raise
@@ -557,57 +559,18 @@ class FreehandReconLogic:
         report = check_sweep_quality(sweep, guard, progress)
         self.lastQuality = report
         if addNodes:
+            from .scene.quality_nodes import add_quality_nodes
+
             base = sweep.metadata.get("image_sequence") or "Sweep"
             scene = self.scene
             before = _node_ids(scene)
             try:
-                self.lastNodes = {**self.lastNodes, **self._addQualityNodes(scene, report, base)}
+                self.lastNodes = {**self.lastNodes, **add_quality_nodes(scene, report, base)}
             except BaseException:
                 self._removeNewNodes(scene, before)
                 raise
         logging.info("FreehandRecon: quality check %s: %s", report.verdict, report.message)
         return report
-
-    @staticmethod
-    def _addQualityNodes(scene: Any, report: Any, base: str) -> dict[str, Any]:
-        """A table node (frame, scores, thresholds, flag) and a plot chart of the OOD score against frame."""
-        import vtk
-
-        from .io.slicer_scene import unique_name
-
-        table = scene.AddNewNodeByClass("vtkMRMLTableNode", unique_name(scene, f"{base}_Quality"))
-        n = report.num_frames
-        columns = (("Frame", vtk.vtkIntArray, np.arange(n)),
-                   ("OOD score", vtk.vtkDoubleArray, report.ood_score),
-                   ("OOD threshold", vtk.vtkDoubleArray, np.full(n, report.thresholds["ood"])),
-                   ("Reconstruction error", vtk.vtkDoubleArray, report.recon_error),
-                   ("Out of distribution", vtk.vtkIntArray, report.frame_out.astype(int)))
-        for name, cls, values in columns:
-            arr = cls()
-            arr.SetName(name)
-            arr.SetNumberOfValues(n)
-            for i, v in enumerate(values):  # n frames: a short loop over table rows
-                arr.SetValue(i, v.item() if hasattr(v, "item") else v)
-            table.AddColumn(arr)
-        table.SetAttribute("FreehandRecon.QualityVerdict", report.verdict)
-        table.SetAttribute("FreehandRecon.QualityMessage", report.message)
-        chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", unique_name(scene, f"{base}_QualityPlot"))
-        chart.SetTitle(f"Quality guard: {report.verdict}")
-        chart.SetXAxisTitle("Frame")
-        chart.SetYAxisTitle("OOD score (Mahalanobis)")
-        series = []
-        for column, colour, style in (("OOD score", (0.1, 0.3, 0.8), 0), ("OOD threshold", (0.85, 0.1, 0.1), 1)):
-            s = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", unique_name(scene, f"{base}_{column}"))
-            s.SetAndObserveTableNodeID(table.GetID())
-            s.SetXColumnName("Frame")
-            s.SetYColumnName(column)
-            s.SetPlotType(s.PlotTypeScatter)
-            s.SetMarkerStyle(s.MarkerStyleNone)
-            s.SetLineStyle(s.LineStyleDash if style else s.LineStyleSolid)
-            s.SetColor(*colour)
-            chart.AddAndObservePlotSeriesNodeID(s.GetID())
-            series.append(s)
-        return {"qualityTable": table, "qualityChart": chart, "qualitySeries": series}
 
     def qualityWarning(self, report: Any = None) -> str:
         """The text for the panel's warning line ('' when the sweep looks fine)."""
@@ -683,7 +646,7 @@ class FreehandReconLogic:
                     "or place the image sequence under its probe transform.")
         if poses != "tracked":
             model = get("modelPath")
-            if model is not None and str(model) not in ("", ".") and not Path(model).is_file():
+            if model is not None and str(model) not in ("", ".") and not Path(model).exists():
                 return f"The model file '{model}' does not exist."
         if get("overridePixelSpacing", False) and min(get("pixelSpacingXMm", 0.0), get("pixelSpacingYMm", 0.0)) <= 0:
             return "The pixel spacing override must be positive."
