@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("quality", ("quality",)),
     ("scene", ("scene",)),
     ("logic", ("logic",)),
-    ("module logic", ("module_logic",)),
+    ("module logic", ("module_logic", "module_inputs")),
     ("command-line helpers", ("commands.common", "commands.__init__")),
     ("lab", ("lab",)),
     ("adapt", ("adapt",)),  # calibrate once, then go trackerless: fine-tunes with the lab's training pieces
@@ -231,3 +231,18 @@ def test_the_checker_sees_lazy_upward_imports_and_cycles():
     assert [(t, top) for t, _, top in scan.found] == [("freehandrecon.scene", False), ("freehandrecon.scene.nodes", False)]
     assert layer_of("freehandrecon.scene.nodes") > layer_of("freehandrecon.io.example")
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+
+
+# The module's logic reads the scene and writes nodes; everything else a reconstruction does (poses, quality guard,
+# compounding) it asks of freehandrecon.logic, so there is one orchestration for the module, console and CLI.
+MODULE_LOGIC_MAY_NOT_IMPORT = ("freehandrecon.poses", "freehandrecon.compound", "freehandrecon.quality",
+                               "freehandrecon.simulate")
+
+
+def test_module_logic_reaches_poses_compounding_and_quality_only_through_the_logic():
+    found = [f"{_where(m, line)}: {m} imports {t}"
+             for m in MODULES if LAYERS[layer_of(m)][0] == "module logic"
+             for t, line, _ in SCANS[m].found
+             if any(t == p or t.startswith(p + ".") for p in MODULE_LOGIC_MAY_NOT_IMPORT)]
+    assert {"freehandrecon.module_logic", "freehandrecon.module_inputs"} <= set(MODULES)
+    assert not found, "Call freehandrecon.logic instead (one orchestration):\n  " + "\n  ".join(found)

@@ -22,6 +22,7 @@ from freehandrecon.compound import CompoundOptions
 from freehandrecon.errors import CalibrationError, Cancelled, InputError, ResourceError
 from freehandrecon.io.plus import sweep_from_plus
 from freehandrecon.logic import ReconstructionRequest, reconstruct_sweep
+from freehandrecon.module_inputs import image_sequence_of
 from freehandrecon.module_logic import SAMPLES, FreehandReconLogic, file_sha256, learnedModelAvailable, sample
 from freehandrecon.sweep import Sweep
 
@@ -653,7 +654,7 @@ def test_sequence_selectors_refuse_and_hide_transform_sequences(scene):
     browser.GetSynchronizedSequenceNodes(collection, True)
     transforms = next(collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())
                       if collection.GetItemAsObject(i).GetDataNodeClassName() == "vtkMRMLLinearTransformNode")
-    images = logic._imageSequenceOf(browser)
+    images = image_sequence_of(browser)
     message = logic.checkInputs(types.SimpleNamespace(inputBrowser=browser, imageSequence=transforms))
     assert "not images" in message and "SpinePhantom_ImageToReference" in message
     assert "not images" in logic.checkInputs(types.SimpleNamespace(inputBrowser=browser, channelSequence=transforms))

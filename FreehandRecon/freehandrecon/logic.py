@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,9 +22,12 @@ import numpy as np
 
 from . import __version__
 from .compound import CompoundOptions, CompoundResult, OutputGrid, compound, fit_grid, grid_from_roi
+from .compound import HoleFilling as HoleFilling  # re-exported: callers above build requests from logic's names
+from .compound.masks import normalise_importance
 from .compound.memory import check_reconstruction_memory, expected_holes
 from .compound.options import channel_options
 from .errors import Cancelled, InputError, OutputExistsError
+from .fan import FanMask, detect_fan
 from .poses import PoseEstimate, estimate_poses, sweep_with_poses
 from .sweep import Sweep
 
@@ -68,6 +71,26 @@ class PoseRequest:
     check_quality: bool = True  # run the quality guard before learned poses (when it is installed)
 
 
+def checked_pose_request(poses: PoseRequest) -> PoseRequest:
+    """``poses`` with an empty model or curve path ("" or "." from a path widget) as None; for estimated poses,
+    :class:`InputError` before any slow work when the model (a file or a probe model's folder) or the curve
+    file does not exist. Tracked poses use neither."""
+
+    def optional_path(value: Any, what: str, fix: str, folder_ok: bool) -> str | None:
+        if value is None or str(value) in ("", "."):
+            return None
+        path = Path(value)
+        if poses.method != "tracked" and not (path.is_file() or (folder_ok and path.is_dir())):
+            raise InputError(f"The {what} '{value}' does not exist.", fix)
+        return str(value)
+
+    model = optional_path(poses.model, "model file",
+                          "Choose a .safetensors model file, or leave it empty for the bundled model.", True)
+    curve = optional_path(poses.curve, "decorrelation curve file",
+                          "Give a curve JSON from 'freehandrecon calibrate-speckle', or none for the default.", False)
+    return replace(poses, model=model, curve=curve)
+
+
 @dataclass
 class ReconstructionRequest:
     """Everything a reconstruction needs besides the sweep."""
@@ -81,6 +104,14 @@ class ReconstructionRequest:
     # per-channel compounding: a mode name or full options; unnamed channels use channels.CHANNEL_COMPOUNDING
     # (max for photoacoustic and Doppler, else ``options``)
     channel_compounding: dict[str, CompoundOptions | str] = field(default_factory=dict)
+    skip_interval: int = 1  # compound every Nth frame (poses are estimated on every frame first)
+    # the fan mask: None keeps ``options.fan``; "none": no fan; "auto": detected from the frames used (none
+    # found: every pixel is used, or InputError with ``require_fan``); or a FanMask
+    fan: FanMask | str | None = None
+    require_fan: bool = False
+    quality_report: Any = None  # a QualityReport already computed for this sweep: the guard is not run again
+    # 4x4 world -> the frame the output grid (``roi``) is given in, e.g. an ROI's parent transform; None: world
+    grid_frame: np.ndarray | None = None
 
 
 @dataclass
@@ -96,6 +127,8 @@ class ReconstructionResult:
     sweep: Sweep | None = None  # the sweep with the poses used (estimated ones for learned/speckle)
     pose_estimate: PoseEstimate | None = None
     quality: dict[str, Any] | None = None  # the quality guard's report (learned poses), as JSON
+    quality_report: Any = None  # the same report as a QualityReport
+    options: CompoundOptions | None = None  # the B-mode options used (with the detected or given fan)
 
     def volume_array(self, name: str | None = None) -> np.ndarray:
         """Intensity volume ``[k, j, i]`` in the input pixel type (rounded and clipped)."""
@@ -116,22 +149,22 @@ def _stage(progress: ProgressCallback | None, stage: str) -> Callable[[int, int]
 def reconstruct_sweep(sweep: Sweep, request: ReconstructionRequest, progress: ProgressCallback | None = None,
                       should_cancel: Callable[[], bool] | None = None, *, render: bool = False,
                       files: bool = False, mrb: bool = False) -> ReconstructionResult:
-    """Estimate poses when asked, then compound the B-mode frames and every requested channel.
+    """The whole reconstruction, in this order: check the request, find the fan, run the quality guard (learned
+    poses), estimate poses when asked, keep every ``skip_interval``-th frame in the grid's frame, fit the grid,
+    check the memory, then compound the B-mode frames and every requested channel.
 
-    Before compounding, the memory the whole job needs is checked against the memory limit
-    (:func:`check_job_memory`): the result's MRML nodes, and with ``files`` the sweep's browser and
-    files, ``mrb`` the scene bundle, ``render`` the 3D view (as :func:`run_reconstruct_job` makes them)."""
+    The memory check covers the whole job (:func:`check_job_memory`): the result's MRML nodes, and with
+    ``files`` the sweep's browser and files, ``mrb`` the scene bundle, ``render`` the 3D view (as
+    :func:`run_reconstruct_job` makes them)."""
     t0 = time.perf_counter()
     check_request(sweep, request)
-    report = check_quality(sweep, request.poses, progress)
+    poses = checked_pose_request(request.poses)
+    opts = replace(request.options, fan=resolve_fan(sweep, request))
+    report = request.quality_report if request.quality_report is not None else check_quality(sweep, poses, progress)
     quality = None if report is None else report.to_json()
-    sweep, estimate = posed_sweep(sweep, request.poses, progress, should_cancel)
-    opts = request.options
-    if request.roi is not None:
-        grid = grid_from_roi(request.roi.center, request.roi.size, request.spacing_mm, request.roi.orientation)
-    else:
-        grid = fit_grid(sweep, request.spacing_mm, clip_rectangle=opts.clip_rectangle, fan=opts.fan,
-                        oriented=request.oriented_grid, plus_compatible=opts.plus_arithmetic)
+    sweep, estimate = posed_sweep(sweep, poses, progress, should_cancel)
+    sweep = frames_used(sweep, request)
+    grid = output_grid(sweep, request, opts)
     names = list(sweep.channels) if request.channels is None else list(request.channels)
     for name in names:
         sweep.channel_frames(name)  # refuse an unknown channel before any slow work
@@ -144,7 +177,49 @@ def reconstruct_sweep(sweep: Sweep, request: ReconstructionRequest, progress: Pr
     for name, res in channels.items():
         res.stats["compounding"] = channel_opts[name].compounding
     return ReconstructionResult(bmode, channels, grid, time.perf_counter() - t0, memory, sweep.frames.dtype,
-                                sweep, estimate, quality)
+                                sweep, estimate, quality, report, opts)
+
+
+def resolve_fan(sweep: Sweep, request: ReconstructionRequest) -> FanMask | None:
+    """The fan mask ``request.fan`` asks for ("auto": detected from the frames that are compounded)."""
+    fan = request.fan
+    if fan is None:
+        return request.options.fan
+    if isinstance(fan, FanMask):
+        fan.validate()
+        return fan
+    if fan == "none":
+        return None
+    if fan != "auto":
+        raise InputError(f"Unknown fan mask setting {fan!r}.", "Use 'none', 'auto' or a FanMask.")
+    found = detect_fan(sweep.frames[::request.skip_interval])
+    if found is None:
+        if request.require_fan:
+            raise InputError("--fan auto found no curvilinear fan in the frames.",
+                             "Give the fan explicitly: --fan OX OY A0 A1 R0 R1, or drop --fan for linear probes.")
+        log.info("FreehandRecon: no curvilinear fan found in the frames; every pixel is used.")
+    return found
+
+
+def frames_used(sweep: Sweep, request: ReconstructionRequest) -> Sweep:
+    """The frames that are compounded: every ``skip_interval``-th one, with its pose in the grid's frame."""
+    if request.skip_interval > 1:
+        sweep = sweep.subset(slice(None, None, request.skip_interval))
+    if request.grid_frame is not None and sweep.image_to_world is not None:
+        sweep = sweep.with_poses(np.asarray(request.grid_frame, dtype=np.float64) @ sweep.image_to_world)
+    return sweep
+
+
+def _grid_at(sweep: Sweep, request: ReconstructionRequest, opts: CompoundOptions, spacing: Any) -> OutputGrid:
+    if request.roi is not None:
+        return grid_from_roi(request.roi.center, request.roi.size, spacing, request.roi.orientation)
+    return fit_grid(sweep, spacing, clip_rectangle=opts.clip_rectangle, fan=opts.fan,
+                    oriented=request.oriented_grid, plus_compatible=opts.plus_arithmetic)
+
+
+def output_grid(sweep: Sweep, request: ReconstructionRequest, options: CompoundOptions | None = None) -> OutputGrid:
+    """The output grid: the ROI box when given, else fitted around the frames (inside the clip rectangle and fan)."""
+    return _grid_at(sweep, request, request.options if options is None else options, request.spacing_mm)
 
 
 def job_memory_bytes(sweep: Sweep, request: ReconstructionRequest, grid: OutputGrid, options: list[CompoundOptions],
@@ -164,10 +239,7 @@ def job_memory_bytes(sweep: Sweep, request: ReconstructionRequest, grid: OutputG
     p2w = sweep.pixel_to_world()
 
     def grid_at(spacing: np.ndarray) -> OutputGrid:
-        if request.roi is not None:
-            return grid_from_roi(request.roi.center, request.roi.size, spacing, request.roi.orientation)
-        return fit_grid(sweep, spacing, clip_rectangle=opts.clip_rectangle, fan=opts.fan,
-                        oriented=request.oriented_grid, plus_compatible=opts.plus_arithmetic)
+        return _grid_at(sweep, request, opts, spacing)
 
     def holes_at(g: OutputGrid) -> list[int | None]:
         return [expected_holes(p2w, sweep.frame_shape, g, o) for o in options]
@@ -182,6 +254,26 @@ def check_job_memory(sweep: Sweep, request: ReconstructionRequest, grid: OutputG
     """:func:`job_memory_bytes`, refusing a job over the memory limit with a spacing that fits."""
     return job_memory_bytes(sweep, request, grid, options, channels, render=render, files=files, mrb=mrb,
                             check=True)
+
+
+def estimate_job_memory_bytes(sweep: Sweep, request: ReconstructionRequest, channels: list[str]) -> int:
+    """Peak bytes :func:`reconstruct_sweep` would need for ``sweep`` and ``request``, from the geometry alone.
+
+    ``sweep`` may be frame-free (zero-stride frames, e.g. read from a scene's nodes without the pixels);
+    ``channels`` names the extra channels the run would compound (held by ``sweep`` or not). Poses are not
+    estimated: a sweep without poses needs an ROI (InputError otherwise). A skip interval that leaves too few
+    frames is ignored here (the run refuses it)."""
+    check_spacing_mm(request.spacing_mm)
+    if request.skip_interval > 1 and sweep.num_frames < 2 * request.skip_interval - 1:
+        request = replace(request, skip_interval=1)
+    sweep = frames_used(sweep, request)
+    if request.roi is None and sweep.image_to_world is None:
+        raise InputError("The output box is not known before the poses are estimated.",
+                         "Select an ROI to see the memory estimate, or use a tracked sweep.")
+    opts = request.options
+    options = [opts, *(channel_options(opts, name, request.channel_compounding) for name in channels)]
+    return job_memory_bytes(sweep, request, output_grid(sweep, request), options, [],
+                            input_bytes=int(sweep.frames.nbytes) * (1 + len(channels)))
 
 
 def check_spacing_mm(spacing: Any) -> tuple[float, float, float]:
@@ -206,6 +298,21 @@ def check_request(sweep: Any, request: Any) -> None:
     check_spacing_mm(request.spacing_mm)
     if request.roi is not None:
         request.roi.validate()
+    skip = request.skip_interval
+    if isinstance(skip, bool) or not isinstance(skip, (int, np.integer)) or skip < 1:
+        raise InputError(f"The skip interval must be a whole number >= 1, got {skip!r}.",
+                         "Use 1 for every frame, 2 for every other frame, ...")
+    if skip > 1 and sweep.num_frames < 2 * skip - 1:
+        raise InputError(f"A skip interval of {skip} leaves fewer than 2 of the {sweep.num_frames} frames.",
+                         "Use a smaller skip interval.")
+    if request.grid_frame is not None:
+        m = np.asarray(request.grid_frame, dtype=np.float64)
+        if m.shape != (4, 4) or not np.isfinite(m).all() or not np.allclose(m[3], (0, 0, 0, 1)):
+            raise InputError("The output grid's frame must be a finite 4x4 affine transform (world to grid frame).",
+                             "Pass the inverse of the ROI parent's transform to world, or None for world.")
+    mask = request.options.importance_mask
+    if mask is not None and request.options.compounding == "importance":
+        normalise_importance(mask, sweep.frame_shape)  # a wrong size or range is refused before any slow work
     thr = request.options.pixel_threshold
     if thr is not None:
         request.options.validate()
@@ -241,6 +348,7 @@ def check_quality(sweep: Sweep, poses: PoseRequest, progress: ProgressCallback |
 def posed_sweep(sweep: Sweep, poses: PoseRequest, progress: ProgressCallback | None = None,
                 should_cancel: Callable[[], bool] | None = None) -> tuple[Sweep, PoseEstimate | None]:
     """The sweep with the poses ``poses`` asks for (unchanged for tracked) and the estimate, if any."""
+    poses = checked_pose_request(poses)
     if poses.method == "tracked":
         if sweep.image_to_world is None:
             sweep.pixel_to_world()  # raises the no-poses error with its fix
@@ -248,6 +356,35 @@ def posed_sweep(sweep: Sweep, poses: PoseRequest, progress: ProgressCallback | N
     estimate = estimate_poses(sweep, poses.method, model=poses.model, sweep_direction=poses.sweep_direction,
                               device=poses.device, progress=progress, should_cancel=should_cancel, curve=poses.curve)
     return sweep_with_poses(sweep, estimate), estimate
+
+
+def check_sweep_quality(sweep: Sweep, guard: Any = None, progress: ProgressCallback | None = None) -> Any:
+    """The quality guard's :class:`~freehandrecon.quality.QualityReport` on ``sweep``: is it like the data the
+    learned pose model was trained on? ``guard``: a loaded guard, a guard .json path, or None (or an empty
+    path) for the shipped one."""
+    from .quality import Guard, check_sweep, load_guard
+
+    loaded = guard if isinstance(guard, Guard) else load_guard(None if guard in (None, "", ".") else guard)
+    return check_sweep(sweep, guard=loaded, progress=progress)
+
+
+def learned_model_available() -> bool:
+    """Whether learned poses can run with the bundled model (the pose package and its weights are installed)."""
+    try:
+        from .poses import learned
+    except ImportError:
+        return False
+    stem = Path(getattr(learned, "MODEL_DIR", "")) / str(getattr(learned, "DEFAULT_MODEL_NAME", ""))
+    return stem.with_suffix(".json").is_file() and stem.with_suffix(".safetensors").is_file()
+
+
+def quality_guard_available() -> bool:
+    """Whether the quality guard's files are installed (the checksum is checked when it loads)."""
+    try:
+        from .quality.guard import guard_available
+    except ImportError:
+        return False
+    return guard_available()
 
 
 class ReconstructionLogic:
@@ -422,7 +559,7 @@ def run_reconstruct_job(sweep: Sweep, request: ReconstructionRequest, out_dir: P
             "pose_estimation": sweep.metadata.get("pose_estimation"),
             "grid": {"origin_mm": result.grid.origin.tolist(), "spacing_mm": result.grid.spacing.tolist(),
                      "dims_ijk": list(result.grid.dims), "direction": np.asarray(result.grid.direction).tolist()},
-            "options": _jsonable(request.options),
+            "options": _jsonable(result.options),
             "memory_estimate_mb": round(result.memory_estimate_bytes / 2**20, 1),
             "coverage_fraction": round(result.coverage_fraction, 4),
             "intensity_in_covered_voxels": {"min": float(vol[covered].min()) if covered.any() else None,

@@ -9,6 +9,10 @@ says what an action still needs).
 
 Nodes are added only after a computation succeeded; a failed or cancelled run leaves the
 scene as it was (an output volume the user chose is replaced only on success).
+
+It does not orchestrate: each action validates its arguments, reads its inputs from the scene
+(:mod:`freehandrecon.module_inputs`), makes one :mod:`freehandrecon.logic` call (the same the command line
+makes) and then adds or replaces nodes, display and report.
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from . import dependencies
+from . import module_inputs as inputs
 from .errors import CalibrationError, Cancelled, FreehandReconError, InputError, ResourceError
 from .model_files import sha256_file
 
@@ -49,7 +54,7 @@ OUTPUT_ATTRIBUTE = "FreehandRecon.OutputVolumeID"
 COVERAGE_REFERENCE = "FreehandRecon.Coverage"
 CHANNEL_REFERENCE_PREFIX = "FreehandRecon.Channel."
 BOUNDS_REFERENCE = "FreehandRecon.Bounds"  # on the browser (or lone image sequence): the ROI fitRoi made
-IMAGE_NODE_CLASSES = ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode")
+IMAGE_NODE_CLASSES = inputs.IMAGE_NODE_CLASSES
 
 
 @dataclass(frozen=True)
@@ -101,20 +106,19 @@ def sample(sampleName: str) -> SampleSweep:
 def learnedModelAvailable() -> bool:
     """Whether learned poses can run with the bundled model (the pose package and its weights are installed)."""
     try:
-        from .poses import learned
+        from .logic import learned_model_available
     except ImportError:
         return False
-    stem = Path(getattr(learned, "MODEL_DIR", "")) / str(getattr(learned, "DEFAULT_MODEL_NAME", ""))
-    return stem.with_suffix(".json").is_file() and stem.with_suffix(".safetensors").is_file()
+    return learned_model_available()
 
 
 def qualityGuardAvailable() -> bool:
     """Whether the quality guard's files are installed (the checksum is checked when it loads)."""
     try:
-        from .quality.guard import guard_available
+        from .logic import quality_guard_available
     except ImportError:
         return False
-    return guard_available()
+    return quality_guard_available()
 
 
 file_sha256 = sha256_file  # the name the module's sample-data code and tests use
@@ -158,7 +162,7 @@ def _clipRectangle(value: Any) -> tuple[int, int, int, int] | None:
 
 def _manualFan(frameShape: tuple[int, int], angles: Any, origin: Any, radius: Any) -> Any:
     """A :class:`FanMask` from manual angles (required), origin (default: top centre) and radii."""
-    from .compound import FanMask
+    from .fan import FanMask
 
     if angles is None:
         raise InputError("A manual fan mask needs its edge angles.",
@@ -176,30 +180,8 @@ def _manualFan(frameShape: tuple[int, int], angles: Any, origin: Any, radius: An
     return fan
 
 
-def _toWorld(transformNode: Any) -> np.ndarray:
-    """The 4x4 transform-to-world matrix of a linear transform node."""
-    return _matrix_array(transformNode.GetMatrixTransformToWorld)
-
-
-def _roiAxes(roiNode: Any) -> np.ndarray:
-    """The ROI's box axes (3x3, columns) in its node (parent) coordinates."""
-    from slicer import util
-
-    axes = util.arrayFromVTKMatrix(roiNode.GetObjectToNodeMatrix())[:3, :3]
-    return axes / np.maximum(np.linalg.norm(axes, axis=0, keepdims=True), 1e-12)
-
-
 def _node_ids(scene: Any) -> set[str]:
     return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
-
-
-def _matrix_array(getter: Callable[[Any], Any]) -> np.ndarray:
-    import vtk
-    from slicer import util
-
-    m = vtk.vtkMatrix4x4()
-    getter(m)
-    return util.arrayFromVTKMatrix(m)
 
 
 class FreehandReconLogic:
@@ -207,7 +189,7 @@ class FreehandReconLogic:
 
     def __init__(self, scene: Any = None) -> None:
         self._scene = scene
-        self._geometryCache: dict[str, tuple[tuple, Any]] = {}
+        self._geometry = inputs.GeometryCache()
         self.lastReport: dict[str, Any] = {}
         self.lastNodes: dict[str, Any] = {}
         self.lastQuality: Any = None
@@ -229,32 +211,11 @@ class FreehandReconLogic:
 
     def _node(self, ref: Any, what: str) -> Any:
         """A node given as a node, an ID or a name."""
-        if ref is None or not isinstance(ref, str):
-            return ref
-        node = self.scene.GetNodeByID(ref) or self.scene.GetFirstNodeByName(ref)
-        if node is None:
-            raise InputError(f"No {what} called '{ref}' in the scene.", f"Pass the {what} node or its exact name.")
-        return node
+        return inputs.node(self.scene, ref, what)
 
     def _browserAndSequence(self, inputNode: Any, imageSequence: Any = None) -> tuple[Any, Any]:
         """(browser or None, image sequence or None) for a browser or an image sequence input."""
-        node = self._node(inputNode, "sequence browser")
-        seq = self._node(imageSequence, "image sequence")
-        if node is None and seq is None:
-            raise InputError("No sweep was given.", "Select a sequence browser (or an image sequence) holding the sweep.")
-        if node is None:
-            node = seq
-        if node.IsA("vtkMRMLSequenceBrowserNode"):
-            return node, seq
-        if node.IsA("vtkMRMLSequenceNode"):
-            scene = node.GetScene()
-            for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode")):
-                browser = scene.GetNthNodeByClass(i, "vtkMRMLSequenceBrowserNode")
-                if browser.IsSynchronizedSequenceNode(node.GetID(), True):
-                    return browser, node
-            return None, node
-        raise InputError(f"'{node.GetName()}' is a {node.GetClassName()}, not a sequence browser or sequence.",
-                         "Select the sequence browser of the sweep.")
+        return inputs.browser_and_sequence(self.scene, inputNode, imageSequence)
 
     def readSweep(self, inputNode: Any, imageSequence: Any = None, pixelSpacingMm: tuple[float, float] | None = None,
                   calibrationNode: Any = None) -> Any:
@@ -263,96 +224,7 @@ class FreehandReconLogic:
         ``pixelSpacingMm`` overrides the frames' spacing; ``calibrationNode`` (image-to-probe) is
         inserted between the images and the transforms above them, unless it is already there.
         """
-        from .io.slicer_sequences import sweep_from_browser
-
-        browser, seq = self._browserAndSequence(inputNode, imageSequence)
-        if browser is None:
-            sweep = self._sweepFromLoneSequence(seq, pixelSpacingMm)
-        else:
-            if browser.GetScene() is None:
-                raise InputError("The sequence browser is not in an MRML scene.", "Pass a browser node from a scene.")
-            sweep = sweep_from_browser(browser, image_sequence=seq, pixel_spacing=pixelSpacingMm)
-        calibration = self._node(calibrationNode, "calibration transform")
-        if calibration is not None:
-            sweep = self._applyCalibration(sweep, browser, seq, calibration)
-        return sweep
-
-    @staticmethod
-    def _sweepFromLoneSequence(seq: Any, pixelSpacingMm: tuple[float, float] | None) -> Any:
-        from slicer import util
-
-        from .io.slicer_sequences import lone_sequence_sweep
-
-        if seq.GetDataNodeClassName() not in ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"):
-            raise InputError(f"The sequence '{seq.GetName()}' holds {seq.GetDataNodeClassName() or 'nothing'}, "
-                             "not images.", "Select the sequence of ultrasound frames.")
-        n = seq.GetNumberOfDataNodes()
-        if n == 0:
-            raise InputError(f"The sequence '{seq.GetName()}' is empty.", "Record or import frames first.")
-        frames = np.stack([util.arrayFromVolume(seq.GetNthDataNode(i))[0] for i in range(n)])
-        return lone_sequence_sweep(seq, frames, pixelSpacingMm)
-
-    def _applyCalibration(self, sweep: Any, browser: Any, seq: Any, calibration: Any) -> Any:
-        """Put an image-to-probe calibration between the image and its parent transforms."""
-        if not (calibration.IsA("vtkMRMLTransformNode") and calibration.IsLinear()):
-            raise CalibrationError(f"The calibration '{calibration.GetName()}' is not a linear transform.",
-                                   "Select a linear transform (image to probe) as the calibration.")
-        if sweep.image_to_world is None:
-            raise CalibrationError("A calibration was given but the images have no tracking transform above them.",
-                                   "Place the image sequence under the probe (tracker) transform, or use "
-                                   "learned/speckle poses without a calibration.")
-        if sweep.metadata.get("poses_in_image_geometry"):
-            raise CalibrationError("The frames carry their poses in their image geometry (IJKToRAS), so an "
-                                   "image-to-probe calibration cannot be put between the image and the probe.",
-                                   "Leave the calibration empty: embedded poses (PLUS EmbeddedTransformToFrame) "
-                                   "already include it.")
-        if calibration.GetName() in sweep.metadata.get("transform_chain", []):
-            logging.info("FreehandRecon: calibration '%s' is already above the images; not applied twice.",
-                         calibration.GetName())
-            return sweep
-        image_seq = seq if seq is not None else browser.GetMasterSequenceNode()
-        ijk = _matrix_array(image_seq.GetNthDataNode(0).GetIJKToRASMatrix)
-        cal = _matrix_array(calibration.GetMatrixTransformToParent)
-        pixel_to_world = sweep.pixel_to_world() @ np.linalg.inv(ijk) @ cal @ ijk
-        lengths = np.linalg.norm(pixel_to_world[:, :3, :2], axis=1).mean(axis=0)
-        sx, sy = float(lengths[0]), float(lengths[1])
-        image_to_world = pixel_to_world @ np.diag([1.0 / sx, 1.0 / sy, 1.0, 1.0])
-        z = np.linalg.norm(image_to_world[:, :3, 2], axis=1)
-        image_to_world[:, :3, 2] /= np.where(z > 0, z, 1.0)[:, None]
-        meta = dict(sweep.metadata)
-        meta["transform_chain"] = [calibration.GetName(), *meta.get("transform_chain", [])]
-        return replace(sweep, pixel_spacing=(sx, sy), image_to_world=image_to_world, metadata=meta)
-
-    @staticmethod
-    def _roi(roiNode: Any) -> Any:
-        """A markups ROI node as a :class:`freehandrecon.logic.Roi` in its parent transform's frame."""
-        return FreehandReconLogic._roiInParentFrame(roiNode)[0]
-
-    @staticmethod
-    def _roiInParentFrame(roiNode: Any) -> tuple[Any, Any]:
-        """(:class:`freehandrecon.logic.Roi` in the ROI's node coordinates, its parent transform node or None).
-
-        The output grid is built in the parent's frame and the volume placed under that transform, as
-        SlicerIGT's Volume Reconstruction does; without a parent the frame is the world.
-        """
-        if roiNode is None:
-            return None, None
-        from .logic import Roi
-
-        if not roiNode.IsA("vtkMRMLMarkupsROINode"):
-            raise InputError(f"'{roiNode.GetName()}' is a {roiNode.GetClassName()}, not a markups ROI.",
-                             "Select a markups ROI (Markups > ROI), or leave the ROI empty for an automatic box.")
-        center = [0.0, 0.0, 0.0]
-        roiNode.GetCenter(center)
-        size = [float(v) for v in roiNode.GetSize()]
-        if min(size) <= 0:
-            raise InputError(f"The ROI '{roiNode.GetName()}' has zero size {size} mm.",
-                             "Give the ROI a size, or leave the ROI empty for an automatic box.")
-        parent = roiNode.GetParentTransformNode()
-        if parent is not None and not parent.IsTransformToWorldLinear():
-            raise CalibrationError(f"The ROI '{roiNode.GetName()}' is under a non-linear transform.",
-                                   "Harden or remove the non-linear transform above the ROI.")
-        return Roi(tuple(center), tuple(size), _roiAxes(roiNode)), parent
+        return inputs.read_sweep(self.scene, inputNode, imageSequence, pixelSpacingMm, calibrationNode)
 
     # --- poses ------------------------------------------------------------------------------------
 
@@ -376,40 +248,6 @@ class FreehandReconLogic:
         raise ResourceError(f"FreehandRecon needs {what}, which is not installed in this Slicer.",
                             "Press 'Install dependencies' in the FreehandRecon panel (PyTorch comes from the "
                             "'PyTorch' extension of the Extensions Manager), then run it again.")
-
-    @staticmethod
-    def _estimate(sweep: Any, method: str, model: Any, sweepDirection: str, device: str,
-                  progress: ProgressCallback | None, shouldCancel: Callable[[], bool] | None,
-                  curve: Any = None) -> np.ndarray:
-        from .poses import estimate_poses
-
-        def optional_file(value: Any, what: str, fix: str) -> Path | None:
-            if value is None or str(value) in ("", "."):  # an empty path widget gives "" or "."
-                return None
-            if not Path(value).is_file():
-                raise InputError(f"The {what} '{value}' does not exist.", fix)
-            return Path(value)
-
-        model_path = optional_file(model, "model file",
-                                   "Choose a .safetensors model file, or leave it empty for the bundled model.")
-        curve_path = optional_file(curve, "decorrelation curve file",
-                                   "Give a curve JSON from 'freehandrecon calibrate-speckle', or none for the default.")
-        estimate = estimate_poses(sweep, method, model=model_path, sweep_direction=sweepDirection, device=device,
-                                  progress=progress, should_cancel=shouldCancel, curve=curve_path)
-        return estimate.image_to_world
-
-    def _sweepWithPoses(self, sweep: Any, poses: str, model: Any, sweepDirection: str, device: str,
-                        progress: ProgressCallback | None, shouldCancel: Callable[[], bool] | None,
-                        curve: Any = None) -> Any:
-        if poses == "tracked":
-            if sweep.image_to_world is None:
-                raise CalibrationError(
-                    f"The sweep '{sweep.metadata.get('image_sequence', '')}' has no tracking transforms above its images.",
-                    "Put the image sequence under its (probe/image-to-reference) transform, select a calibration, "
-                    "or choose learned or speckle poses.")
-            return sweep
-        mats = self._estimate(sweep, poses, model, sweepDirection, device, progress, shouldCancel, curve)
-        return sweep.with_poses(mats, poses=poses)
 
     # --- console API ------------------------------------------------------------------------------
 
@@ -475,84 +313,79 @@ class FreehandReconLogic:
             from .io.slicer_scene import PRESET_NAMES
 
             _choice(preset, PRESET_NAMES, "volume rendering preset")
-        roi, roiParent = self._roiInParentFrame(self._node(roiNode, "ROI"))
+        roi, roiParent = inputs.roi_in_parent_frame(self._node(roiNode, "ROI"))
         self.requireDependencies(poses, checkQuality and poses == "learned" and qualityReport is None, fillHoles, device)
-        from .compound import CompoundOptions, HoleFilling, detect_fan
-        from .logic import ReconstructionLogic, ReconstructionRequest, reconstruct_sweep
+        from .logic import CompoundOptions, HoleFilling, PoseRequest, ReconstructionLogic, ReconstructionRequest, \
+            reconstruct_sweep
 
         browser, _ = self._browserAndSequence(browserNode, imageSequence)
         sweep = self.readSweep(browserNode, imageSequence, pixelSpacingMm, calibrationNode)
-        importance = self._importanceMask(importanceMask, compounding, sweep.frame_shape)
-        quality = qualityReport
-        if quality is None and poses == "learned" and checkQuality:
-            quality = self._learnedQuality(sweep, progress, model)
-        elif quality is not None:
-            self.lastQuality = quality
-        sweep = self._sweepWithPoses(sweep, poses, model, sweepDirection, device, progress, shouldCancel, curve)
-        if skip > 1:
-            if sweep.num_frames < 2 * skip - 1:
-                raise InputError(f"A skip interval of {skip} leaves fewer than 2 of the {sweep.num_frames} frames.",
-                                 "Use a smaller skip interval.")
-            sweep = sweep.subset(slice(None, None, skip))
-        fan = None
-        if fanMask == "auto":
-            fan = detect_fan(sweep.frames)
-            if fan is None:
-                logging.info("FreehandRecon: no curvilinear fan found in the frames; every pixel is used.")
-        elif fanMask == "manual":
-            fan = _manualFan(sweep.frame_shape, fanAnglesDeg, fanOriginPx, fanRadiusPx)
-        if roiParent is not None:  # the grid lives in the ROI's parent frame; the volume goes under that transform
-            sweep = sweep.with_poses(np.linalg.inv(_toWorld(roiParent)) @ sweep.image_to_world)
-        options = CompoundOptions(interpolation=interpolation, compounding=compounding, fan=fan, device=device,
+        if poses == "tracked" and sweep.image_to_world is None:
+            raise CalibrationError(
+                f"The sweep '{sweep.metadata.get('image_sequence', '')}' has no tracking transforms above its images.",
+                "Put the image sequence under its (probe/image-to-reference) transform, select a calibration, "
+                "or choose learned or speckle poses.")
+        fan = _manualFan(sweep.frame_shape, fanAnglesDeg, fanOriginPx, fanRadiusPx) if fanMask == "manual" else fanMask
+        options = CompoundOptions(interpolation=interpolation, compounding=compounding, device=device,
                                   hole_filling=HoleFilling(method=fillHoles), clip_rectangle=clip,
-                                  importance_mask=importance)
-        request = ReconstructionRequest(spacing_mm=spacing, options=options, roi=roi,
-                                        channels=self._channelKeys(sweep, channels))
+                                  importance_mask=inputs.importance_mask(scene, importanceMask, compounding))
+        request = ReconstructionRequest(
+            spacing_mm=spacing, options=options, roi=roi, channels=inputs.channel_keys(sweep, channels),
+            poses=PoseRequest(method=poses, model=model, curve=curve, sweep_direction=sweepDirection, device=device,
+                              check_quality=checkQuality),
+            skip_interval=skip, fan=fan, quality_report=qualityReport, grid_frame=inputs.grid_frame(roiParent))
         result = reconstruct_sweep(sweep, request, progress, shouldCancel)
+        if result.quality_report is not None:
+            self.lastQuality = result.quality_report
         if shouldCancel is not None and shouldCancel():
             raise Cancelled("Reconstruction cancelled by the user.", "Run it again when ready; nothing was changed.")
 
+        used = result.sweep  # the frames compounded, with their poses in the output's frame
         base = sweep.metadata.get("image_sequence") or (browser.GetName() if browser is not None else "Sweep")
         companions = self._companions(outputVolumeNode, result.channels)
         before = _node_ids(scene)
         try:
-            nodes = ReconstructionLogic(scene).add_result_nodes(sweep, result, name=f"{base}_Volume",
+            nodes = ReconstructionLogic(scene).add_result_nodes(used, result, name=f"{base}_Volume",
                                                                 replace_volume=outputVolumeNode, coverage=coverage,
                                                                 replace=companions)
             self._linkCompanions(nodes, roiParent)
-            if transformSequence and poses != "tracked":
-                nodes["transforms"] = self._addPoseSequence(scene, sweep.image_to_world, f"{base}_ImageToReference_{poses}",
-                                                            browser)
+            if transformSequence and result.pose_estimate is not None:  # every frame's pose, in world coordinates
+                nodes["transforms"] = self._addPoseSequence(scene, result.pose_estimate.image_to_world,
+                                                            f"{base}_ImageToReference_{poses}", browser)
             if showIn3D:
                 nodes["display"] = self._showVolume(scene, nodes["volume"], preset)
                 if result.channels:  # B-mode faded, photoacoustic hot / Doppler red on top, in the same 3D view
                     from .scene.display import show_result_fused
 
                     show_result_fused(scene, nodes, method=None)
-            if qualityNodes and quality is not None:
-                nodes.update(self._addQualityNodes(scene, quality, base))
+            if qualityNodes and result.quality_report is not None:
+                from .scene.quality_nodes import add_quality_nodes
+
+                nodes.update(add_quality_nodes(scene, result.quality_report, base))
         except BaseException:
             self._removeNewNodes(scene, before)
             raise
         self.lastNodes = nodes
         grid = result.grid
+        used_fan = result.options.fan
         self.lastReport = {
-            "frames": sweep.num_frames, "poses": poses, "seconds": round(result.seconds, 3),
+            "frames": used.num_frames, "poses": poses, "seconds": round(result.seconds, 3),
             "dims_ijk": list(grid.dims), "spacing_mm": grid.spacing.tolist(), "origin_mm": grid.origin.tolist(),
             "coverage_fraction": round(result.coverage_fraction, 4),
             "memory_estimate_mb": round(result.memory_estimate_bytes / 2**20, 1),
-            "channels": sorted(result.channels), "fan_detected": fanMask == "auto" and fan is not None,
+            "channels": sorted(result.channels), "fan_detected": fanMask == "auto" and used_fan is not None,
             "skip_interval": skip, "clip_rectangle": None if clip is None else list(clip),
-            "fan": None if fan is None else {"origin_px": [float(v) for v in fan.origin_px],
-                                             "angles_deg": [float(v) for v in fan.angles_deg],
-                                             "radius_px": [float(fan.radius_start_px), float(fan.radius_stop_px)]},
-            "importance_mask": importance is not None,
+            "fan": None if used_fan is None else {"origin_px": [float(v) for v in used_fan.origin_px],
+                                                  "angles_deg": [float(v) for v in used_fan.angles_deg],
+                                                  "radius_px": [float(used_fan.radius_start_px),
+                                                                float(used_fan.radius_stop_px)]},
+            "importance_mask": options.importance_mask is not None,
             "output_parent_transform": None if roiParent is None else roiParent.GetName(),
             "output_volume": nodes["volume"].GetName(),
         }
-        if quality is not None:
-            self.lastReport["quality"] = quality.to_json()
-        logging.info("FreehandRecon: %d frames compounded in %.2f s, grid %s, coverage %.1f %%", sweep.num_frames,
+        if result.quality is not None:
+            self.lastReport["quality"] = result.quality
+        logging.info("FreehandRecon: %d frames compounded in %.2f s, grid %s, coverage %.1f %%", used.num_frames,
                      result.seconds, "x".join(map(str, grid.dims)), 100 * result.coverage_fraction)
         self._announce(nodes["volume"], parameterNode)
         return nodes["volume"]
@@ -600,45 +433,6 @@ class FreehandReconLogic:
                 continue
             node.SetAndObserveTransformNodeID(parent_id)
 
-    def _importanceMask(self, value: Any, compounding: str, frameShape: tuple[int, int]) -> np.ndarray | None:
-        """The importance weights [H, W] (0..1) from a node, a node name, an image file or an array."""
-        mask = None
-        if isinstance(value, np.ndarray):
-            mask = value
-        elif value is None or (isinstance(value, (str, Path)) and str(value) in ("", ".")):
-            mask = None
-        elif isinstance(value, Path) or (isinstance(value, str) and Path(value).is_file()):
-            if not Path(value).is_file():
-                raise InputError(f"The importance mask file '{value}' does not exist.",
-                                 "Give an image file (e.g. PNG) of the frame size, or a volume node.")
-            from .io.mask_image import read_mask_image
-
-            mask = read_mask_image(Path(value))
-        else:
-            from slicer import util
-
-            node = self._node(value, "importance mask volume")
-            if not node.IsA("vtkMRMLScalarVolumeNode") or node.GetImageData() is None:
-                raise InputError(f"The importance mask '{node.GetName()}' is not an image volume.",
-                                 "Select an image (volume node) of the frame size as the importance mask.")
-            mask = util.arrayFromVolume(node)
-            if mask.shape[0] != 1:
-                raise InputError(f"The importance mask '{node.GetName()}' has {mask.shape[0]} slices, not one.",
-                                 "Select a single 2D image of the frame size.")
-            mask = mask[0]
-        if compounding == "importance" and mask is None:
-            raise InputError("Compounding 'importance' needs an importance mask.",
-                             "Select the importance mask image (same size as the frames), or choose another "
-                             "compounding mode.")
-        if mask is not None and compounding != "importance":
-            raise InputError(f"An importance mask was given but the compounding mode is '{compounding}'.",
-                             "Choose compounding 'importance' to weight pixels by the mask, or leave the mask out.")
-        if mask is None:
-            return None
-        from .compound.masks import normalise_importance
-
-        return normalise_importance(mask, frameShape)
-
     def fitRoi(self, browserNode: Any, roiNode: Any = None, *, imageSequence: Any = None,
                pixelSpacingMm: tuple[float, float] | None = None, calibrationNode: Any = None,
                clipRectangle: tuple[int, int, int, int] | None = None, marginMm: float = 0.0) -> Any:
@@ -684,9 +478,9 @@ class FreehandReconLogic:
         if parent is not None and not parent.IsTransformToWorldLinear():
             raise CalibrationError(f"The ROI '{roi.GetName()}' is under a non-linear transform.",
                                    "Harden or remove the non-linear transform above the ROI.")
-        to_node = np.linalg.inv(_toWorld(parent)) if parent is not None else np.eye(4)
+        to_node = np.linalg.inv(inputs.to_world(parent)) if parent is not None else np.eye(4)
         local = points @ to_node[:3, :3].T + to_node[:3, 3]
-        axes = _roiAxes(roi)
+        axes = inputs.roi_axes(roi)
         along = local @ axes
         lo, hi = along.min(axis=0) - marginMm, along.max(axis=0) + marginMm
         modifying = roi.StartModify()
@@ -730,8 +524,11 @@ class FreehandReconLogic:
         _choice(device, DEVICES, "device")
         self.requireDependencies(method)
         browser, _ = self._browserAndSequence(browserNode, imageSequence)
+        from .logic import PoseRequest, posed_sweep
+
         sweep = self.readSweep(browserNode, imageSequence, pixelSpacingMm)
-        mats = self._estimate(sweep, method, model, sweepDirection, device, progress, shouldCancel, curve)
+        request = PoseRequest(method=method, model=model, curve=curve, sweep_direction=sweepDirection, device=device)
+        mats = posed_sweep(sweep, request, progress, shouldCancel)[1].image_to_world
         if shouldCancel is not None and shouldCancel():
             raise Cancelled("Pose estimation cancelled by the user.", "Run it again when ready; nothing was changed.")
         scene = self.scene
@@ -756,74 +553,23 @@ class FreehandReconLogic:
         (default: the shipped one).
         """
         self.requireDependencies("tracked", checkQuality=True)
-        from .quality import Guard, check_sweep, load_guard
+        from .logic import check_sweep_quality
 
         sweep = self.readSweep(browserNode, imageSequence, pixelSpacingMm)
-        loaded = guard if isinstance(guard, Guard) else load_guard(None if guard in (None, "", ".") else guard)
-        report = check_sweep(sweep, guard=loaded, progress=progress)
+        report = check_sweep_quality(sweep, guard, progress)
         self.lastQuality = report
         if addNodes:
+            from .scene.quality_nodes import add_quality_nodes
+
             base = sweep.metadata.get("image_sequence") or "Sweep"
             scene = self.scene
             before = _node_ids(scene)
             try:
-                self.lastNodes = {**self.lastNodes, **self._addQualityNodes(scene, report, base)}
+                self.lastNodes = {**self.lastNodes, **add_quality_nodes(scene, report, base)}
             except BaseException:
                 self._removeNewNodes(scene, before)
                 raise
         logging.info("FreehandRecon: quality check %s: %s", report.verdict, report.message)
-        return report
-
-    @staticmethod
-    def _addQualityNodes(scene: Any, report: Any, base: str) -> dict[str, Any]:
-        """A table node (frame, scores, thresholds, flag) and a plot chart of the OOD score against frame."""
-        import vtk
-
-        from .io.slicer_scene import unique_name
-
-        table = scene.AddNewNodeByClass("vtkMRMLTableNode", unique_name(scene, f"{base}_Quality"))
-        n = report.num_frames
-        columns = (("Frame", vtk.vtkIntArray, np.arange(n)),
-                   ("OOD score", vtk.vtkDoubleArray, report.ood_score),
-                   ("OOD threshold", vtk.vtkDoubleArray, np.full(n, report.thresholds["ood"])),
-                   ("Reconstruction error", vtk.vtkDoubleArray, report.recon_error),
-                   ("Out of distribution", vtk.vtkIntArray, report.frame_out.astype(int)))
-        for name, cls, values in columns:
-            arr = cls()
-            arr.SetName(name)
-            arr.SetNumberOfValues(n)
-            for i, v in enumerate(values):  # n frames: a short loop over table rows
-                arr.SetValue(i, v.item() if hasattr(v, "item") else v)
-            table.AddColumn(arr)
-        table.SetAttribute("FreehandRecon.QualityVerdict", report.verdict)
-        table.SetAttribute("FreehandRecon.QualityMessage", report.message)
-        chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", unique_name(scene, f"{base}_QualityPlot"))
-        chart.SetTitle(f"Quality guard: {report.verdict}")
-        chart.SetXAxisTitle("Frame")
-        chart.SetYAxisTitle("OOD score (Mahalanobis)")
-        series = []
-        for column, colour, style in (("OOD score", (0.1, 0.3, 0.8), 0), ("OOD threshold", (0.85, 0.1, 0.1), 1)):
-            s = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", unique_name(scene, f"{base}_{column}"))
-            s.SetAndObserveTableNodeID(table.GetID())
-            s.SetXColumnName("Frame")
-            s.SetYColumnName(column)
-            s.SetPlotType(s.PlotTypeScatter)
-            s.SetMarkerStyle(s.MarkerStyleNone)
-            s.SetLineStyle(s.LineStyleDash if style else s.LineStyleSolid)
-            s.SetColor(*colour)
-            chart.AddAndObservePlotSeriesNodeID(s.GetID())
-            series.append(s)
-        return {"qualityTable": table, "qualityChart": chart, "qualitySeries": series}
-
-    def _learnedQuality(self, sweep: Any, progress: ProgressCallback | None, model: Any = None) -> Any:
-        """The guard's report before learned poses (the guard a probe model carries, else the shipped one), or
-        None when no guard is installed."""
-        from .logic import PoseRequest, check_quality
-
-        model = None if model is None or str(model) in ("", ".") else str(model)
-        report = check_quality(sweep, PoseRequest(method="learned", model=model), progress)
-        if report is not None:
-            self.lastQuality = report
         return report
 
     def qualityWarning(self, report: Any = None) -> str:
@@ -848,7 +594,7 @@ class FreehandReconLogic:
         the browser is not moved), and it is cached until the sequences change. Without tracking
         transforms or an ROI the output box is unknown and :class:`InputError` is raised.
         """
-        from .compound import CompoundOptions, HoleFilling, fit_grid, grid_from_roi
+        from .logic import CompoundOptions, HoleFilling, ReconstructionRequest, estimate_job_memory_bytes
 
         spacingMm = _spacing(spacingMm)
         skip = _skipInterval(skipInterval)
@@ -858,81 +604,14 @@ class FreehandReconLogic:
                                   compounding="mean" if compounding == "importance" else compounding,
                                   hole_filling=HoleFilling(method=_choice(fillHoles, HOLE_FILLINGS, "hole filling")),
                                   clip_rectangle=clip)
-        light, channelKeys = self._sweepGeometry(browserNode, imageSequence, pixelSpacingMm, calibrationNode)
-        nchannels = len(channelKeys) if channels is None else len(list(channels))
-        if skip > 1 and light.num_frames >= 2 * skip - 1:
-            light = light.subset(slice(None, None, skip))
-        roi = self._roi(self._node(roiNode, "ROI"))
-        if roi is not None:
-            grid = grid_from_roi(roi.center, roi.size, spacingMm, roi.orientation)
-        else:
-            if light.image_to_world is None:
-                raise InputError("The output box is not known before the poses are estimated.",
-                                 "Select an ROI to see the memory estimate, or use a tracked sweep.")
-            grid = fit_grid(light, spacingMm, clip_rectangle=clip)
-        from .compound.options import channel_options
-        from .io.slicer_sequences import CHANNEL_ATTRIBUTE
-        from .logic import ReconstructionRequest, job_memory_bytes
-
+        light, channelKeys = self._geometry.get(self.scene, browserNode, imageSequence, pixelSpacingMm,
+                                                calibrationNode)
+        roi, parent = inputs.roi_in_parent_frame(self._node(roiNode, "ROI"))
         # the figure the run reports: the whole reconstruction (frames, one compounding per channel, nodes)
-        names = list(channelKeys) if channels is None else [
-            c if isinstance(c, str) else (c.GetAttribute(CHANNEL_ATTRIBUTE) or c.GetName()) for c in channels]
-        request = ReconstructionRequest(spacing_mm=spacingMm, options=options, roi=roi)
-        need = job_memory_bytes(light, request, grid, [options, *(channel_options(options, n, {}) for n in names)],
-                                [], input_bytes=int(light.frames.nbytes) * (1 + nchannels))
-        return need / 2**20
-
-    def _sweepGeometry(self, browserNode: Any, imageSequence: Any = None,
-                       pixelSpacingMm: tuple[float, float] | None = None,
-                       calibrationNode: Any = None) -> tuple[Any, list[str]]:
-        """A frame-free sweep (zero-stride frames, real poses) and the names of the browser's other image
-        sequences (the channels a reconstruction would add by default), cached per input and settings."""
-        from .io.slicer_sequences import CHANNEL_ATTRIBUTE, browser_sequences, is_image_sequence
-        from .scene.browser import browser_geometry, lone_sequence_geometry
-
-        browser, seq = self._browserAndSequence(browserNode, imageSequence)
-        calibration = self._node(calibrationNode, "calibration transform")
-        key_node = browser if browser is not None else seq
-        spacing = None if pixelSpacingMm is None else tuple(float(v) for v in pixelSpacingMm)
-        stamp = (self._geometryStamp(browser, seq), seq.GetID() if seq is not None else None, spacing,
-                 None if calibration is None else (calibration.GetID(), calibration.GetMTime()))
-        cached = self._geometryCache.get(key_node.GetID())
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        if browser is None:
-            light = lone_sequence_geometry(seq, spacing)
-            others: list[str] = []
-        else:
-            light = browser_geometry(browser, seq, spacing)
-            image_name = light.metadata["image_sequence"]
-            others = [s.GetAttribute(CHANNEL_ATTRIBUTE) or s.GetName() for s in browser_sequences(browser)
-                      if is_image_sequence(s) and s.GetName() != image_name]
-        if calibration is not None:
-            light = self._applyCalibration(light, browser, seq, calibration)
-        value = (light, others)
-        self._geometryCache = {key_node.GetID(): (stamp, value)}  # one sweep at a time: the panel's
-        return value
-
-    @staticmethod
-    def _geometryStamp(browser: Any, seq: Any) -> tuple:
-        """Changes when the browser's items, sequences or the transforms above the images change."""
-        import vtk
-
-        if browser is None:
-            return (seq.GetMTime(), seq.GetNumberOfDataNodes())
-        collection = vtk.vtkCollection()
-        browser.GetSynchronizedSequenceNodes(collection, True)
-        seqs = [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
-        parents = []
-        for s in seqs:  # static transforms above the proxies change the poses too
-            proxy = browser.GetProxyNode(s)
-            node = proxy.GetParentTransformNode() if proxy is not None and proxy.IsA("vtkMRMLTransformableNode") \
-                else None
-            while node is not None:
-                parents.append((node.GetID(), node.GetMTime()))
-                node = node.GetParentTransformNode()
-        return (browser.GetNumberOfItems(), tuple(s.GetID() for s in seqs), tuple(s.GetMTime() for s in seqs),
-                tuple(parents))
+        names = list(channelKeys) if channels is None else [inputs.channel_name(c) for c in channels]
+        request = ReconstructionRequest(spacing_mm=spacingMm, options=options, roi=roi, skip_interval=skip,
+                                        grid_frame=inputs.grid_frame(parent))
+        return estimate_job_memory_bytes(light, request, names) / 2**20
 
     def checkInputs(self, parameters: Any) -> str | None:
         """What is missing or inconsistent in the panel's ``parameters`` (None when Apply can run).
@@ -951,7 +630,7 @@ class FreehandReconLogic:
                         "not images; select a sequence of image frames.")
         try:
             browser, seq = self._browserAndSequence(browser, seq)
-            image_seq = seq if seq is not None else self._imageSequenceOf(browser)
+            image_seq = seq if seq is not None else inputs.image_sequence_of(browser)
         except FreehandReconError as err:
             return err.problem
         if browser is not None and browser.GetRecordingActive():
@@ -961,13 +640,13 @@ class FreehandReconLogic:
         if image_seq.GetNumberOfDataNodes() < 2:
             return f"The image sequence '{image_seq.GetName()}' has fewer than 2 frames."
         poses = get("poses", "tracked")
-        if (poses == "tracked" and get("calibrationTransform") is None and not self._imagesHaveParent(browser, image_seq)
-                and not self._posesInImages(image_seq)):
+        if (poses == "tracked" and get("calibrationTransform") is None
+                and not inputs.images_have_parent(browser, image_seq) and not inputs.poses_in_images(image_seq)):
             return ("The images have no tracking transform above them: choose learned or speckle poses, "
                     "or place the image sequence under its probe transform.")
         if poses != "tracked":
             model = get("modelPath")
-            if model is not None and str(model) not in ("", ".") and not Path(model).is_file():
+            if model is not None and str(model) not in ("", ".") and not Path(model).exists():
                 return f"The model file '{model}' does not exist."
         if get("overridePixelSpacing", False) and min(get("pixelSpacingXMm", 0.0), get("pixelSpacingYMm", 0.0)) <= 0:
             return "The pixel spacing override must be positive."
@@ -977,7 +656,7 @@ class FreehandReconLogic:
             _skipInterval(options["skipInterval"])
             _clipRectangle(options.get("clipRectangle"))
             if "fanAnglesDeg" in options:
-                h, w = self._frameShape(image_seq)
+                h, w = inputs.frame_shape(image_seq)
                 _manualFan((h, w), options["fanAnglesDeg"], options["fanOriginPx"], options["fanRadiusPx"])
         except FreehandReconError as err:
             return err.problem
@@ -998,11 +677,6 @@ class FreehandReconLogic:
                 for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSequenceNode"))]
         return [s.GetID() for s in seqs if s.GetDataNodeClassName() not in ("", *IMAGE_NODE_CLASSES)]
 
-    @staticmethod
-    def _frameShape(image_seq: Any) -> tuple[int, int]:
-        dims = image_seq.GetNthDataNode(0).GetImageData().GetDimensions()
-        return int(dims[1]), int(dims[0])
-
     # --- samples ----------------------------------------------------------------------------------
 
     def loadSample(self, sampleName: str = "FreehandReconSpinePhantom") -> Any:
@@ -1016,7 +690,7 @@ class FreehandReconLogic:
             raise InputError(f"The sample file '{entry.path.name}' does not match its checksum.",
                              "Reinstall the FreehandRecon extension (the file is damaged).")
         scene = self.scene
-        browsers_before = {b.GetID() for b in self._browsers(scene)}
+        browsers_before = {b.GetID() for b in inputs.browsers(scene)}
         if hasattr(slicer, "app") and scene is getattr(slicer, "mrmlScene", None):
             slicer.util.loadScene(str(entry.path))
         else:
@@ -1027,64 +701,13 @@ class FreehandReconLogic:
                 os.chdir(cwd)
             if not ok:
                 raise InputError(f"Could not read the sample scene '{entry.path.name}'.", "Reinstall FreehandRecon.")
-        new = [b for b in self._browsers(scene) if b.GetID() not in browsers_before]
+        new = [b for b in inputs.browsers(scene) if b.GetID() not in browsers_before]
         named = [b for b in new if b.GetName() == entry.browserName]
         if not (named or new):
             raise InputError(f"The sample '{sampleName}' holds no sequence browser.", "Reinstall FreehandRecon.")
         return (named or new)[0]
 
     # --- helpers ----------------------------------------------------------------------------------
-
-    @staticmethod
-    def _browsers(scene: Any) -> list[Any]:
-        return [scene.GetNthNodeByClass(i, "vtkMRMLSequenceBrowserNode")
-                for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode"))]
-
-    @staticmethod
-    def _imageSequenceOf(browser: Any) -> Any:
-        import vtk
-
-        from .io.slicer_sequences import ROLE_ATTRIBUTE
-
-        collection = vtk.vtkCollection()
-        browser.GetSynchronizedSequenceNodes(collection, True)
-        images = [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
-        images = [s for s in images if s.GetDataNodeClassName() in ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode")]
-        tagged = [s for s in images if s.GetAttribute(ROLE_ATTRIBUTE) == "image"]
-        master = browser.GetMasterSequenceNode()
-        if tagged:
-            return tagged[0]
-        return master if master in images else (images[0] if images else None)
-
-    @staticmethod
-    def _posesInImages(image_seq: Any) -> bool:
-        """Whether the frames carry their poses in their IJKToRAS (PLUS EmbeddedTransformToFrame)."""
-        from .io.slicer_sequences import image_sequence_ijk_to_ras, poses_in_image_geometry
-
-        return poses_in_image_geometry(image_sequence_ijk_to_ras(image_seq))
-
-    @staticmethod
-    def _imagesHaveParent(browser: Any, image_seq: Any) -> bool:
-        if browser is None:
-            return False
-        proxy = browser.GetProxyNode(image_seq)
-        return proxy is not None and proxy.GetParentTransformNode() is not None
-
-    @staticmethod
-    def _channelKeys(sweep: Any, channels: Any) -> tuple[str, ...] | None:
-        from .io.slicer_sequences import CHANNEL_ATTRIBUTE
-
-        if channels is None:
-            return None
-        keys = []
-        for ch in channels:
-            key = ch if isinstance(ch, str) else (ch.GetAttribute(CHANNEL_ATTRIBUTE) or ch.GetName())
-            if key not in sweep.channels:
-                raise InputError(f"The sequence '{key}' is not an image channel of the sweep's browser.",
-                                 "Add the photoacoustic/Doppler sequence to the sweep's sequence browser "
-                                 "(Sequences module), with one frame per B-mode frame.")
-            keys.append(key)
-        return tuple(keys)
 
     @staticmethod
     def _checkOutputVolume(scene: Any, node: Any) -> None:
@@ -1103,11 +726,11 @@ class FreehandReconLogic:
 
         seq = add_transform_sequence(scene, mats, name, browser)
         if browser is not None:
-            image_seq = FreehandReconLogic._imageSequenceOf(browser)
+            image_seq = inputs.image_sequence_of(browser)
             proxy = browser.GetProxyNode(image_seq) if image_seq is not None else None
             # frames whose IJKToRAS already hold a pose (PLUS EmbeddedTransformToFrame) are not moved twice
             if (proxy is not None and proxy.GetParentTransformNode() is None
-                    and not FreehandReconLogic._posesInImages(image_seq)):
+                    and not inputs.poses_in_images(image_seq)):
                 proxy.SetAndObserveTransformNodeID(browser.GetProxyNode(seq).GetID())
         return seq
 

@@ -89,9 +89,9 @@ def check_reconstruct_numbers(args: argparse.Namespace) -> None:
                          "Give the rectangle of pixels to keep, e.g. --clip 0 0 640 480.")
 
 
-def build_request(args: argparse.Namespace, sweep):
+def build_request(args: argparse.Namespace):
     """Merge PLUS config defaults with explicit command-line options into a ReconstructionRequest."""
-    from ..compound import CompoundOptions, FanMask, detect_fan, options_from_plus_config
+    from ..compound import CompoundOptions, FanMask, options_from_plus_config
     from ..errors import InputError
     from ..logic import ReconstructionRequest, Roi
 
@@ -129,13 +129,10 @@ def build_request(args: argparse.Namespace, sweep):
         changes["plus_arithmetic"] = True
     if args.max_memory_gb is not None:
         changes["max_memory_bytes"] = int(args.max_memory_gb * 2**30)
+    fan = None  # the logic detects an automatic fan in the frames it compounds
     if args.fan:
         if args.fan == ["auto"]:
-            fan = detect_fan(sweep.frames)
-            if fan is None:
-                raise InputError("--fan auto found no curvilinear fan in the frames.",
-                                 "Give the fan explicitly: --fan OX OY A0 A1 R0 R1, or drop --fan for linear probes.")
-            changes["fan"] = fan
+            fan = "auto"
         elif len(args.fan) == 6:
             try:
                 v = [float(x) for x in args.fan]
@@ -145,7 +142,7 @@ def build_request(args: argparse.Namespace, sweep):
             if not all(math.isfinite(x) for x in v) or v[2] >= v[3] or not 0 <= v[4] < v[5]:
                 raise InputError(f"--fan {' '.join(args.fan)}: the angles must be finite with A0 < A1 and the "
                                  "radii 0 <= R0 < R1.", "Use e.g. --fan 380 20 -45 45 120 360, or --fan auto.")
-            changes["fan"] = FanMask((v[0], v[1]), (v[2], v[3]), v[4], v[5])
+            fan = FanMask((v[0], v[1]), (v[2], v[3]), v[4], v[5])
         else:
             raise InputError(f"--fan takes 'auto' or 6 numbers, got {args.fan}.", "Use --fan auto or --fan OX OY A0 A1 R0 R1.")
     if args.fill_holes or args.hole_size is not None or args.sticks is not None:
@@ -171,7 +168,7 @@ def build_request(args: argparse.Namespace, sweep):
     from ..compound.options import parse_channel_compounding
 
     return ReconstructionRequest(spacing_mm=spacing, options=opts, roi=roi, oriented_grid=args.oriented,
-                                 poses=poses,
+                                 poses=poses, fan=fan, require_fan=True,
                                  channel_compounding=parse_channel_compounding(getattr(args, "channel_compounding",
                                                                                        None)))
 
@@ -191,7 +188,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             raise InputError("--poses-file and --poses learned|speckle both say where poses come from.",
                              "Give one of them.")
         sweep = sweep.with_poses(read_pose_file(args.poses_file, sweep.num_frames), poses=f"file {args.poses_file}")
-    request = build_request(args, sweep)
+    request = build_request(args)
     progress = Progress(args.quiet)
     try:
         report = run_reconstruct_job(sweep, request, args.out, force=args.force, render=not args.no_render,
