@@ -85,7 +85,8 @@ def checked_pose_request(poses: PoseRequest) -> PoseRequest:
         return str(value)
 
     model = optional_path(poses.model, "model file",
-                          "Choose a .safetensors model file, or leave it empty for the bundled model.", True)
+                          "Give an existing pose model (a probe_model.json from adapt, or a .safetensors model), or none for the "
+                          "bundled model.", True)
     curve = optional_path(poses.curve, "decorrelation curve file",
                           "Give a curve JSON from 'freehandrecon calibrate-speckle', or none for the default.", False)
     return replace(poses, model=model, curve=curve)
