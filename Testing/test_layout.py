@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("compound", ("compound",)),
     ("quality", ("quality",)),
     ("scene", ("scene",)),
-    ("logic", ("logic",)),
+    ("logic", ("logic", "live")),
     ("module logic", ("module_logic",)),
     ("command-line helpers", ("commands.common", "commands.__init__")),
     ("lab", ("lab",)),
