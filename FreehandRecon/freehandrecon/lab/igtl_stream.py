@@ -23,6 +23,22 @@ from ..errors import ConnectionFailed, InputError
 from ..sweep import Sweep
 
 QUEUE_HIGH_WATER = 32  # pyigtl's send queue drops its oldest message beyond 100: never let it fill
+SEND_TIMEOUT_S = 10.0  # pyigtl's server sends with its 10 ms receive timeout: a busy client fails a 300 kB frame
+
+
+def _server_class(pyigtl):
+    """pyigtl's server, sending each message with a timeout a busy client can meet (pyigtl 0.3.4 keeps the
+    socket's 10 ms polling timeout for ``sendall`` and drops the connection when a large IMAGE takes longer)."""
+
+    class PatientServer(pyigtl.OpenIGTLinkServer):
+        def _send_queued_message_from_socket(self, sock):
+            sock.settimeout(SEND_TIMEOUT_S)
+            try:
+                return super()._send_queued_message_from_socket(sock)
+            finally:
+                sock.settimeout(0.01)
+
+    return PatientServer
 
 
 class SweepStreamer:
@@ -49,7 +65,7 @@ class SweepStreamer:
         ts = sweep.timestamps if sweep.timestamps is not None else np.arange(sweep.num_frames) / 30.0
         self.timestamps = np.asarray(ts, dtype=np.float64) + timestamp_offset
         handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        self.server = pyigtl.OpenIGTLinkServer(port=port, local_server=True, start_now=True)
+        self.server = _server_class(pyigtl)(port=port, local_server=True, start_now=True)
         for s, h in handlers.items():
             signal.signal(s, h)
         self.port = int(self.server.server_address[1])
