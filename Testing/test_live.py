@@ -189,6 +189,48 @@ def test_frames_of_changing_size(tmp_path, spine, capsys):
     assert report["dropped_by_reason"]["wrong_size"] == 5
 
 
+def test_seconds_limit(tmp_path, spine):
+    """--seconds stops a slower stream early and writes a complete result of the frames so far."""
+    out = tmp_path / "live"
+    code = _run_live(spine, ["--out", str(out), "--seconds", "1", "--spacing", "2", "--snapshot-every", "0"], rate=8)
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["stopped_by"] == "--seconds 1" and report["complete"] is True
+    assert 2 <= report["frames_used"] < spine.num_frames
+
+
+def test_sigterm_writes_the_final_result(tmp_path, spine):
+    """SIGTERM (as Ctrl-C) is the normal way to stop: the process exits 0 with the final files written."""
+    import os
+    import signal
+    import time
+
+    streamer = SweepStreamer(spine, 0, rate=4)
+    thread = threading.Thread(target=lambda: _serve(streamer, None, None), daemon=True)
+    thread.start()
+    out = tmp_path / "live"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "FreehandRecon") + os.pathsep
+               + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "freehandrecon.commands", "--quiet", "live", "--connect",
+                             f"127.0.0.1:{streamer.port}", "--out", str(out), "--spacing", "2", "--snapshot-every",
+                             "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        t0 = time.perf_counter()
+        while streamer.sent < 4 and time.perf_counter() - t0 < 60:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        streamer.close()
+        thread.join(timeout=30)
+    assert proc.returncode == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["stopped_by"].startswith("interrupted") and report["complete"] is True
+    assert 4 <= report["frames_used"] < spine.num_frames
+    assert (out / "volume.nrrd").exists() and (out / "coverage.nrrd").exists()
+
+
 def test_stream_command_serves_a_subprocess_client(tmp_path):
     """``freehandrecon stream`` in its own process, ``live`` here: the command line end to end."""
     port = _free_port()
@@ -245,6 +287,7 @@ def test_learned_live_one_window_equals_offline(tmp_path, simulated):
     assert _close_enough(_read_nrrd(out / "volume.nrrd"), offline) >= 0.999
 
 
+@pytest.mark.slow  # three estimator runs: 5-25 s depending on the machine's load
 def test_sliding_poses_chain_near_offline(simulated):
     """Short windows (8 frames posed per run, with 8 of context and 8 of look-ahead) see less context than the
     offline estimator, so each relative motion differs a little and the chained poses drift from the offline
