@@ -36,8 +36,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-partial", action="store_true",
                    help="on an error (connection lost, frame size changed), keep what was reconstructed (report.json "
                    "says complete: false); otherwise nothing is left in --out")
+    p.add_argument("--plus-config", type=Path, metavar="XML",
+                   help="PLUS configuration XML: its VolumeReconstruction settings (spacing, interpolation, "
+                   "compounding, clip rectangle, hole filling) as defaults; options given here win")
     p.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="output voxel spacing in mm, one value or "
-                   "three (default: 1.0)")
+                   "three (default: the PLUS config's OutputSpacing, else 1.0)")
     p.add_argument("--roi", type=float, nargs=6, metavar=("CX", "CY", "CZ", "SX", "SY", "SZ"),
                    help="output box centre and size in mm (default: grown with the frames, see --grid-margin)")
     p.add_argument("--grid-margin", type=float, default=20.0, metavar="MM",
@@ -81,7 +84,7 @@ def build_live_request(args: argparse.Namespace):
     if args.pose_window < 1:
         raise InputError(f"--pose-window must be at least 1 frame, got {args.pose_window}.", "Give e.g. 16.")
     # reconstruct's vocabulary and checks; options that need a recorded sweep are off here
-    for name, value in (("plus_config", None), ("importance_mask", None), ("channel_compounding", None),
+    for name, value in (("importance_mask", None), ("channel_compounding", None),
                         ("plus_compatible", False), ("oriented", False), ("pixel_spacing", None)):
         setattr(args, name, value)
     req = build_request(args, None)
