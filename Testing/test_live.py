@@ -61,9 +61,12 @@ def _read_nrrd(path: Path) -> np.ndarray:
     return util.arrayFromVolume(node).copy()
 
 
-def _run_live(sweep, argv, *, frames=None, hook=None, **stream_kw) -> int:
-    """Stream ``sweep`` (its first ``frames``) from a server thread into ``freehandrecon live ARGV``; exit code."""
+def _run_live(sweep, argv, *, frames=None, hook=None, timestamps=None, **stream_kw) -> int:
+    """Stream ``sweep`` (its first ``frames``; ``timestamps`` instead of its own) from a server thread into
+    ``freehandrecon live ARGV``; returns the exit code."""
     streamer = SweepStreamer(sweep, 0, **stream_kw)
+    if timestamps is not None:
+        streamer.timestamps = np.asarray(timestamps, dtype=np.float64)
     thread = threading.Thread(target=lambda: _serve(streamer, frames, hook), daemon=True)
     try:
         thread.start()
@@ -135,6 +138,35 @@ def test_transform_pairing_and_auto_grid(tmp_path, spine):
     offline = _offline(tmp_path, [str(SPINE), "--plus-config", str(PLUS_CONFIG), "--spacing", "1", *_roi_args(g),
                                   *SAME])
     assert _close_enough(live, offline) >= 0.999
+
+
+def test_late_frames_are_dropped(tmp_path, spine):
+    """A frame stamped earlier than one already used (out of order) is dropped and counted as such."""
+    ts = spine.timestamps.copy()
+    ts[5] = ts[3]
+    out = tmp_path / "live"
+    assert _run_live(spine, ["--out", str(out), "--spacing", "2", "--snapshot-every", "0"], timestamps=ts,
+                     rate=100) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["frames_received"] == 21 and report["frames_used"] == 20
+    assert report["dropped_by_reason"]["late_or_out_of_order"] == 1
+
+
+def test_transform_pairer_orders_and_tolerance():
+    """Images wait for their transform (either may come first); nearest within the tolerance, else unpaired."""
+    from freehandrecon.io.igtl import TransformPairer
+
+    pairer = TransformPairer(tolerance=0.005)
+    pairer.add_image(1.000, "a")  # image before its transform (PLUS sends images first)
+    assert pairer.ready() == ([], [])
+    pairer.add_transform(1.001, np.eye(4))
+    pairer.add_image(1.100, "b")  # no transform within 5 ms of it
+    pairer.add_transform(1.050, 2 * np.eye(4))
+    pairer.add_transform(1.200, 3 * np.eye(4))
+    paired, unpaired = pairer.ready()
+    assert [p for p, _ in paired] == ["a"] and paired[0][1][0, 0] == 1 and unpaired == ["b"]
+    pairer.add_image(1.3, "c")  # the stream ends before its transform
+    assert pairer.ready(final=True) == ([], ["c"])
 
 
 def test_connection_refused(tmp_path, capsys):
