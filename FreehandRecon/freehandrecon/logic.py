@@ -472,4 +472,3 @@ def install_results(tmp: Path, out_dir: Path, force: bool) -> None:
         for p in stale:
             os.replace(trash / p.name, p)
         raise
-
