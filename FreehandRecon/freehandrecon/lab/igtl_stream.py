@@ -185,7 +185,13 @@ def cmd_stream(args: argparse.Namespace) -> int:
     try:
         print(f"freehandrecon: streaming {Path(args.input).name} ({sweep.num_frames} frames) on "
               f"127.0.0.1:{streamer.port}; waiting for a client", flush=True)
-        sent = streamer.run(args.frames, wait_timeout=args.wait)
+        try:
+            sent = streamer.run(args.frames, wait_timeout=args.wait)
+        except ConnectionFailed:
+            if not streamer.sent:
+                raise
+            print(f"freehandrecon: the client disconnected after {streamer.sent} frames", flush=True)
+            return 0
         print(f"freehandrecon: sent {sent} frames", flush=True)
     finally:
         streamer.close()
