@@ -41,6 +41,12 @@ class ResourceError(FreehandReconError):
     exit_code = 4
 
 
+class ConnectionFailed(FreehandReconError):
+    """A network source (an OpenIGTLink server) could not be reached or stopped sending mid-stream."""
+
+    exit_code = 6
+
+
 class Cancelled(FreehandReconError):
     """The user cancelled a long-running operation."""
 

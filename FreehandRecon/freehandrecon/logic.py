@@ -451,6 +451,9 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+jsonable = _jsonable  # public: report.json values (dataclasses, arrays, paths) as JSON
+
+
 def compare_with_tracked(sweep: Sweep, estimate: PoseEstimate | None, digits: int = 4) -> dict[str, float] | None:
     """When estimated poses replace tracked ones the input had, how far apart they are (metrics.py)."""
     if estimate is None or sweep.image_to_world is None:
@@ -584,13 +587,13 @@ def run_reconstruct_job(sweep: Sweep, request: ReconstructionRequest, out_dir: P
         report.update(extra_report or {})
         report["write_seconds"] = round(time.perf_counter() - t_write, 3)
         (tmp / "report.json").write_text(json.dumps(_jsonable(report), indent=2))
-        _install_results(tmp, out_dir, force)
+        install_results(tmp, out_dir, force)
         return report
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _install_results(tmp: Path, out_dir: Path, force: bool) -> None:
+def install_results(tmp: Path, out_dir: Path, force: bool) -> None:
     """Move the new result set from ``tmp`` into ``out_dir``; with ``force`` the previous run's results
     that this run did not write (e.g. render.png after --no-render) go too, so the folder holds one run."""
     out_dir.mkdir(parents=True, exist_ok=True)

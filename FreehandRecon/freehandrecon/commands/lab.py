@@ -7,25 +7,31 @@ from __future__ import annotations
 
 import argparse
 
-from ..lab import evaluate, independent_sim, simulate_command, vessels
+from ..lab import evaluate, igtl_stream, independent_sim, simulate_command, vessels
 from ..lab.quality import command as quality_command
 from ..lab.train import command as train_command
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the lab's sub-commands and ``bench``."""
-    for module in (simulate_command, evaluate, train_command, quality_command, vessels, independent_sim):
+    for module in (simulate_command, evaluate, train_command, quality_command, vessels, independent_sim, igtl_stream):
         module.add_parser(sub)
     p = sub.add_parser("bench", help="print speed and memory figures")
-    p.add_argument("what", choices=["compound", "sensorless"],
+    p.add_argument("what", choices=["compound", "sensorless", "live"],
                    help="compound: the compounder (frames/s, MP/s, peak memory); sensorless: the learned network, "
-                   "both pose estimators end to end, the quality guard and the simulator (frames/s)")
+                   "both pose estimators end to end, the quality guard and the simulator (frames/s); live: a local "
+                   "OpenIGTLink stream into 'live', tracked and learned (frames/s, latency, peak memory)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run (default: cpu)")
     p.add_argument("--quick", action="store_true", help="smaller cases (a smoke run)")
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "live":
+        from ..lab.bench_live import format_live_table, run_live_benchmark
+
+        print(format_live_table(run_live_benchmark(quick=args.quick)))
+        return 0
     if args.what == "sensorless":
         from ..lab.bench_sensorless import format_sensorless_table, run_sensorless_benchmark
 

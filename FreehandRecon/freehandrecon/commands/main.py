@@ -2,8 +2,8 @@
 
 Exit codes: 0 success; 1 other FreehandRecon error; 2 bad input or usage; 3 an output
 exists (use --force); 4 not enough memory/device or a damaged model file; 5 the quality guard
-found the sweep out of distribution (quality --fail-on); 70 internal error (a bug: please
-report it with the traceback); 130 cancelled (Ctrl-C).
+found the sweep out of distribution (quality --fail-on); 6 an OpenIGTLink connection was refused or
+lost (live); 70 internal error (a bug: please report it with the traceback); 130 cancelled (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Sequence
 
 from ..errors import Cancelled, FreehandReconError
 from ..adapt import command as adapt
-from . import files, lab, poses, quality, reconstruct
+from . import files, lab, live, poses, quality, reconstruct
 
 EXIT_INTERNAL = 70
 log = logging.getLogger("freehandrecon")
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--verbose", action="store_true", help="log details (and tracebacks of errors)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for family in (reconstruct, poses, adapt, quality, files, lab):
+    for family in (reconstruct, live, poses, adapt, quality, files, lab):
         family.add_parser(sub)
     _plain_help(parser, sub)
     return parser
