@@ -23,13 +23,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("compound", ("compound",)),
     ("quality", ("quality",)),
     ("scene", ("scene",)),
-<<<<<<< HEAD
-    ("logic", ("logic",)),
-    ("module logic", ("module_logic", "module_inputs")),
-=======
     ("logic", ("logic", "live")),
-    ("module logic", ("module_logic",)),
->>>>>>> live
+    ("module logic", ("module_logic", "module_inputs")),
     ("command-line helpers", ("commands.common", "commands.__init__")),
     ("lab", ("lab",)),
     ("adapt", ("adapt",)),  # calibrate once, then go trackerless: fine-tunes with the lab's training pieces
