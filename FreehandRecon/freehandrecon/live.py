@@ -142,9 +142,6 @@ class LiveSession:
                 return
             if self.frames_limit_reached:
                 return
-            self.received += 1
-            if self.first_arrival is None:
-                self.first_arrival = arrival
             self._on_image(msg, arrival)
         elif kind == "TRANSFORM" and self.pairer is not None:
             if name == self.request.transform_name:
@@ -156,6 +153,17 @@ class LiveSession:
         from .io.igtl import image_frame
 
         frame, matrix = image_frame(msg)
+        self.add_frame(frame, matrix, msg.timestamp, arrival)
+
+    def add_frame(self, frame: np.ndarray, pixel_to_world: np.ndarray, timestamp: float, arrival: float) -> None:
+        """One frame ``[H, W]`` with its pixel -> world matrix (spacing included), acquisition ``timestamp`` (s) and
+        ``arrival`` (``time.perf_counter()`` when it came in): checked (size, order, matrix), paired with a
+        TRANSFORM when asked, posed (sensorless), then queued for :meth:`paste`. Any frame source can feed it
+        (OpenIGTLink here, an image node in Slicer's scene in :mod:`freehandrecon.module_live`)."""
+        frame, matrix = np.asarray(frame), np.asarray(pixel_to_world, dtype=np.float64)
+        self.received += 1
+        if self.first_arrival is None:
+            self.first_arrival = arrival
         if self.frame_shape is not None and frame.shape != self.frame_shape:
             self.dropped["wrong_size"] += 1
             self._wrong_in_row += 1
@@ -168,12 +176,12 @@ class LiveSession:
                                  "reconstructed before the change.")
             return
         self._wrong_in_row = 0
-        if msg.timestamp <= self._last_ts:
+        if timestamp <= self._last_ts:
             self.dropped["late_or_out_of_order"] += 1
             return
-        self._last_ts = msg.timestamp
+        self._last_ts = timestamp
         if self.pairer is not None:
-            self.pairer.add_image(msg.timestamp, (frame, matrix, arrival))
+            self.pairer.add_image(timestamp, (frame, matrix, arrival))
             if self.pairer.transforms_seen == 0 and self.received >= NO_TRANSFORM_LIMIT:
                 others = ", ".join(sorted(self.other_transforms)) or "none"
                 raise InputError(f"{self.received} IMAGE messages arrived but no TRANSFORM named "

@@ -87,7 +87,7 @@ def build_live_request(args: argparse.Namespace):
     for name, value in (("importance_mask", None), ("channel_compounding", None),
                         ("plus_compatible", False), ("oriented", False), ("pixel_spacing", None)):
         setattr(args, name, value)
-    req = build_request(args, None)
+    req = build_request(args)
     return LiveRequest(spacing_mm=req.spacing_mm, options=req.options, roi=req.roi, poses=req.poses,
                        image_name=args.image_name, transform_name=args.transform_name,
                        pair_tolerance_s=args.pair_tolerance_ms / 1000.0, max_frames=args.frames,
