@@ -150,6 +150,9 @@ class FreehandReconParameterNode:
     showIn3D: bool = True
     renderingPreset: Annotated[str, Choice(["US-BMode", "PA-Hot", "Doppler-Red"])] = "US-BMode"
     centerView: bool = True
+    # Live reconstruction
+    liveImage: vtkMRMLScalarVolumeNode
+    liveUpdateIntervalS: Annotated[float, WithinRange(0.1, 10.0)] = 1.0
 
 
 class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -164,6 +167,8 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._running = False
         self._cancelRequested = False
         self.ui = None
+        self._live = None  # module_live.LiveReconstruction while one exists
+        self._liveTimer = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -192,12 +197,21 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._checkSweepToolTip = self.ui.checkSweepButton.toolTip
         self.ui.fitRoiButton.connect("clicked(bool)", self.onFitRoiButton)
         self.ui.adaptButton.connect("clicked(bool)", self.onAdaptButton)
+        import qt
+
+        self._liveTimer = qt.QTimer()
+        self._liveTimer.timeout.connect(self._onLiveTimer)
+        self.ui.liveStartButton.connect("clicked(bool)", self.onLiveStartButton)
+        self.ui.liveStopButton.connect("clicked(bool)", self.onLiveStopButton)
+        self.ui.liveResumeButton.connect("clicked(bool)", self.onLiveResumeButton)
+        self.ui.liveResetButton.connect("clicked(bool)", self.onLiveResetButton)
         # one parameter set (vtkMRMLScriptedModuleNode with ModuleName=FreehandRecon) per configuration
         self.ui.parameterSetSelector.addAttribute("vtkMRMLScriptedModuleNode", "ModuleName", self.moduleName)
         self.ui.parameterSetSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onParameterSetSelected)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        self._endLive()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -211,6 +225,7 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self._endLive()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -280,6 +295,7 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.enabled = missing is None and not self._running
         self.ui.checkSweepButton.enabled = bool(p.inputBrowser or p.imageSequence) and not self._running
         self.ui.adaptButton.enabled = bool(p.inputBrowser or p.imageSequence) and not self._running
+        self._showLiveState()
         self.ui.applyButton.toolTip = _("Reconstruct the selected sweep.") if missing is None else missing
         self._showDependencyState(p)
         self._updateMemoryEstimate(missing)
@@ -456,6 +472,91 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                               _("Adaptation failed: {error}").format(error=err))
         finally:
             self._setRunning(False)
+
+    # --- live reconstruction --------------------------------------------------------------------
+
+    def _showLiveState(self) -> None:
+        p = self._parameterNode
+        state = self._live.state if self._live is not None else "stopped"
+        self.ui.liveStartButton.enabled = p is not None and p.liveImage is not None and state != "running" \
+            and not self._running
+        self.ui.liveStopButton.enabled = state == "running"
+        self.ui.liveResumeButton.enabled = state == "paused" and not self._running
+        self.ui.liveResetButton.enabled = self._live is not None and state != "running"
+        self.ui.liveImageSelector.enabled = state != "running"
+
+    def onLiveStartButton(self) -> None:
+        """A new live reconstruction of the live image, with the settings of the sections above."""
+        p = self._parameterNode
+        missing = self.logic.missingDependencies(p.poses, fillHoles=p.fillHoles, device=p.device)
+        if missing:
+            self._installDependencies(missing)
+            return
+        self._endLive()
+        try:
+            options = self.logic.optionsFromParameters(p)
+            self._live = self.logic.liveReconstruction(
+                p.liveImage, p.outputVolume, spacingMm=options["spacingMm"], interpolation=p.interpolation,
+                compounding=p.compounding, fillHoles=p.fillHoles, roiNode=p.roiNode,
+                clipRectangle=options.get("clipRectangle"), poses=p.poses, model=p.modelPath, device=p.device,
+                showIn3D=p.showIn3D, preset=p.renderingPreset, name=f"{p.liveImage.GetName()}_LiveVolume")
+            self._live.start()
+            self._liveTimer.start(int(1000 * p.liveUpdateIntervalS))
+            self.ui.liveStatusLabel.text = _("Running: scan now; the volume grows every {interval:g} s.").format(
+                interval=p.liveUpdateIntervalS)
+        except Exception as err:  # noqa: BLE001 - show every failure to the user, with the traceback in the log
+            self._endLive()
+            self._showFailure(err, "live reconstruction", _("Live reconstruction could not start (see the log)."),
+                              _("Live reconstruction could not start: {error}").format(error=err))
+        self._showLiveState()
+
+    def _onLiveTimer(self) -> None:
+        """Every update interval: compound what arrived and refresh the output volume (a short slice of work)."""
+        if self._live is None:
+            return
+        try:
+            volume = self._live.update()
+            p = self._parameterNode
+            if volume is not None and p is not None and p.outputVolume is not volume:
+                p.outputVolume = volume
+            self.ui.liveStatusLabel.text = self._live.statusText()
+        except Exception as err:  # noqa: BLE001 - a failing live update stops the live run, visibly
+            self._liveTimer.stop()
+            self._live.cleanup()
+            self._showFailure(err, "live reconstruction", _("Live reconstruction stopped (see the log)."),
+                              _("Live reconstruction stopped: {error}").format(error=err))
+            self._showLiveState()
+
+    def onLiveStopButton(self) -> None:
+        self._liveTimer.stop()
+        try:
+            volume = self._live.stop()
+            if volume is not None and self._parameterNode is not None:
+                self._parameterNode.outputVolume = volume
+            self.ui.liveStatusLabel.text = self._live.statusText()
+        except Exception as err:  # noqa: BLE001 - show every failure to the user, with the traceback in the log
+            self._showFailure(err, "live reconstruction", _("Stopping failed (see the log)."),
+                              _("Stopping the live reconstruction failed: {error}").format(error=err))
+        self._showLiveState()
+
+    def onLiveResumeButton(self) -> None:
+        self._live.resume()
+        self._liveTimer.start(int(1000 * self._parameterNode.liveUpdateIntervalS))
+        self.ui.liveStatusLabel.text = self._live.statusText()
+        self._showLiveState()
+
+    def onLiveResetButton(self) -> None:
+        self._live.reset()
+        self.ui.liveStatusLabel.text = _("Reset: every frame was forgotten; press Start to begin again.")
+        self._showLiveState()
+
+    def _endLive(self) -> None:
+        """Stop the timer and the observers of a live reconstruction (scene closing, module reload, a new Start)."""
+        if self._liveTimer is not None:
+            self._liveTimer.stop()
+        if self._live is not None:
+            self._live.cleanup()
+            self._live = None
 
     def onFitRoiButton(self) -> None:
         p = self._parameterNode

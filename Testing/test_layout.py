@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("quality", ("quality",)),
     ("scene", ("scene",)),
     ("logic", ("logic", "live")),
-    ("module logic", ("module_logic", "module_inputs")),
+    ("module logic", ("module_logic", "module_inputs", "module_live")),
     ("command-line helpers", ("commands.common", "commands.__init__")),
     ("lab", ("lab",)),
     ("adapt", ("adapt",)),  # calibrate once, then go trackerless: fine-tunes with the lab's training pieces

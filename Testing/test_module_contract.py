@@ -126,7 +126,7 @@ def test_widget_classes_used_from_python_fit():
 def test_ui_sections_and_custom_widgets_are_declared():
     root = ET.parse(UI).getroot()
     sections = [w.findtext("property/string") for w in root.iter("widget") if w.get("class") == "ctkCollapsibleButton"]
-    assert sections == ["Input", "Poses", "Reconstruction", "Output"]
+    assert sections == ["Input", "Poses", "Reconstruction", "Output", "Live reconstruction"]
     declared = {c.findtext("class") for c in root.iter("customwidget")}
     qt_classes = {"QWidget", "QLabel", "QComboBox", "QCheckBox", "QDoubleSpinBox", "QPushButton", "QProgressBar",
                   "QLineEdit", "QTextEdit", "QSpinBox"}

@@ -734,15 +734,24 @@ class FreehandReconLogic:
                 proxy.SetAndObserveTransformNodeID(browser.GetProxyNode(seq).GetID())
         return seq
 
+    def liveReconstruction(self, imageNode: Any, outputVolumeNode: Any = None, **settings: Any) -> Any:
+        """A live reconstruction of ``imageNode``'s frames as they arrive (the image OpenIGTLinkIF updates, or a
+        recording browser's image): :class:`freehandrecon.module_live.LiveReconstruction` on this logic's scene,
+        with ``settings`` as :meth:`reconstruct` names them (spacingMm, interpolation, compounding, fillHoles,
+        roiNode, clipRectangle, poses, model, device, showIn3D, preset) plus maxMemoryGb and gridMarginMm.
+        Call ``start()``, then ``update()`` every update interval (the panel uses a timer), ``stop()``, ``resume()``,
+        ``reset()``; ``statusText()`` and ``status`` tell how it goes."""
+        from .module_live import LiveReconstruction
+
+        self.requireDependencies(settings.get("poses", "tracked"), False, settings.get("fillHoles", "none"),
+                                 settings.get("device", "cpu"))
+        return LiveReconstruction(self.scene, imageNode, outputVolumeNode, **settings)
+
     @staticmethod
     def _showVolume(scene: Any, volume: Any, preset: str) -> Any:
-        from .io.slicer_scene import get_logic, register_presets
-        from .scene.display import show_volume_rendering
+        from .scene.display import show_in_3d
 
-        vr = get_logic(scene, "volumerendering")
-        if vr.GetPresetByName(preset) is None:
-            register_presets(vr)
-        return show_volume_rendering(scene, volume, preset=preset)
+        return show_in_3d(scene, volume, preset)
 
     @staticmethod
     def _removeNewNodes(scene: Any, before: set[str]) -> None:

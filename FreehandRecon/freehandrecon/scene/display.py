@@ -13,7 +13,7 @@ from typing import Any
 import vtk
 
 from ..errors import InputError
-from ..io.slicer_scene import PRESET_NAMES, get_logic, unique_name
+from ..io.slicer_scene import PRESET_NAMES, get_logic, register_presets, unique_name
 
 def _stretch_preset(prop_node: Any, high: float) -> None:
     """Map a preset's 0..255 intensity axis onto 0..``high`` (few nodes; not a per-voxel loop)."""
@@ -34,6 +34,13 @@ def _stretch_preset(prop_node: Any, high: float) -> None:
 
 RENDERING_METHODS = {"gpu": "vtkMRMLGPURayCastVolumeRenderingDisplayNode",
                      "cpu": "vtkMRMLCPURayCastVolumeRenderingDisplayNode"}
+
+
+def show_in_3d(scene: Any, volume_node: Any, preset: str = "US-BMode") -> Any:
+    """:func:`show_volume_rendering` with FreehandRecon's presets registered first (a fresh scene lacks them)."""
+    if get_logic(scene, "volumerendering").GetPresetByName(preset) is None:
+        register_presets(get_logic(scene, "volumerendering"))
+    return show_volume_rendering(scene, volume_node, preset=preset)
 
 
 def show_volume_rendering(scene: Any, volume_node: Any, preset: str = "US-BMode", method: str | None = None,
