@@ -230,8 +230,12 @@ def paste_linear(frames, fixed, x0, y0, hc, wc, mask, use_mask, imp, use_imp, th
                     ws = (yz00 * gx0, yz00 * gx1, yz01 * gx0, yz01 * gx1, yz10 * gx0, yz10 * gx1, yz11 * gx0, yz11 * gx1)
                     m = imp[r, c] if use_imp else F_ONE
                     for q in range(8):
-                        w = ws[q]
-                        ok = ks[q] >= MIN_WEIGHT_RAW if fixed_select else w >= F_MIN_WEIGHT
+                        if fixed_select:  # PLUS max/latest: IGSIO's fixed-point weights, also for the coverage
+                            w = np.float32(ks[q]) * F_INV_ONE
+                            ok = ks[q] >= MIN_WEIGHT_RAW
+                        else:
+                            w = ws[q]
+                            ok = w >= F_MIN_WEIGHT
                         _corner(mode, acc_v, acc_w, i + offs[q], lo, hi, w, w * m if use_imp else w, v, ok)
         landed[t] = count
 
