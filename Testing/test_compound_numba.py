@@ -130,16 +130,15 @@ def test_plus_arithmetic_on_the_spine_equals_torch_and_the_igsio_reference(mode:
     from freehandrecon.compound import options_from_plus_config
     from freehandrecon.io.metaimage import read_metaimage
 
-    if True:
-        sweep_file, cfg, ref_name = (DATA / p for p in CASES[mode])
-        sweep = _sweep(sweep_file, cfg)
-        options, _ = options_from_plus_config(cfg, plus_arithmetic=True)
-        ref = read_metaimage(ref_name)
-        grid = OutputGrid(np.array(ref.offset), np.array(ref.spacing), ref.dim_size)
-        ours = _run(sweep, grid, options, "numba")
-        np.testing.assert_array_equal(ours.volume, _run(sweep, grid, options, "torch").volume)
-        diff = np.abs(ours.volume.astype(np.int64) - ref.array.astype(np.int64))
-        assert (diff <= 2).mean() >= 0.99, mode
+    sweep_file, cfg, ref_name = (DATA / p for p in CASES[mode])
+    sweep = _sweep(sweep_file, cfg)
+    options, _ = options_from_plus_config(cfg, plus_arithmetic=True)
+    ref = read_metaimage(ref_name)
+    grid = OutputGrid(np.array(ref.offset), np.array(ref.spacing), ref.dim_size)
+    ours = _run(sweep, grid, options, "numba")
+    np.testing.assert_array_equal(ours.volume, _run(sweep, grid, options, "torch").volume)
+    diff = np.abs(ours.volume.astype(np.int64) - ref.array.astype(np.int64))
+    assert (diff <= 2).mean() >= 0.99, mode
 
 
 @pytest.mark.parametrize("interp", ["nearest", "linear"])

@@ -163,10 +163,12 @@ class Reconstructor:
             f = np.ascontiguousarray(f)
         sel, opts = self._selection, self.options
         fixed = fixed_matrices(self.grid.world_to_ijk()[None] @ m)
-        from . import numba_engine
+        if self.engine == "numba":
+            from .numba_engine import count_pasted
 
-        self._pasted += numba_engine.count_pasted(f, sel.rect, sel.mask, opts.pixel_threshold) \
-            if self.engine == "numba" else _count_pasted_numpy(f, sel, opts.pixel_threshold)
+            self._pasted += count_pasted(f, sel.rect, sel.mask, opts.pixel_threshold)
+        else:
+            self._pasted += _count_pasted_numpy(f, sel, opts.pixel_threshold)
         self._landed += self._acc.add(f, fixed, sel.rect, sel.mask, sel.weights, opts.pixel_threshold)
         self._frames_added += f.shape[0]
 
@@ -198,10 +200,9 @@ class Reconstructor:
         volume, coverage = volume.reshape(shape), coverage.reshape(shape)
         t_holes = time.perf_counter()
         truncate = self.options.plus_arithmetic and np.issubdtype(self._dtype, np.integer)
-        from . import numba_engine, numpy_engine
+        from . import numpy_engine  # the numba engine fills holes as the numpy engine does, for now
 
-        filler = numba_engine if self.engine == "numba" else numpy_engine
-        volume, filled = filler.fill_holes(volume, coverage, hole_filling, truncate)
+        volume, filled = numpy_engine.fill_holes(volume, coverage, hole_filling, truncate)
         t_end = time.perf_counter()
         stats = {"frames": self._frames_added, "pixels_pasted": self._pasted,
                  "pixels_outside": self._pasted - self._landed, "voxels": self.grid.num_voxels,
