@@ -349,3 +349,17 @@ def test_auto_is_numba_without_importing_torch_and_numpy_without_numba() -> None
     assert stock["planned"] == "numpy" and stock["rec"] == "numpy" and not stock["torch"]
     assert "needs numba or PyTorch" in stock["plus"] and "install numba" in stock["plus"]
     json.dumps(stock)
+
+
+def test_torch_reconstructor_keeps_frames_and_matches_offline() -> None:
+    """engine='torch' (the CUDA path, here on the CPU): frames kept, every snapshot compounds them."""
+    sw = _oblique_sweep(n=5)
+    grid = fit_grid(sw, 0.5)
+    opts = CompoundOptions(interpolation="linear", compounding="max", engine="torch")
+    rec = Reconstructor(grid, opts)
+    p2w = sw.pixel_to_world()
+    rec.add_frames(sw.frames[:2], p2w[:2])
+    rec.add_frames(sw.frames[2:], p2w[2:])
+    got, offline = rec.result(), compound(sw, grid, opts)
+    assert got.stats["engine"] == "torch" and got.stats["pixels_pasted"] == offline.stats["pixels_pasted"]
+    np.testing.assert_array_equal(got.volume, offline.volume)

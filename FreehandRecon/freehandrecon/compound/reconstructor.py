@@ -211,14 +211,29 @@ class Reconstructor:
         return CompoundResult(volume, coverage, self.grid, stats)
 
     def _torch_result(self, hole_filling: HoleFilling) -> CompoundResult:
-        from ..sweep import Sweep
-        from .compounder import compound
+        """The torch engine: every kept frame pasted again (CUDA, or torch asked for)."""
+        from . import torch_engine
+        from .engine import PasteJob
+        from .memory import chunk_frames_for, default_workers
 
+        t0 = time.perf_counter()
         frames = np.concatenate([f for f, _ in self._kept])
-        sweep = Sweep(frames, (1.0, 1.0), np.concatenate([m for _, m in self._kept]))
-        res = compound(sweep, self.grid, dataclasses.replace(self.options, hole_filling=hole_filling, engine="torch"))
-        res.stats["pixels_outside"] = None  # not counted by the torch engine
-        return res
+        p2v = self.grid.world_to_ijk()[None] @ np.concatenate([m for _, m in self._kept])
+        opts = dataclasses.replace(self.options, hole_filling=hole_filling, engine="torch")
+        sel = self._selection
+        job = PasteJob(frames, fixed_matrices(p2v), sel, opts, self.grid.dims,
+                       chunk_frames_for(opts, sel.shape[0] * sel.shape[1]), default_workers(opts), None, None)
+        volume, coverage, pasted, workers = torch_engine.paste_frames(job)
+        t_holes = time.perf_counter()
+        truncate = opts.plus_arithmetic and np.issubdtype(frames.dtype, np.integer)
+        volume, filled = torch_engine.fill_holes(volume, coverage, hole_filling, truncate)
+        volume, coverage = torch_engine.to_numpy(volume), torch_engine.to_numpy(coverage)
+        t_end = time.perf_counter()
+        stats = {"frames": self._frames_added, "pixels_pasted": pasted, "pixels_outside": None,  # not counted
+                 "voxels": self.grid.num_voxels, "voxels_hit": int(np.count_nonzero(coverage > 0)),
+                 "filled_voxels": filled, "engine": "torch", "seconds": t_end - t0,
+                 "hole_filling_seconds": t_end - t_holes, "workers": workers}
+        return CompoundResult(volume, coverage, self.grid, stats)
 
     def snapshot(self, fill_holes: bool = False) -> CompoundResult:
         """The volume and coverage of the frames added so far (copies: adding goes on); hole filling only with
