@@ -44,8 +44,9 @@ def compound(sweep: Sweep, grid: OutputGrid, options: CompoundOptions | None = N
     """Compound ``sweep`` (or one of its channels) into ``grid``; never mutates the sweep.
 
     ``progress(done_frames, total_frames)`` is called per chunk; ``should_cancel()`` is checked per chunk
-    and raises :class:`~freehandrecon.errors.Cancelled`. ``options.engine`` picks torch or numpy
-    ("auto": torch when it can be imported); ``stats["engine"]`` says which one ran.
+    and raises :class:`~freehandrecon.errors.Cancelled`. ``options.engine`` picks numba, torch or numpy
+    ("auto": numba when it can be imported, else torch, else numpy; torch on CUDA); ``stats["engine"]`` says
+    which one ran.
     """
     t0 = time.perf_counter()
     opts = options or CompoundOptions()

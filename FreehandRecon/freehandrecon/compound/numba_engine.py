@@ -71,14 +71,16 @@ def _plus_linear(acc_v, acc_w, i, lo, hi, w, v, integer):
 
 
 @njit(cache=True, inline="always")
-def _corner(mode, acc_v, acc_w, i, lo, hi, w, wt, v, ok):
-    """One trilinear corner of a float mode: weight ``w``, importance-weighted ``wt``; ``ok``: may win max/latest."""
+def _corner(mode, acc_v, acc_w, i, lo, hi, w, m, use_imp, v, th):
+    """One trilinear corner of a float mode: weight ``w`` (times importance ``m``); max/latest only let corners
+    with ``w >= th`` win."""
     if w == 0.0 or i < lo or i >= hi:
         return
+    wt = w * m if use_imp else w
     acc_w[i] += wt
     if mode == MEAN:
         acc_v[i] += wt * v
-    elif ok:
+    elif w >= th:
         if mode == MAX:
             if v > acc_v[i]:
                 acc_v[i] = v
@@ -87,18 +89,53 @@ def _corner(mode, acc_v, acc_w, i, lo, hi, w, wt, v, ok):
 
 
 @njit(cache=True, inline="always")
+def _pw(k, m, use_imp):
+    """PLUS corner weight: the raw fixed-point weight, times the importance rounded as the torch engine does."""
+    if use_imp:
+        return np.rint(np.float64(np.float32(k) * m))
+    return np.float64(k)
+
+
+@njit(cache=True, inline="always")
 def _fm(p, q):
     """IGSIO fixed::fast_multiply of two raw 14-bit values."""
     return (p * q + HALF) >> FRAC_BITS
 
 
-@njit(cache=True)
-def _row_span(s, e, n):
-    """Voxel range ``[lo, hi]`` an axis spans between raw coordinates ``s`` and ``e``, clipped to ``[0, n-1]``;
-    ``lo > hi`` when it misses the grid."""
-    lo = min(s, e) >> FRAC_BITS
-    hi = max(s, e) >> FRAC_BITS
-    return max(lo, 0), min(hi, n - 1)
+@njit(cache=True, inline="always")
+def _clip_columns(s, a, top, c0, c1):
+    """Columns ``c`` in ``[c0, c1]`` with ``0 <= s + a c <= top`` (integers; ``c0 > c1`` when none)."""
+    if a == 0:
+        if s < 0 or s > top:
+            return 1, 0
+        return c0, c1
+    if a > 0:  # -s / a <= c <= (top - s) / a
+        lo = -(s // a)
+        hi = (top - s) // a
+    else:  # (s - top) / -a <= c <= s / -a
+        lo = -((top - s) // -a)
+        hi = s // -a
+    return max(c0, lo), min(c1, hi)
+
+
+@njit(cache=True, inline="always")
+def _row_columns(sx, sy, sz, ax, ay, az, tx, ty, tz, wc):
+    """The columns of a row whose raw coordinates lie within ``[0, t]`` on every axis: for nearest (``t`` =
+    n ONE - 1) the pixels in the grid, for linear (``t`` = (n - 1) ONE) those whose 8 corners are."""
+    c0, c1 = _clip_columns(sx, ax, tx, 0, wc - 1)
+    c0, c1 = _clip_columns(sy, ay, ty, c0, c1)
+    return _clip_columns(sz, az, tz, c0, c1)
+
+
+@njit(cache=True, inline="always")
+def _flat_span(sx, sy, sz, ax, ay, az, c0, c1, nx, nxny):
+    """Lowest and highest flat voxel index (floor of the raw coordinates) of the columns ``c0..c1`` of a row:
+    each axis is monotonic along the row, so its extremes are at the ends."""
+    x0, x1 = (sx + ax * c0) >> FRAC_BITS, (sx + ax * c1) >> FRAC_BITS
+    y0, y1 = (sy + ay * c0) >> FRAC_BITS, (sy + ay * c1) >> FRAC_BITS
+    z0, z1 = (sz + az * c0) >> FRAC_BITS, (sz + az * c1) >> FRAC_BITS
+    return (min(z0, z1) * nxny + min(y0, y1) * nx + min(x0, x1),
+            max(z0, z1) * nxny + max(y0, y1) * nx + max(x0, x1))
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -108,6 +145,7 @@ def paste_nearest(frames, fixed, x0, y0, hc, wc, mask, use_mask, imp, use_imp, t
     nearest neighbour; ``landed[t]``: pixels thread ``t`` applied."""
     nx, ny, nz = dims[0], dims[1], dims[2]
     nxny = nx * ny
+    tx, ty, tz = nx * ONE - 1, ny * ONE - 1, nz * ONE - 1
     n = frames.shape[0]
     for t in prange(bounds.shape[0] - 1):
         lo, hi = bounds[t], bounds[t + 1]
@@ -119,24 +157,20 @@ def paste_nearest(frames, fixed, x0, y0, hc, wc, mask, use_mask, imp, use_imp, t
             for r in range(hc):
                 j = y0 + r
                 sx, sy, sz = ox + bx * j + ax * x0, oy + by * j + ay * x0, oz + bz * j + az * x0
-                ex, ey, ez = sx + ax * (wc - 1), sy + ay * (wc - 1), sz + az * (wc - 1)
-                lx, hx = _row_span(sx, ex, nx)
-                ly, hy = _row_span(sy, ey, ny)
-                lz, hz = _row_span(sz, ez, nz)
-                if lx > hx or ly > hy or lz > hz:
+                c0, c1 = _row_columns(sx, sy, sz, ax, ay, az, tx, ty, tz, wc)
+                if c0 > c1:
                     continue
-                if hz * nxny + hy * nx + hx < lo or lz * nxny + ly * nx + lx >= hi:
+                fmin, fmax = _flat_span(sx, sy, sz, ax, ay, az, c0, c1, nx, nxny)
+                if fmax < lo or fmin >= hi:
                     continue
-                rx, ry, rz = sx, sy, sz
-                for c in range(wc):
-                    ix, iy, iz = rx >> FRAC_BITS, ry >> FRAC_BITS, rz >> FRAC_BITS
+                check = fmin < lo or fmax >= hi  # the row straddles another thread's voxels
+                rx, ry, rz = sx + ax * c0, sy + ay * c0, sz + az * c0
+                for c in range(c0, c1 + 1):
+                    i = (rz >> FRAC_BITS) * nxny + (ry >> FRAC_BITS) * nx + (rx >> FRAC_BITS)
                     rx += ax
                     ry += ay
                     rz += az
-                    if ix < 0 or ix >= nx or iy < 0 or iy >= ny or iz < 0 or iz >= nz:
-                        continue
-                    i = iz * nxny + iy * nx + ix
-                    if i < lo or i >= hi:
+                    if check and (i < lo or i >= hi):
                         continue
                     if use_mask and not mask[r, c]:
                         continue
@@ -144,20 +178,25 @@ def paste_nearest(frames, fixed, x0, y0, hc, wc, mask, use_mask, imp, use_imp, t
                     if use_thr and not v >= thr:
                         continue
                     count += 1
-                    if mode == PLUS:
+                    if mode == MEAN:
+                        if use_imp:
+                            wt = imp[r, c]
+                            acc_v[i] += v * wt
+                            acc_w[i] += wt
+                        else:
+                            acc_v[i] += v
+                            acc_w[i] += F_ONE
+                    elif mode == PLUS:
                         w = np.float64(np.rint(imp[r, c] * F_255)) if use_imp else 256.0
                         if w > 0.0:
                             _plus_nearest(acc_v, acc_w, i, w, np.float64(v), integer)
-                        continue
-                    wt = imp[r, c] if use_imp else F_ONE
-                    acc_w[i] += wt
-                    if mode == MEAN:
-                        acc_v[i] += v * wt if use_imp else v
-                    elif mode == MAX:
-                        if v > acc_v[i]:
-                            acc_v[i] = v
                     else:
-                        acc_v[i] = v
+                        acc_w[i] += imp[r, c] if use_imp else F_ONE
+                        if mode == MAX:
+                            if v > acc_v[i]:
+                                acc_v[i] = v
+                        else:
+                            acc_v[i] = v
         landed[t] = count
 
 
@@ -169,7 +208,7 @@ def paste_linear(frames, fixed, x0, y0, hc, wc, mask, use_mask, imp, use_imp, th
     nx, ny, nz = dims[0], dims[1], dims[2]
     nxny = nx * ny
     reach = nxny + nx + 1  # the farthest corner's flat offset
-    offs = (0, 1, nx, nx + 1, nxny, nxny + 1, nxny + nx, reach)  # corners in z, y, x order
+    tx, ty, tz = (nx - 1) * ONE, (ny - 1) * ONE, (nz - 1) * ONE
     n = frames.shape[0]
     for t in prange(bounds.shape[0] - 1):
         lo, hi = bounds[t], bounds[t + 1]
@@ -181,62 +220,72 @@ def paste_linear(frames, fixed, x0, y0, hc, wc, mask, use_mask, imp, use_imp, th
             for r in range(hc):
                 j = y0 + r
                 sx, sy, sz = ox + bx * j + ax * x0, oy + by * j + ay * x0, oz + bz * j + az * x0
-                ex, ey, ez = sx + ax * (wc - 1), sy + ay * (wc - 1), sz + az * (wc - 1)
-                lx, hx = _row_span(sx, ex, nx)
-                ly, hy = _row_span(sy, ey, ny)
-                lz, hz = _row_span(sz, ez, nz)
-                if lx > hx or ly > hy or lz > hz:
+                c0, c1 = _row_columns(sx, sy, sz, ax, ay, az, tx, ty, tz, wc)
+                if c0 > c1:
                     continue
-                if hz * nxny + hy * nx + hx + reach < lo or lz * nxny + ly * nx + lx >= hi:
+                fmin, fmax = _flat_span(sx, sy, sz, ax, ay, az, c0, c1, nx, nxny)
+                if fmax + reach < lo or fmin >= hi:
                     continue
-                rx, ry, rz = sx, sy, sz
-                for c in range(wc):
-                    ix, iy, iz = rx >> FRAC_BITS, ry >> FRAC_BITS, rz >> FRAC_BITS
+                # check: the row's corners straddle another thread's voxels (then each corner is checked)
+                clo, chi = (-1, nxny * nz + reach + 1) if fmin >= lo and fmax + reach < hi else (lo, hi)
+                rx, ry, rz = sx + ax * c0, sy + ay * c0, sz + az * c0
+                for c in range(c0, c1 + 1):
                     fx, fy, fz = rx & MASK, ry & MASK, rz & MASK
+                    i = (rz >> FRAC_BITS) * nxny + (ry >> FRAC_BITS) * nx + (rx >> FRAC_BITS)
                     rx += ax
                     ry += ay
                     rz += az
-                    if ix < 0 or iy < 0 or iz < 0:
-                        continue
-                    if ix + (fx > 0) > nx - 1 or iy + (fy > 0) > ny - 1 or iz + (fz > 0) > nz - 1:
-                        continue
-                    i = iz * nxny + iy * nx + ix
-                    if i + reach < lo or i >= hi:
+                    if i + reach < clo or i >= chi:
                         continue
                     if use_mask and not mask[r, c]:
                         continue
                     v = np.float32(frames[f, j, x0 + c])
                     if use_thr and not v >= thr:
                         continue
-                    if i >= lo:
+                    if i >= lo and i < hi:
                         count += 1
-                    ks = (0, 0, 0, 0, 0, 0, 0, 0)
                     if mode == PLUS or fixed_select:
                         qx, qy, qz = ONE - fx, ONE - fy, ONE - fz
                         yz0, yz1, yz2, yz3 = _fm(qy, qz), _fm(qy, fz), _fm(fy, qz), _fm(fy, fz)
-                        ks = (_fm(qx, yz0), _fm(fx, yz0), _fm(qx, yz2), _fm(fx, yz2),
-                              _fm(qx, yz1), _fm(fx, yz1), _fm(qx, yz3), _fm(fx, yz3))
+                        k0, k1, k2, k3 = _fm(qx, yz0), _fm(fx, yz0), _fm(qx, yz2), _fm(fx, yz2)
+                        k4, k5, k6, k7 = _fm(qx, yz1), _fm(fx, yz1), _fm(qx, yz3), _fm(fx, yz3)
+                    else:
+                        k0 = k1 = k2 = k3 = k4 = k5 = k6 = k7 = 0
                     if mode == PLUS:
                         vv = np.float64(v)
-                        for q in range(8):
-                            wq = np.float64(ks[q])
-                            if use_imp:
-                                wq = np.rint(np.float64(np.float32(ks[q]) * imp[r, c]))
-                            _plus_linear(acc_v, acc_w, i + offs[q], lo, hi, wq, vv, integer)
+                        m = imp[r, c] if use_imp else F_ONE
+                        _plus_linear(acc_v, acc_w, i, clo, chi, _pw(k0, m, use_imp), vv, integer)
+                        _plus_linear(acc_v, acc_w, i + 1, clo, chi, _pw(k1, m, use_imp), vv, integer)
+                        _plus_linear(acc_v, acc_w, i + nx, clo, chi, _pw(k2, m, use_imp), vv, integer)
+                        _plus_linear(acc_v, acc_w, i + nx + 1, clo, chi, _pw(k3, m, use_imp), vv, integer)
+                        _plus_linear(acc_v, acc_w, i + nxny, clo, chi, _pw(k4, m, use_imp), vv, integer)
+                        _plus_linear(acc_v, acc_w, i + nxny + 1, clo, chi, _pw(k5, m, use_imp), vv, integer)
+                        _plus_linear(acc_v, acc_w, i + nxny + nx, clo, chi, _pw(k6, m, use_imp), vv, integer)
+                        _plus_linear(acc_v, acc_w, i + reach, clo, chi, _pw(k7, m, use_imp), vv, integer)
                         continue
-                    gx1, gy1, gz1 = np.float32(fx) * F_INV_ONE, np.float32(fy) * F_INV_ONE, np.float32(fz) * F_INV_ONE
-                    gx0, gy0, gz0 = F_ONE - gx1, F_ONE - gy1, F_ONE - gz1
-                    yz00, yz01, yz10, yz11 = gz0 * gy0, gz0 * gy1, gz1 * gy0, gz1 * gy1  # [z-side][y-side]
-                    ws = (yz00 * gx0, yz00 * gx1, yz01 * gx0, yz01 * gx1, yz10 * gx0, yz10 * gx1, yz11 * gx0, yz11 * gx1)
+                    if fixed_select:  # PLUS max/latest: IGSIO's fixed-point weights, also for the coverage
+                        w0, w1, w2, w3 = np.float32(k0) * F_INV_ONE, np.float32(k1) * F_INV_ONE, \
+                            np.float32(k2) * F_INV_ONE, np.float32(k3) * F_INV_ONE
+                        w4, w5, w6, w7 = np.float32(k4) * F_INV_ONE, np.float32(k5) * F_INV_ONE, \
+                            np.float32(k6) * F_INV_ONE, np.float32(k7) * F_INV_ONE
+                        th = F_MIN_WEIGHT
+                    else:
+                        gx1, gy1, gz1 = np.float32(fx) * F_INV_ONE, np.float32(fy) * F_INV_ONE, \
+                            np.float32(fz) * F_INV_ONE
+                        gx0, gy0, gz0 = F_ONE - gx1, F_ONE - gy1, F_ONE - gz1
+                        yz00, yz01, yz10, yz11 = gz0 * gy0, gz0 * gy1, gz1 * gy0, gz1 * gy1  # [z-side][y-side]
+                        w0, w1, w2, w3 = yz00 * gx0, yz00 * gx1, yz01 * gx0, yz01 * gx1
+                        w4, w5, w6, w7 = yz10 * gx0, yz10 * gx1, yz11 * gx0, yz11 * gx1
+                        th = F_MIN_WEIGHT
                     m = imp[r, c] if use_imp else F_ONE
-                    for q in range(8):
-                        if fixed_select:  # PLUS max/latest: IGSIO's fixed-point weights, also for the coverage
-                            w = np.float32(ks[q]) * F_INV_ONE
-                            ok = ks[q] >= MIN_WEIGHT_RAW
-                        else:
-                            w = ws[q]
-                            ok = w >= F_MIN_WEIGHT
-                        _corner(mode, acc_v, acc_w, i + offs[q], lo, hi, w, w * m if use_imp else w, v, ok)
+                    _corner(mode, acc_v, acc_w, i, clo, chi, w0, m, use_imp, v, th)
+                    _corner(mode, acc_v, acc_w, i + 1, clo, chi, w1, m, use_imp, v, th)
+                    _corner(mode, acc_v, acc_w, i + nx, clo, chi, w2, m, use_imp, v, th)
+                    _corner(mode, acc_v, acc_w, i + nx + 1, clo, chi, w3, m, use_imp, v, th)
+                    _corner(mode, acc_v, acc_w, i + nxny, clo, chi, w4, m, use_imp, v, th)
+                    _corner(mode, acc_v, acc_w, i + nxny + 1, clo, chi, w5, m, use_imp, v, th)
+                    _corner(mode, acc_v, acc_w, i + nxny + nx, clo, chi, w6, m, use_imp, v, th)
+                    _corner(mode, acc_v, acc_w, i + reach, clo, chi, w7, m, use_imp, v, th)
         landed[t] = count
 
 
