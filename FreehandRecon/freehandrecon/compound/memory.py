@@ -46,14 +46,14 @@ PLUS_CHUNK_PIXEL_BYTES = {"nearest": 200, "linear": 1600}
 # search and interpolation (keys, scores, direction, steps, float64 values and weights; ~121 measured).
 STICK_HOLE_BYTES = 136
 STICK_HOLE_BYTES_RANKED = 260  # several sticks: every direction's total per hole, then a ranking
-NUMBA_FIXED_BYTES = 24 << 20
+NUMBA_FIXED_BYTES = 64 << 20  # 59 MB measured (LLVM and the cached kernels, loaded on the first call)
 # Numba engine: frames per call of the kernels (they read the frames in place and allocate nothing per pixel,
 # so a chunk only sets how often progress and cancellation are checked).
 NUMBA_CHUNK_PIXELS = 1 << 22
 # Fixed costs that do not scale with the grid: thread stacks, allocator arenas, small tensors, the pixel
 # selection masks. Torch's first kernels initialise its thread pool and allocator.
-# Numba: the compiled kernels loaded from numba's cache on the first call of a process (LLVM code, the
-# thread pool).
+# Numba: the compiled kernels loaded from numba's cache on the first call of a process (LLVM, the kernels'
+# code, the thread pool).
 FIXED_BYTES = {"torch": 24 << 20, "numpy": 2 << 20, "numba": NUMBA_FIXED_BYTES}
 
 

@@ -333,6 +333,24 @@ def mean_volume(acc_v, acc_w, out):
         out[i] = acc_v[i] / w if w > 0 else np.float32(0.0)
 
 
+@njit(cache=True, nogil=True)
+def clear_neginf(a):
+    """Untouched max voxels (-inf) to 0, in place."""
+    for i in range(a.shape[0]):
+        if a[i] == -np.inf:
+            a[i] = 0.0
+
+
+@njit(cache=True, nogil=True)
+def count_positive(a):
+    """Entries above 0 (no temporary mask)."""
+    k = 0
+    for i in range(a.shape[0]):
+        if a[i] > 0:
+            k += 1
+    return k
+
+
 def thread_bounds(fixed: np.ndarray, rect: tuple[int, int, int, int], dims: tuple[int, int, int],
                   threads: int) -> np.ndarray:
     """Voxel range boundaries ``[threads + 1]`` (contiguous flat ranges covering the grid) that share the
@@ -416,7 +434,7 @@ class NumbaAccumulators:
             return volume, coverage
         volume = self.acc_v.copy() if copy else self.acc_v
         if self.mode == MAX:
-            volume[np.isneginf(volume)] = 0.0
+            clear_neginf(volume)
         return volume, (self.acc_w.copy() if copy else self.acc_w)
 
     def embed(self, dims: tuple[int, int, int], offset: tuple[int, int, int]) -> None:

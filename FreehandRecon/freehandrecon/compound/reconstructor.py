@@ -200,13 +200,19 @@ class Reconstructor:
         volume, coverage = volume.reshape(shape), coverage.reshape(shape)
         t_holes = time.perf_counter()
         truncate = self.options.plus_arithmetic and np.issubdtype(self._dtype, np.integer)
+        if self.engine == "numba":
+            from .numba_engine import count_positive
+
+            hit = int(count_positive(coverage.reshape(-1)))
+        else:
+            hit = int(np.count_nonzero(coverage > 0))
         from . import numpy_engine  # the numba engine fills holes as the numpy engine does, for now
 
         volume, filled = numpy_engine.fill_holes(volume, coverage, hole_filling, truncate)
         t_end = time.perf_counter()
         stats = {"frames": self._frames_added, "pixels_pasted": self._pasted,
                  "pixels_outside": self._pasted - self._landed, "voxels": self.grid.num_voxels,
-                 "voxels_hit": int(np.count_nonzero(coverage > 0)), "filled_voxels": filled, "engine": self.engine,
+                 "voxels_hit": hit, "filled_voxels": filled, "engine": self.engine,
                  "seconds": t_end - t0, "hole_filling_seconds": t_end - t_holes, "workers": _threads(self.engine)}
         return CompoundResult(volume, coverage, self.grid, stats)
 
