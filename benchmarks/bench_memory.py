@@ -252,6 +252,7 @@ def main() -> int:
         print("MEMBENCH" + json.dumps(row))
         return 0
     rows = []
+    warm_numba_cache()
     with tempfile.TemporaryDirectory(prefix="bench_memory_") as tmp:
         print(f"| case | grid | estimate MB | peak MB | estimate / peak | seconds |\n|---|---|---|---|---|---|",
               flush=True)

@@ -286,7 +286,8 @@ def available_bytes(device: str) -> int:
 JOB_FIXED_BYTES = 16 << 20
 SCENE_FIXED_BYTES = 24 << 20
 # What each compound() leaves resident besides its result: freed work arrays the allocator keeps (0-45 MB).
-RESIDUE_BYTES = {"torch": 32 << 20, "numpy": 16 << 20, "numba": 16 << 20}
+# Numba: also its loaded kernels (NUMBA_FIXED_BYTES), which stay resident.
+RESIDUE_BYTES = {"torch": 32 << 20, "numpy": 16 << 20, "numba": (16 << 20) + NUMBA_FIXED_BYTES}
 # Volume rendering (offscreen, through Slicer's displayable managers): the mapper's copies of the volume and
 # its textures while rendering (~11 bytes a voxel measured on the spine sweep), part of them kept to the end.
 RENDER_VOXEL_BYTES = 14
