@@ -53,7 +53,7 @@ def _reset_peak() -> None:
 def synthetic_file(path: Path, frames: int) -> Path:
     """A generated tracked sweep (480x640 uint8 frames, freehand-like motion) written as .npz."""
     if not path.exists():
-        from freehandrecon.bench import synthetic_sweep
+        from freehandrecon.lab.bench import synthetic_sweep
         from freehandrecon.io import write_sweep
 
         write_sweep(synthetic_sweep(frames), path)
