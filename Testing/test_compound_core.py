@@ -137,12 +137,13 @@ def test_roi_missing_every_frame_is_refused() -> None:
 def test_too_large_output_is_refused_with_a_spacing_that_fits() -> None:
     sw = stack_sweep()
     grid = grid_from_roi((0, 0, 0), (400, 400, 400), 0.1)
-    opts = CompoundOptions(max_memory_bytes=64 << 20)
+    # 128 MB: the numba engine counts 64 MB for loading its kernels
+    opts = CompoundOptions(max_memory_bytes=128 << 20)
     with pytest.raises(ResourceError, match=r"coarser spacing of about") as err:
         compound(sw, grid, opts)
     suggested = float(str(err.value).split("about ")[-1].split(",")[0])
     coarse = grid_from_roi((0, 0, 0), (400, 400, 400), suggested)
-    assert estimate_memory_bytes(coarse, opts, sw.frame_shape, sw.num_frames) <= 64 << 20
+    assert estimate_memory_bytes(coarse, opts, sw.frame_shape, sw.num_frames) <= 128 << 20
 
 
 def test_estimate_grows_with_voxels_and_modes() -> None:

@@ -31,6 +31,7 @@ MODE_CODES = {"mean": MEAN, "importance": MEAN, "max": MAX, "latest": LATEST}
 MASK = ONE - 1
 F_INV_ONE = np.float32(1.0 / ONE)
 F_ONE = np.float32(1.0)
+F_ZERO = np.float32(0.0)
 F_MIN_WEIGHT = np.float32(0.125)  # linear max/latest only touch corners with trilinear weight >= 1/8 (IGSIO)
 F_255 = np.float32(255.0)
 
@@ -86,6 +87,15 @@ def _corner(mode, acc_v, acc_w, i, lo, hi, w, m, use_imp, v, th):
                 acc_v[i] = v
         else:
             acc_v[i] = v
+
+
+@njit(cache=True, inline="always")
+def _flush(acc_v, acc_w, i, lo, hi, t, s):
+    """Add a run's summed weight ``t`` and weighted values ``s`` to corner voxel ``i`` (a corner no pixel of the
+    run weighs may lie past the grid's edge: skipped)."""
+    if t != 0.0 and i >= lo and i < hi:
+        acc_w[i] += t
+        acc_v[i] += s
 
 
 @njit(cache=True, inline="always")
@@ -165,6 +175,7 @@ def paste_nearest(frames, fixed, x0, y0, hc, wc, mask, use_mask, imp, use_imp, t
                     continue
                 check = fmin < lo or fmax >= hi  # the row straddles another thread's voxels
                 rx, ry, rz = sx + ax * c0, sy + ay * c0, sz + az * c0
+                cur, sv, sw = -1, F_ZERO, F_ZERO  # mean: the run of pixels on voxel cur, summed
                 for c in range(c0, c1 + 1):
                     i = (rz >> FRAC_BITS) * nxny + (ry >> FRAC_BITS) * nx + (rx >> FRAC_BITS)
                     rx += ax
@@ -179,13 +190,18 @@ def paste_nearest(frames, fixed, x0, y0, hc, wc, mask, use_mask, imp, use_imp, t
                         continue
                     count += 1
                     if mode == MEAN:
+                        if i != cur:
+                            if cur >= 0:
+                                acc_v[cur] += sv
+                                acc_w[cur] += sw
+                            cur, sv, sw = i, F_ZERO, F_ZERO
                         if use_imp:
                             wt = imp[r, c]
-                            acc_v[i] += v * wt
-                            acc_w[i] += wt
+                            sv += v * wt
+                            sw += wt
                         else:
-                            acc_v[i] += v
-                            acc_w[i] += F_ONE
+                            sv += v
+                            sw += F_ONE
                     elif mode == PLUS:
                         w = np.float64(np.rint(imp[r, c] * F_255)) if use_imp else 256.0
                         if w > 0.0:
@@ -197,6 +213,9 @@ def paste_nearest(frames, fixed, x0, y0, hc, wc, mask, use_mask, imp, use_imp, t
                                 acc_v[i] = v
                         else:
                             acc_v[i] = v
+                if cur >= 0:
+                    acc_v[cur] += sv
+                    acc_w[cur] += sw
         landed[t] = count
 
 
@@ -229,6 +248,10 @@ def paste_linear(frames, fixed, x0, y0, hc, wc, mask, use_mask, imp, use_imp, th
                 # check: the row's corners straddle another thread's voxels (then each corner is checked)
                 clo, chi = (-1, nxny * nz + reach + 1) if fmin >= lo and fmax + reach < hi else (lo, hi)
                 rx, ry, rz = sx + ax * c0, sy + ay * c0, sz + az * c0
+                # mean: the run of pixels with the same base voxel cur, summed per corner (weights t, values s)
+                cur = -1
+                t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = F_ZERO
+                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = F_ZERO
                 for c in range(c0, c1 + 1):
                     fx, fy, fz = rx & MASK, ry & MASK, rz & MASK
                     i = (rz >> FRAC_BITS) * nxny + (ry >> FRAC_BITS) * nx + (rx >> FRAC_BITS)
@@ -278,6 +301,39 @@ def paste_linear(frames, fixed, x0, y0, hc, wc, mask, use_mask, imp, use_imp, th
                         w4, w5, w6, w7 = yz10 * gx0, yz10 * gx1, yz11 * gx0, yz11 * gx1
                         th = F_MIN_WEIGHT
                     m = imp[r, c] if use_imp else F_ONE
+                    if mode == MEAN:
+                        if i != cur:
+                            if cur >= 0:
+                                _flush(acc_v, acc_w, cur, clo, chi, t0, s0)
+                                _flush(acc_v, acc_w, cur + 1, clo, chi, t1, s1)
+                                _flush(acc_v, acc_w, cur + nx, clo, chi, t2, s2)
+                                _flush(acc_v, acc_w, cur + nx + 1, clo, chi, t3, s3)
+                                _flush(acc_v, acc_w, cur + nxny, clo, chi, t4, s4)
+                                _flush(acc_v, acc_w, cur + nxny + 1, clo, chi, t5, s5)
+                                _flush(acc_v, acc_w, cur + nxny + nx, clo, chi, t6, s6)
+                                _flush(acc_v, acc_w, cur + reach, clo, chi, t7, s7)
+                            cur = i
+                            t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = F_ZERO
+                            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = F_ZERO
+                        if use_imp:
+                            w0, w1, w2, w3, w4, w5, w6, w7 = w0 * m, w1 * m, w2 * m, w3 * m, w4 * m, w5 * m, w6 * m, w7 * m
+                        t0 += w0
+                        t1 += w1
+                        t2 += w2
+                        t3 += w3
+                        t4 += w4
+                        t5 += w5
+                        t6 += w6
+                        t7 += w7
+                        s0 += w0 * v
+                        s1 += w1 * v
+                        s2 += w2 * v
+                        s3 += w3 * v
+                        s4 += w4 * v
+                        s5 += w5 * v
+                        s6 += w6 * v
+                        s7 += w7 * v
+                        continue
                     _corner(mode, acc_v, acc_w, i, clo, chi, w0, m, use_imp, v, th)
                     _corner(mode, acc_v, acc_w, i + 1, clo, chi, w1, m, use_imp, v, th)
                     _corner(mode, acc_v, acc_w, i + nx, clo, chi, w2, m, use_imp, v, th)
@@ -286,6 +342,15 @@ def paste_linear(frames, fixed, x0, y0, hc, wc, mask, use_mask, imp, use_imp, th
                     _corner(mode, acc_v, acc_w, i + nxny + 1, clo, chi, w5, m, use_imp, v, th)
                     _corner(mode, acc_v, acc_w, i + nxny + nx, clo, chi, w6, m, use_imp, v, th)
                     _corner(mode, acc_v, acc_w, i + reach, clo, chi, w7, m, use_imp, v, th)
+                if cur >= 0:
+                    _flush(acc_v, acc_w, cur, clo, chi, t0, s0)
+                    _flush(acc_v, acc_w, cur + 1, clo, chi, t1, s1)
+                    _flush(acc_v, acc_w, cur + nx, clo, chi, t2, s2)
+                    _flush(acc_v, acc_w, cur + nx + 1, clo, chi, t3, s3)
+                    _flush(acc_v, acc_w, cur + nxny, clo, chi, t4, s4)
+                    _flush(acc_v, acc_w, cur + nxny + 1, clo, chi, t5, s5)
+                    _flush(acc_v, acc_w, cur + nxny + nx, clo, chi, t6, s6)
+                    _flush(acc_v, acc_w, cur + reach, clo, chi, t7, s7)
         landed[t] = count
 
 
