@@ -8,10 +8,13 @@ Determinism: the voxels are split into contiguous ranges, one per thread (``boun
 all the frames' pixels in sweep order (frame, row, column, and for linear the 8 corners in order) and
 applies only the samples that land in its own range, so each voxel receives its additions in sweep order
 whatever the number of threads or the way the frames are split into calls: float sums, maxima, the latest
-pixel and the PLUS running mean are identical to a one-thread run. A row whose voxel span (its voxel
-coordinates are affine along the row, so their extremes are at its ends) misses a thread's range is
-skipped by that thread without touching its pixels, so the duplicated walking is cheap. The ranges are
-chosen from a sample of the pixels' voxels so the threads get similar work (they only affect the speed).
+pixel and the PLUS running mean are identical to a one-thread run. (The float means add a run of
+consecutive pixels of a row on the same voxel, summed in registers, as one term: runs never cross a row,
+so this too is the same for every split.) A row whose voxel span (its voxel coordinates are affine along
+the row, so their extremes are at its ends) misses a thread's range is skipped by that thread without
+touching its pixels, so the duplicated walking is cheap. Each row's columns inside the grid are computed
+once (an interval per axis), so pixels carry no bounds checks. The ranges are chosen from a sample of the
+pixels' voxels so the threads get similar work (they only affect the speed).
 
 Nothing of the size of the sweep is allocated: the kernels read the frames in place (any real dtype) and
 write straight into the accumulators (float32: value and weight; PLUS mean on float frames: float64 values).
@@ -23,7 +26,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .fixedpoint import FRAC_BITS, HALF, MIN_WEIGHT_RAW, ONE
+from .fixedpoint import FRAC_BITS, HALF, ONE
 from .options import CompoundOptions
 
 MEAN, MAX, LATEST, PLUS = 0, 1, 2, 3
