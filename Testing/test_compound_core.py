@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -135,12 +137,13 @@ def test_roi_missing_every_frame_is_refused() -> None:
 def test_too_large_output_is_refused_with_a_spacing_that_fits() -> None:
     sw = stack_sweep()
     grid = grid_from_roi((0, 0, 0), (400, 400, 400), 0.1)
-    opts = CompoundOptions(max_memory_bytes=64 << 20)
+    # 128 MB: the numba engine counts 64 MB for loading its kernels
+    opts = CompoundOptions(max_memory_bytes=128 << 20)
     with pytest.raises(ResourceError, match=r"coarser spacing of about") as err:
         compound(sw, grid, opts)
     suggested = float(str(err.value).split("about ")[-1].split(",")[0])
     coarse = grid_from_roi((0, 0, 0), (400, 400, 400), suggested)
-    assert estimate_memory_bytes(coarse, opts, sw.frame_shape, sw.num_frames) <= 64 << 20
+    assert estimate_memory_bytes(coarse, opts, sw.frame_shape, sw.num_frames) <= 128 << 20
 
 
 def test_estimate_grows_with_voxels_and_modes() -> None:
@@ -149,8 +152,9 @@ def test_estimate_grows_with_voxels_and_modes() -> None:
     g2 = grid_from_roi((0, 0, 0), (100, 100, 100), 0.5)
     o = CompoundOptions()
     e1, e2 = (estimate_memory_bytes(g, o, (100, 100), 10) for g in (g1, g2))
-    # at least the accumulator (8 bytes a voxel) and the float32 volume + coverage made from it
-    assert e2 - e1 >= (g2.num_voxels - g1.num_voxels) * 16
+    # at least the accumulators (8 bytes a voxel) and the float32 volume divided out of them (the numba engine's
+    # coverage is its weight accumulator; the torch and numpy engines make a new one: 16)
+    assert e2 - e1 >= (g2.num_voxels - g1.num_voxels) * 12
     stick = CompoundOptions(hole_filling=HoleFilling("stick", 9))
     assert estimate_memory_bytes(g2, stick, (100, 100), 10) > estimate_memory_bytes(g2, o, (100, 100), 10)
 
@@ -246,17 +250,20 @@ def test_tiled_mean_matches_a_plain_reference_with_masks_and_partial_roi(interp:
     clip = (10, 5, 250, 180)
     opts = CompoundOptions(interpolation=interp, compounding="importance", importance_mask=importance,
                            clip_rectangle=clip, pixel_threshold=40)
-    res = compound(sw, roi, opts)
     keep = np.zeros((n, h, w), dtype=bool)
     keep[:, 5:185, 10:260] = True
     keep &= frames >= 40
     ref_vol, ref_cov = _reference_mean(sw, roi, interp == "linear", keep, importance)
     assert 0.05 < (ref_cov > 0).mean() < 0.9  # the ROI really cuts the sweep
-    np.testing.assert_allclose(res.coverage, ref_cov, rtol=2e-3, atol=2e-3)
     hit = ref_cov > 0.05
-    np.testing.assert_allclose(res.volume[hit], ref_vol[hit], rtol=2e-3, atol=0.1)
-    assert res.stats["pixels_pasted"] == int(keep.sum())
-    # one worker (memory limit leaves no room for a second accumulator) gives the same result
+    for engine in ("numba", "torch"):
+        res = compound(sw, roi, dataclasses.replace(opts, engine=engine))
+        assert res.stats["engine"] == engine
+        np.testing.assert_allclose(res.coverage, ref_cov, rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(res.volume[hit], ref_vol[hit], rtol=2e-3, atol=0.1)
+        assert res.stats["pixels_pasted"] == int(keep.sum())
+    # torch: one worker (memory limit leaves no room for a second accumulator) gives the same result
+    opts = dataclasses.replace(opts, engine="torch")
     one = estimate_memory_bytes(roi, opts, (h, w), n, workers=1)
     single = compound(sw, roi, CompoundOptions(**{**opts.__dict__, "max_memory_bytes": one}))
     assert single.stats["workers"] == 1

@@ -21,6 +21,14 @@ def test_needs_per_action():
     assert dependencies.needed_for("tracked", check_quality=True) == ["torch", "safetensors"]
 
 
+def test_numba_is_an_optional_speed_up_not_a_need():
+    for poses in ("tracked", "learned", "speckle"):
+        assert "numba" not in dependencies.needed_for(poses)
+    assert dependencies.OPTIONAL == ("numba",)
+    assert dependencies.optional_missing() == []  # installed here
+    assert dependencies.optional_missing(lambda name: None) == ["numba"]
+
+
 def test_missing_finds_without_importing():
     sys.modules.pop("safetensors", None)
     assert dependencies.missing(["numpy", "safetensors", "no_such_package_freehandrecon"]) == [
@@ -58,8 +66,8 @@ def test_version_satisfies(monkeypatch, numeric, version, specs, ok):
 
 def test_unmet_requirements_checks_versions_not_only_presence():
     lines = dependencies.read_requirements(REQUIREMENTS)
-    assert [dependencies.parse_requirement(line)[0] for line in lines] == ["h5py", "safetensors"]
-    installed = {"h5py": "3.7.0", "safetensors": "0.4.3"}
+    assert [dependencies.parse_requirement(line)[0] for line in lines] == ["h5py", "safetensors", "numba"]
+    installed = {"h5py": "3.7.0", "safetensors": "0.4.3", "numba": "0.68.1"}
 
     def version_of(name):
         if name not in installed:
@@ -67,9 +75,13 @@ def test_unmet_requirements_checks_versions_not_only_presence():
         return installed[name]
 
     assert dependencies.unmet_requirements(lines, version_of) == ["h5py>=3.8"]  # too old
-    del installed["safetensors"]
+    del installed["safetensors"], installed["numba"]
     assert dependencies.unmet_requirements(lines, version_of) == lines          # too old + missing
-    installed.update(h5py="3.12.1", safetensors="0.5.0")
+    installed.update(h5py="3.12.1", safetensors="0.5.0", numba="0.68.1")
+    assert dependencies.unmet_requirements(lines, version_of) == []
+    installed["numba"] = "0.58.0"  # too old for numpy 2
+    assert dependencies.unmet_requirements(lines, version_of) == ["numba>=0.60"]
+    installed["numba"] = "0.60.0"
     assert dependencies.unmet_requirements(lines, version_of) == []
     assert dependencies.unmet_requirements(lines) == []  # this environment has both
 

@@ -51,9 +51,12 @@ def _suggested(err: ResourceError) -> float:
 def test_estimate_bounds_measured_peak_in_fresh_processes(tmp_path):
     bench = _bench()
     spine_args = [str(SPINE), "--plus-config", str(CFG)]
+    bench.warm_numba_cache()  # a first-ever run also compiles the kernels (more memory, once)
     cases = [
         bench.compound_case("spine", 0.25, "nearest", "mean", "normalized", engine="torch"),
         bench.compound_case("spine", 0.25, "linear", "latest", engine="numpy"),
+        bench.compound_case("spine", 0.25, "linear", "mean", engine="numba"),
+        bench.compound_case("spine", 0.25, "nearest", "max", engine="numba"),
         dict(bench.job_case("spine linear 0.25", [*spine_args, "--spacing", "0.25", "--interpolation", "linear",
                                                   "--fill-holes", "none", "--no-render", "--no-mrb"]),
              out=str(tmp_path / "out")),

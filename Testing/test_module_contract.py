@@ -140,7 +140,8 @@ def test_ui_sections_and_custom_widgets_are_declared():
 
 def test_requirements_match_pyproject():
     """Resources/requirements.txt lists the run-time deps of pyproject.toml that the module needs inside Slicer
-    and Slicer does not ship: h5py (.h5 files) and safetensors (models). Nothing there may depend on torch
+    and Slicer does not ship: h5py (.h5 files), safetensors (models) and numba (the compiled compounding engine,
+    an optional speed-up: without it the numpy engine compounds). Nothing there may depend on torch
     (pytorch-msssim would pull a PyPI torch before the PyTorch extension installs the right one)."""
     import tomllib
 
@@ -154,7 +155,7 @@ def test_requirements_match_pyproject():
     command_line_only = {"matplotlib", "tqdm", "pytorch-msssim", "pydicom", "av"}
     expected = {d for d in deps if re.split(r"[<>=~! \[;]", d)[0] not in shipped_by_slicer | command_line_only}
     assert reqs == expected
-    assert {re.split(r"[<>=~! \[;]", r)[0] for r in reqs} == {"h5py", "safetensors"}
+    assert {re.split(r"[<>=~! \[;]", r)[0] for r in reqs} == {"h5py", "safetensors", "numba"}
 
 
 def test_module_imports_nothing_heavy_at_load_time():

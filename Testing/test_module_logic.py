@@ -212,7 +212,10 @@ def test_memory_estimate_is_plausible_and_scales_with_spacing(scene):
     finer = logic.memoryEstimateMb(browser, 0.125)
     # fixed costs cancel in the differences; the voxel part grows 8x per halving
     assert 6 < (finer - fine) / (fine - coarse) < 10
-    assert logic.memoryEstimateMb(browser, 0.25, fillHoles="normalized") > fine
+    # hole filling's work arrays: at 0.25 mm the node stage still sets the peak (the numba engine finishes in
+    # its accumulators), at 0.125 mm normalized filling does
+    assert logic.memoryEstimateMb(browser, 0.25, fillHoles="normalized") >= fine
+    assert logic.memoryEstimateMb(browser, 0.125, fillHoles="normalized") > finer
 
 
 # --- bad input ------------------------------------------------------------------------------------

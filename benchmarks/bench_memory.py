@@ -53,7 +53,7 @@ def _reset_peak() -> None:
 def synthetic_file(path: Path, frames: int) -> Path:
     """A generated tracked sweep (480x640 uint8 frames, freehand-like motion) written as .npz."""
     if not path.exists():
-        from freehandrecon.bench import synthetic_sweep
+        from freehandrecon.lab.bench import synthetic_sweep
         from freehandrecon.io import write_sweep
 
         write_sweep(synthetic_sweep(frames), path)
@@ -79,6 +79,8 @@ def child_compound(case: dict) -> dict:
         import torch  # noqa: F401
 
         from freehandrecon.compound import holes, torch_engine  # noqa: F401
+    elif engine == "numba":  # imported in the baseline; loading its compiled kernels counts (FIXED_BYTES)
+        from freehandrecon.compound import numba_engine, numpy_engine  # noqa: F401
     else:
         from freehandrecon.compound import numpy_engine  # noqa: F401
     with warnings.catch_warnings():
@@ -115,11 +117,14 @@ def child_job(case: dict) -> dict:
     import freehandrecon.scene.nodes  # noqa: F401
     import freehandrecon.scene.render  # noqa: F401
 
-    from freehandrecon.compound import engine, holes, numpy_engine, torch_engine  # noqa: F401
+    from freehandrecon.compound import engine, holes, numba_engine, numpy_engine, torch_engine  # noqa: F401
 
     if case["engine"] == "numpy":  # the command line needs torch elsewhere; compound as a stock Slicer would
         engine.torch_available = lambda: False
         engine._import_torch = lambda: False
+    if case["engine"] in ("numpy", "torch"):  # "auto": whatever the command line picks (numba where installed)
+        engine.numba_available = lambda: False
+        engine._import_numba = lambda: False
     import slicer  # noqa: F401
 
     base = _vm("VmRSS")
@@ -130,6 +135,25 @@ def child_job(case: dict) -> dict:
     report = json.loads((out / "report.json").read_text()) if rc == 0 else {}
     return {"peak": peak, "rc": rc, "estimate": int(report.get("memory_estimate_mb", float("nan")) * 2**20)
             if rc == 0 else None, "dims": report.get("grid", {}).get("dims_ijk"), "baseline": base}
+
+
+WARM_UP = """
+import numpy as np
+from freehandrecon.compound import CompoundOptions, compound, fit_grid
+from freehandrecon.sweep import Sweep
+poses = np.repeat(np.eye(4)[None], 3, axis=0)
+poses[:, 2, 3] = [0.0, 1.0, 2.0]
+sw = Sweep(frames=np.full((3, 10, 14), 7, np.uint8), pixel_spacing=(1.0, 1.0), image_to_world=poses)
+for interp in ("nearest", "linear"):
+    compound(sw, fit_grid(sw, 1.0), CompoundOptions(interpolation=interp, engine="numba"))
+"""
+
+
+def warm_numba_cache() -> None:
+    """Compile the numba kernels into numba's cache in a child process (no-op when they are cached), so that
+    the measured processes only load them, as every run after the first does."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "FreehandRecon") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    subprocess.run([sys.executable, "-c", WARM_UP], env=env, check=True, capture_output=True, timeout=900)
 
 
 def run_child(case: dict, timeout: int = 1800) -> dict:
@@ -152,7 +176,7 @@ def compound_case(inp: str, spacing: float, interp: str = "nearest", comp: str =
             "holes": holes, "engine": engine, "channel": channel}
 
 
-def job_case(name: str, args: list[str], engine: str = "torch") -> dict:
+def job_case(name: str, args: list[str], engine: str = "auto") -> dict:
     return {"level": "job", "name": name, "args": args, "engine": engine}
 
 
@@ -161,7 +185,7 @@ def cases(tmp: Path, quick: bool = False) -> list[dict]:
     spine = [str(SPINE), "--plus-config", str(SPINE_CFG)]
     out: list[dict] = []
     spacings = (0.5, 0.25) if quick else (0.5, 0.25, 0.15)
-    for engine in ("torch", "numpy"):
+    for engine in ("torch", "numpy", "numba"):
         for sp in spacings:
             for interp in ("nearest", "linear"):
                 out.append(compound_case("spine", sp, interp, engine=engine))
@@ -178,7 +202,7 @@ def cases(tmp: Path, quick: bool = False) -> list[dict]:
             for sp in spacings:
                 if sp != 0.25:
                     out.append(compound_case("spine", sp, "nearest", "mean", "stick", engine=engine))
-    for engine in ("torch", "numpy"):
+    for engine in ("auto", "torch", "numpy"):
         for sp in spacings:
             for interp in ("nearest", "linear"):
                 out.append(job_case(f"spine {interp} {sp} mm, no render", [*spine, "--spacing", str(sp),
@@ -228,6 +252,7 @@ def main() -> int:
         print("MEMBENCH" + json.dumps(row))
         return 0
     rows = []
+    warm_numba_cache()
     with tempfile.TemporaryDirectory(prefix="bench_memory_") as tmp:
         print(f"| case | grid | estimate MB | peak MB | estimate / peak | seconds |\n|---|---|---|---|---|---|",
               flush=True)

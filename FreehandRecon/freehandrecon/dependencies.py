@@ -23,7 +23,10 @@ PACKAGES = {
     "torch": ("torch", "PyTorch (from the PyTorch extension)"),
     "safetensors": ("safetensors", "model weights (learned poses, quality guard)"),
     "h5py": ("h5py", "TUS-REC .h5 files"),
+    "numba": ("numba", "compiled compounding engine (optional speed-up)"),
 }
+# Installed with the requirements but needed by no action: without them something runs slower, not not at all.
+OPTIONAL = ("numba",)  # without numba the numpy engine compounds (several times slower, no PLUS arithmetic)
 
 
 class InstallDeclined(Cancelled):
@@ -39,14 +42,20 @@ def needed_for(poses: str = "tracked", check_quality: bool = False, fill_holes: 
     """Import names an action needs beyond a stock Slicer: a reconstruction with ``poses`` ("tracked",
     "learned", "speckle"), or the quality guard (``check_quality``; learned poses run it first).
 
-    Tracked reconstruction compounds with the numpy engine when torch is absent; only stick hole filling
-    and a CUDA device still need torch there."""
+    Tracked reconstruction compounds with the numba engine, or the numpy engine when numba is absent (numba
+    is an optional speed-up, never listed here); only stick hole filling and a CUDA device still need torch
+    there."""
     need = []
     if poses != "tracked" or check_quality or fill_holes == "stick" or str(device).startswith("cuda"):
         need.append("torch")
     if poses == "learned" or check_quality:
         need.append("safetensors")  # the bundled model and the guard are .safetensors files
     return need
+
+
+def optional_missing(find_spec: Callable[[str], object] = importlib.util.find_spec) -> list[str]:
+    """The optional speed-ups (:data:`OPTIONAL`) that are not installed."""
+    return missing(OPTIONAL, find_spec)
 
 
 def missing(names: Iterable[str], find_spec: Callable[[str], object] = importlib.util.find_spec) -> list[str]:

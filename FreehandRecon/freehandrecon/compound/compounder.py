@@ -1,8 +1,9 @@
 """``compound``: paste every frame of a sweep into an output grid, then fill holes.
 
-The work is done by an engine, with one accumulator class per compounding strategy (``ACCUMULATORS``): torch (:mod:`.torch_engine`) where PyTorch can be imported, numpy
-(:mod:`.numpy_engine`) otherwise or when asked; see :mod:`.engine`. This module imports neither torch
-nor an engine until :func:`compound` runs.
+The work is done by an engine (see :mod:`.engine`): numba (:mod:`.numba_engine`) and numpy
+(:mod:`.numpy_engine`) through an incremental :class:`~.reconstructor.Reconstructor` (one ``add_frames`` per
+chunk, then its result), torch (:mod:`.torch_engine`, CPU or CUDA) in one call over the sweep. This module
+imports neither torch nor an engine until :func:`compound` runs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from .. import geometry
-from ..errors import InputError
+from ..errors import Cancelled, InputError
 from ..sweep import Sweep
 from .engine import PasteJob, require_engine
 from .fixedpoint import fixed_matrices
@@ -43,8 +44,9 @@ def compound(sweep: Sweep, grid: OutputGrid, options: CompoundOptions | None = N
     """Compound ``sweep`` (or one of its channels) into ``grid``; never mutates the sweep.
 
     ``progress(done_frames, total_frames)`` is called per chunk; ``should_cancel()`` is checked per chunk
-    and raises :class:`~freehandrecon.errors.Cancelled`. ``options.engine`` picks torch or numpy
-    ("auto": torch when it can be imported); ``stats["engine"]`` says which one ran.
+    and raises :class:`~freehandrecon.errors.Cancelled`. ``options.engine`` picks numba, torch or numpy
+    ("auto": numba when it can be imported, else torch, else numpy; torch on CUDA); ``stats["engine"]`` says
+    which one ran.
     """
     t0 = time.perf_counter()
     opts = options or CompoundOptions()
@@ -54,17 +56,19 @@ def compound(sweep: Sweep, grid: OutputGrid, options: CompoundOptions | None = N
     opts = dataclasses.replace(opts, engine=require_engine(opts))
     if opts.engine == "torch":
         from . import torch_engine as engine
-    else:
-        from . import numpy_engine as engine
-    dev = engine.device(opts.device) if opts.engine == "torch" else "cpu"
+
+        dev = engine.device(opts.device)
     estimate, workers = check_memory(grid, opts, (h, w), n, itemsize=frames.itemsize,
                                      holes=expected_holes(sweep.pixel_to_world(), (h, w), grid, opts))
     sel = select_pixels((h, w), opts.clip_rectangle, opts.fan,
                         opts.importance_mask if opts.compounding == "importance" else None)
-    p2v = grid.world_to_ijk()[None] @ sweep.pixel_to_world()
+    p2w = sweep.pixel_to_world()
+    p2v = grid.world_to_ijk()[None] @ p2w
     _check_reach(sweep, p2v, grid, sel.rect)
     hc, wc = sel.shape
     step = chunk_frames_for(opts, hc * wc)
+    if opts.engine != "torch":
+        return _compound_incremental(frames, p2w, grid, opts, step, estimate, progress, should_cancel, t0)
     job = PasteJob(frames, fixed_matrices(p2v), sel, opts, grid.dims, step, workers, progress, should_cancel)
     volume, coverage, pasted, used_workers = engine.paste_frames(job)
     t_holes = time.perf_counter()
@@ -78,3 +82,24 @@ def compound(sweep: Sweep, grid: OutputGrid, options: CompoundOptions | None = N
              "memory_estimate_bytes": estimate, "chunk_frames": step, "device": str(dev), "workers": used_workers,
              "engine": opts.engine}
     return CompoundResult(volume, coverage, grid, stats)
+
+
+def _compound_incremental(frames: np.ndarray, p2w: np.ndarray, grid: OutputGrid, opts: CompoundOptions, step: int,
+                          estimate: int, progress: Callable[[int, int], None] | None,
+                          should_cancel: Callable[[], bool] | None, t0: float) -> CompoundResult:
+    """The numba and numpy engines: a :class:`~.reconstructor.Reconstructor` fed one chunk at a time."""
+    from .reconstructor import Reconstructor
+
+    n = frames.shape[0]
+    rec = Reconstructor(grid, opts)
+    for s in range(0, n, step):
+        if should_cancel is not None and should_cancel():
+            raise Cancelled("Compounding cancelled by the user.", "Run it again when ready; nothing was changed.")
+        e = min(n, s + step)
+        rec.add_frames(frames[s:e], p2w[s:e])
+        if progress is not None:
+            progress(e, n)
+    res = rec.result(final=True)
+    res.stats.update({"seconds": time.perf_counter() - t0, "memory_estimate_bytes": estimate, "chunk_frames": step,
+                      "device": "cpu"})
+    return res

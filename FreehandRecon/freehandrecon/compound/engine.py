@@ -1,7 +1,9 @@
-"""Which compounding engine runs: torch (CPU/CUDA, PLUS arithmetic, stick filling) or numpy (no PyTorch).
+"""Which compounding engine runs: numba (compiled CPU kernels), torch (CPU/CUDA) or numpy (no extra package).
 
-A stock 3D Slicer has numpy but not torch (torch comes with the PyTorch extension), so tracked
-reconstruction must not need it. ``engine="auto"`` takes torch when it can be imported, numpy otherwise.
+A stock 3D Slicer has numpy but neither numba nor torch (the module installs numba with its requirements;
+torch comes with the PyTorch extension), so tracked reconstruction must need neither. ``engine="auto"`` takes
+numba when it can be imported (found without importing torch), else torch, else numpy; a CUDA device takes
+torch.
 """
 
 from __future__ import annotations
@@ -17,16 +19,27 @@ from ..errors import InputError, ResourceError
 from .masks import PixelSelection
 
 INSTALL_TORCH = "install the 'PyTorch' extension (Extensions Manager) and restart Slicer"
+INSTALL_NUMBA = "install numba (the module installs it with its other requirements; or pip install numba)"
+
+
+def _found(name: str) -> bool:
+    """Whether ``name`` looks importable, without importing it."""
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def torch_available() -> bool:
     """Whether torch looks importable, without importing it (importing takes seconds)."""
-    if "torch" in sys.modules:
-        return sys.modules["torch"] is not None
-    try:
-        return importlib.util.find_spec("torch") is not None
-    except (ImportError, ValueError):
-        return False
+    return _found("torch")
+
+
+def numba_available() -> bool:
+    """Whether numba looks importable, without importing it."""
+    return _found("numba")
 
 
 def _import_torch() -> bool:
@@ -37,37 +50,79 @@ def _import_torch() -> bool:
     return True
 
 
+def _import_numba() -> bool:
+    try:
+        import numba  # noqa: F401
+    except (ImportError, OSError, AttributeError):  # a numba built for another numpy fails on import
+        return False
+    return True
+
+
+def _cuda(options: Any) -> bool:
+    return str(options.device).startswith("cuda")
+
+
 def planned_engine(options: Any) -> str:
-    """The engine ``options`` will run on, as far as can be told without importing torch (for estimates)."""
+    """The engine ``options`` will run on, as far as can be told without importing anything (for estimates)."""
     if options.engine != "auto":
         return options.engine
-    return "torch" if torch_available() else "numpy"
+    if _cuda(options):
+        return "torch"
+    return "numba" if numba_available() else "torch" if torch_available() else "numpy"
+
+
+def reconstructor_engine(options: Any) -> str:
+    """The engine a :class:`~.reconstructor.Reconstructor` pastes with: numba where it can be imported, else
+    numpy; torch only on CUDA or when asked for (it keeps the frames and recompounds them)."""
+    if options.engine == "auto" and not _cuda(options):
+        if _import_numba():
+            return "numba"
+        if options.plus_arithmetic and _import_torch():
+            return "torch"
+        options = _with_engine(options, "numpy")
+    return require_engine(options)
+
+
+def _with_engine(options: Any, engine: str) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(options, engine=engine)
 
 
 def require_engine(options: Any) -> str:
     """The engine :func:`~.compounder.compound` runs ``options`` on, or the error saying what is missing."""
     engine = options.engine
+    cuda = _cuda(options)
     if engine == "auto":
-        engine = "torch" if _import_torch() else "numpy"
+        if cuda and _import_torch():
+            engine = "torch"
+        elif not cuda and _import_numba():
+            engine = "numba"
+        else:
+            engine = "torch" if _import_torch() else "numpy"
     elif engine == "torch" and not _import_torch():
         raise ResourceError("The torch compounding engine was requested but PyTorch is not installed.",
-                            f"To use it, {INSTALL_TORCH}; or choose engine 'numpy' or 'auto'.")
+                            f"To use it, {INSTALL_TORCH}; or choose engine 'numba', 'numpy' or 'auto'.")
+    elif engine == "numba" and not _import_numba():
+        raise ResourceError("The numba compounding engine was requested but numba is not installed.",
+                            f"To use it, {INSTALL_NUMBA}; or choose engine 'numpy' or 'auto'.")
     if engine == "torch":
         return engine
-    asked = options.engine == "numpy"  # numpy chosen explicitly, not for want of torch
-    if str(options.device).startswith("cuda"):
+    asked = options.engine != "auto"  # numpy/numba chosen explicitly, not for want of torch
+    if cuda:
         if asked:
-            raise InputError(f"The numpy compounding engine runs on the CPU only, but device '{options.device}' "
+            raise InputError(f"The {engine} compounding engine runs on the CPU only, but device '{options.device}' "
                              "was requested.", "Use device 'cpu', or engine 'torch' or 'auto' (needs PyTorch).")
         raise ResourceError(f"Compounding on device '{options.device}' needs PyTorch, which is not installed.",
-                            f"Use device 'cpu' (the numpy engine), or {INSTALL_TORCH}.")
-    if options.plus_arithmetic:
+                            f"Use device 'cpu' (the numba or numpy engine), or {INSTALL_TORCH}.")
+    if options.plus_arithmetic and engine == "numpy":
         if asked:
             raise InputError("PLUS-compatible integer arithmetic (plus_arithmetic) is only implemented by the "
-                             "torch compounding engine.", "Use engine 'torch' or 'auto' (needs PyTorch), or turn "
-                             "plus_arithmetic off.")
-        raise ResourceError("PLUS-compatible integer arithmetic (plus_arithmetic) needs PyTorch, which is not "
-                            "installed.", f"Turn plus_arithmetic off, or {INSTALL_TORCH}.")
+                             "numba and torch compounding engines.", "Use engine 'numba', 'torch' or 'auto', or "
+                             "turn plus_arithmetic off.")
+        raise ResourceError("PLUS-compatible integer arithmetic (plus_arithmetic) needs numba or PyTorch, neither "
+                            "of which is installed.", f"Turn plus_arithmetic off, or {INSTALL_NUMBA}, or "
+                            f"{INSTALL_TORCH}.")
     if options.hole_filling.method == "stick" and not _import_torch():
         raise ResourceError("Stick hole filling needs PyTorch, which is not installed.",
                             f"Use normalized hole filling, or {INSTALL_TORCH}.")

@@ -46,9 +46,15 @@ PLUS_CHUNK_PIXEL_BYTES = {"nearest": 200, "linear": 1600}
 # search and interpolation (keys, scores, direction, steps, float64 values and weights; ~121 measured).
 STICK_HOLE_BYTES = 136
 STICK_HOLE_BYTES_RANKED = 260  # several sticks: every direction's total per hole, then a ranking
+NUMBA_FIXED_BYTES = 64 << 20  # 59 MB measured (LLVM and the cached kernels, loaded on the first call)
+# Numba engine: frames per call of the kernels (they read the frames in place and allocate nothing per pixel,
+# so a chunk only sets how often progress and cancellation are checked).
+NUMBA_CHUNK_PIXELS = 1 << 22
 # Fixed costs that do not scale with the grid: thread stacks, allocator arenas, small tensors, the pixel
 # selection masks. Torch's first kernels initialise its thread pool and allocator.
-FIXED_BYTES = {"torch": 24 << 20, "numpy": 2 << 20}
+# Numba: the compiled kernels loaded from numba's cache on the first call of a process (LLVM, the kernels'
+# code, the thread pool).
+FIXED_BYTES = {"torch": 24 << 20, "numpy": 2 << 20, "numba": NUMBA_FIXED_BYTES}
 
 
 def uses_fast_paste(options: CompoundOptions) -> bool:
@@ -74,7 +80,10 @@ def chunk_frames_for(options: CompoundOptions, frame_pixels: int) -> int:
     """Frames per chunk (``options.chunk_frames`` or automatic)."""
     if options.chunk_frames is not None:
         return int(options.chunk_frames)
-    per_chunk = FAST_CHUNK_PIXELS if uses_fast_paste(options) else CHUNK_PIXELS[options.interpolation]
+    if planned_engine(options) == "numba":
+        per_chunk = NUMBA_CHUNK_PIXELS
+    else:
+        per_chunk = FAST_CHUNK_PIXELS if uses_fast_paste(options) else CHUNK_PIXELS[options.interpolation]
     return max(1, per_chunk // max(frame_pixels, 1))
 
 
@@ -84,6 +93,8 @@ def chunk_bytes(options: CompoundOptions, frame_pixels: int, frame_width: int = 
     frames = chunk_frames_for(options, frame_pixels)
     if num_frames is not None:
         frames = max(1, min(frames, int(num_frames)))
+    if planned_engine(options) == "numba":  # a float32 copy of a chunk whose pixel type the kernels do not read
+        return 4 * frame_pixels * frames
     if uses_fast_paste(options):  # the chunk's frame values (float32 at most), the threshold test's float copy
         per_pixel = 4 + (5 if options.pixel_threshold is not None else 0)
         return per_pixel * frame_pixels * frames
@@ -123,12 +134,20 @@ def _paste_stage(grid: OutputGrid, options: CompoundOptions, engine: str, frame_
     frame_pixels = int(frame_shape[0]) * int(frame_shape[1])
     chunk = chunk_bytes(options, frame_pixels, int(frame_shape[1]), num_frames)
     mode = options.compounding
+    if engine == "numba":
+        # value and weight accumulators of the voxels (float32; PLUS mean on float frames: float64 values);
+        # finishing: mean divides into a new volume, PLUS mean converts float64 values to float32, max and latest
+        # reuse the accumulators
+        plus = options.plus_arithmetic and mode in ("mean", "importance")
+        acc = (12 if plus and itemsize >= 4 else 8) * v
+        finish = 4 * v if mode in ("mean", "importance") and (not plus or itemsize >= 4) else 0
+        return max(acc + chunk, acc + finish), 8 * v
     if engine == "numpy":
-        acc = {"mean": 8, "importance": 8, "max": 8, "latest": 12}[mode] * n
+        acc = {"mean": 8, "importance": 8, "max": 8, "latest": 16}[mode] * n
         # finishing: mean divides into a new volume (+ the coverage > 0 test), latest gathers into one in
         # blocks; max keeps its accumulator as the volume (views), hence held = both accumulators
-        finish = {"mean": 5 * v, "importance": 5 * v, "max": 2 * v, "latest": 4 * v + (10 << 20)}[mode]
-        held = 8 * n if mode == "max" else 4 * n + 4 * v
+        finish = {"mean": 5 * v, "importance": 5 * v, "max": 2 * v, "latest": 0}[mode]
+        held = 8 * n if mode in ("max", "latest") else 4 * n + 4 * v
         return max(acc + chunk, acc + finish), held
     if uses_fast_paste(options):
         paste = workers * worker_bytes(grid, options) + chunk
@@ -150,7 +169,7 @@ def _holes_stage(grid: OutputGrid, options: CompoundOptions, engine: str, held: 
     v = grid.num_voxels
     m = v if holes is None else min(int(holes), v)
     if hf.method == "normalized":
-        if engine == "numpy":  # two box sums (one copy per axis), fill mask, new volume, the filled values
+        if engine in ("numpy", "numba"):  # two box sums (one copy per axis), fill mask, new volume, filled values
             return held + max(12 * v, 13 * v + 12 * m)
         return held + 26 * v  # avg_pool3d of volume*coverage and of coverage, masks, guarded division
     if hf.method == "stick":
@@ -267,7 +286,8 @@ def available_bytes(device: str) -> int:
 JOB_FIXED_BYTES = 16 << 20
 SCENE_FIXED_BYTES = 24 << 20
 # What each compound() leaves resident besides its result: freed work arrays the allocator keeps (0-45 MB).
-RESIDUE_BYTES = {"torch": 32 << 20, "numpy": 16 << 20}
+# Numba: also its loaded kernels (NUMBA_FIXED_BYTES), which stay resident.
+RESIDUE_BYTES = {"torch": 32 << 20, "numpy": 16 << 20, "numba": (16 << 20) + NUMBA_FIXED_BYTES}
 # Volume rendering (offscreen, through Slicer's displayable managers): the mapper's copies of the volume and
 # its textures while rendering (~11 bytes a voxel measured on the spine sweep), part of them kept to the end.
 RENDER_VOXEL_BYTES = 14

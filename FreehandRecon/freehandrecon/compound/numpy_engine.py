@@ -75,9 +75,10 @@ class _Accumulator:
         self.wsum = np.zeros(self.length, dtype=np.float32)  # coverage: summed (importance-weighted) weights
 
     def paste(self, c: np.ndarray, vals: np.ndarray, valid: np.ndarray | None, check: bool,
-              imp: np.ndarray | None, order: np.ndarray | None) -> None:
+              imp: np.ndarray | None, order: np.ndarray | None) -> int:
         """Paste pixels with raw coordinates ``c`` ``[3, P]`` (int32/int64, consumed), float32 values ``[P]``,
-        validity (None: all), importance weights and (latest) pixel order; ``check``: bounds-check them."""
+        validity (None: all), importance weights and (latest) pixel order; ``check``: bounds-check them.
+        Returns the pixels pasted (valid and inside the grid)."""
         nx, ny, _ = self.dims
         frac = None if self.nearest else c & (ONE - 1)
         c >>= FRAC_BITS  # floor: the voxel (nearest: rounded, its offset is folded into c)
@@ -96,16 +97,17 @@ class _Accumulator:
             order = None if order is None else order[valid]
             frac = None if frac is None else frac[:, valid]
         if flat.size == 0:
-            return
+            return 0
         if self.nearest:
             _scatter_add(self.wsum, flat, imp)
             self._add_nearest(flat, vals, imp, order)
-            return
+            return flat.size
         w8 = _linear_weights(frac)  # [8, m]
         index8 = (flat[None, :] + self.offsets).reshape(-1)
         wt = w8 if imp is None else w8 * imp
         _scatter_add(self.wsum, index8, wt.reshape(-1))
         self._add_linear(index8, w8, wt, vals, order)
+        return flat.size
 
     def _add_nearest(self, flat: np.ndarray, vals: np.ndarray, imp: np.ndarray | None,
                      order: np.ndarray | None) -> None:
@@ -116,7 +118,7 @@ class _Accumulator:
         """``w8`` ``[8, m]`` trilinear weights, ``wt`` the same times importance (may be ``w8`` itself)."""
         raise NotImplementedError
 
-    def result(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def result(self, frames: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Flat volume and coverage ``[nvox]`` float32 (``frames``: to look the latest pixels up)."""
         raise NotImplementedError
 
@@ -135,7 +137,7 @@ class MeanAccumulator(_Accumulator):
         wt *= vals
         _scatter_add(self.vsum, index8, wt.reshape(-1))
 
-    def result(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def result(self, frames: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         coverage = self.wsum[:self.nvox]
         volume = np.zeros(self.nvox, dtype=np.float32)
         np.divide(self.vsum[:self.nvox], coverage, out=volume, where=coverage > 0)
@@ -160,40 +162,38 @@ class MaxAccumulator(_Accumulator):
         ok8 = (w8 >= MIN_WEIGHT).reshape(-1)
         _scatter_max(self.vmax, index8[ok8], np.broadcast_to(vals, w8.shape).reshape(-1)[ok8])
 
-    def result(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def result(self, frames: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         volume = self.vmax[:self.nvox]
         volume[~np.isfinite(volume)] = 0.0
         return volume, self.wsum[:self.nvox]
 
 
 class LatestAccumulator(_Accumulator):
-    """Last pixel in sweep order (frame, row, column) per voxel: the highest order wins, looked up at the end."""
+    """Last pixel in sweep order (frame, row, column) per voxel: the highest order wins; each tile's winners
+    write their values at once, so no frame needs to be kept."""
 
     needs_order = True
 
     def __init__(self, dims: tuple[int, int, int], nearest: bool) -> None:
         super().__init__(dims, nearest)
         self.key = np.full(self.length, -1, dtype=np.int64)
+        self.vlast = np.zeros(self.length, dtype=np.float32)
+
+    def _take(self, index: np.ndarray, vals: np.ndarray, order: np.ndarray) -> None:
+        _scatter_max(self.key, index, order)
+        win = self.key[index] == order  # orders are unique per pixel: one winner per voxel
+        self.vlast[index[win]] = vals[win]
 
     def _add_nearest(self, flat, vals, imp, order) -> None:
-        _scatter_max(self.key, flat, order)
+        self._take(flat, vals, order)
 
     def _add_linear(self, index8, w8, wt, vals, order) -> None:
         ok8 = (w8 >= MIN_WEIGHT).reshape(-1)
-        _scatter_max(self.key, index8[ok8], np.broadcast_to(order, w8.shape).reshape(-1)[ok8])
+        self._take(index8[ok8], np.broadcast_to(vals, w8.shape).reshape(-1)[ok8],
+                   np.broadcast_to(order, w8.shape).reshape(-1)[ok8])
 
-    def result(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        nvox = self.nvox
-        _, h, w = frames.shape
-        volume = np.zeros(nvox, dtype=np.float32)
-        block = 1 << 18  # the gather's index arrays (~40 bytes a voxel) stay small
-        for b in range(0, nvox, block):
-            k = self.key[b:b + block]
-            hit = np.flatnonzero(k >= 0)
-            f, rest = np.divmod(k[hit], h * w)
-            row, col = np.divmod(rest, w)
-            volume[b + hit] = frames[f, row, col]
-        return volume, self.wsum[:nvox]
+    def result(self, frames: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return self.vlast[:self.nvox], self.wsum[:self.nvox]
 
 
 ACCUMULATORS = {"mean": MeanAccumulator, "importance": ImportanceAccumulator, "max": MaxAccumulator,
@@ -201,54 +201,108 @@ ACCUMULATORS = {"mean": MeanAccumulator, "importance": ImportanceAccumulator, "m
 """The accumulator class of each compounding strategy."""
 
 
-def paste_frames(job: PasteJob) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Volume and coverage ``[nz, ny, nx]`` float32, pixels pasted and paste workers used (always 1)."""
-    frames, fixed, sel, opts, dims = job.frames, job.fixed, job.selection, job.options, job.dims
-    n, h, w = frames.shape
-    nearest = opts.interpolation == "nearest"
-    x0, y0, x1, y1 = sel.rect
-    hc, wc = sel.shape
-    static = sel.mask
-    imp = None if sel.weights is None else sel.weights.astype(np.float32, copy=False)
-    thr = None if opts.pixel_threshold is None else np.float32(opts.pixel_threshold)
-    per_frame = hc * wc if static is None else int(static.sum())
-    acc = ACCUMULATORS[opts.compounding](dims, nearest)
-    rows_per_tile = max(1, TILE_PIXELS[opts.interpolation] // wc)
-    cols = np.arange(x0, x1 + 1, dtype=np.int64)
-    pasted = 0
-    for s in range(0, n, job.step):
-        if job.should_cancel is not None and job.should_cancel():
-            raise Cancelled("Compounding cancelled by the user.", "Run it again when ready; nothing was changed.")
-        e = min(n, s + job.step)
-        row_term, col_term = coordinate_terms(fixed[s:e], sel.rect, nearest)
+class IncrementalPaster:
+    """The numpy engine's accumulators, pasted into batch by batch (the order of pixels in the sweep carries on
+    from batch to batch), normalised into a volume at any time."""
+
+    def __init__(self, dims: tuple[int, int, int], options) -> None:
+        self.dims = tuple(int(d) for d in dims)
+        self.nearest = options.interpolation == "nearest"
+        self.interpolation, self.mode = options.interpolation, options.compounding
+        self.acc = ACCUMULATORS[options.compounding](self.dims, self.nearest)
+        self.order_base = 0  # latest: pixels of the frames pasted before
+
+    def add(self, frames: np.ndarray, fixed: np.ndarray, rect: tuple[int, int, int, int], mask: np.ndarray | None,
+            importance: np.ndarray | None, threshold: float | None) -> int:
+        """Paste ``frames`` ``[n, H, W]`` (raw fixed-point columns ``fixed`` ``[n, 3, 3]``); returns the selected
+        pixels that landed in the grid."""
+        n, h, w = frames.shape
+        dims, nearest, acc = self.dims, self.nearest, self.acc
+        x0, y0, x1, y1 = rect
+        wc = x1 - x0 + 1
+        imp = None if importance is None else importance.astype(np.float32, copy=False)
+        thr = None if threshold is None else np.float32(threshold)
+        rows_per_tile = max(1, TILE_PIXELS[self.interpolation] // wc)
+        cols = np.arange(x0, x1 + 1, dtype=np.int64)
+        row_term, col_term = coordinate_terms(fixed, rect, nearest)
         lo, hi = term_bounds(row_term, col_term)
         ctype = np.int32 if max(abs(int(lo.min())), abs(int(hi.max()))) < 2**30 else np.int64
         row_term, col_term = row_term.astype(ctype), col_term.astype(ctype)
         starts, ends, outside, inside = classify_tiles(row_term, col_term, rows_per_tile, dims, nearest)
-        if thr is None:
-            pasted += (e - s) * per_frame
-        for f in range(e - s):
-            block = frames[s + f, y0:y1 + 1, x0:x1 + 1]
-            if thr is not None:  # pixels pasted: counted whether or not they land in the grid
-                bright = block >= thr
-                pasted += int(np.count_nonzero(bright if static is None else bright & static))
+        landed = 0
+        for f in range(n):
+            block = frames[f, y0:y1 + 1, x0:x1 + 1]
             for k in np.flatnonzero(~outside[f]):
                 r0, r1 = int(starts[k]), int(ends[k])
                 c = (row_term[f, :, r0:r1, None] + col_term[f, :, None, :]).reshape(3, -1)
                 vals = block[r0:r1].astype(np.float32).reshape(-1)
-                valid = None if static is None else static[r0:r1].reshape(-1)
+                valid = None if mask is None else mask[r0:r1].reshape(-1)
                 if thr is not None:
                     bright = vals >= thr
                     valid = bright if valid is None else valid & bright
                 order = None  # latest: the pixels' order in the sweep (frame, row, column)
                 if acc.needs_order:
-                    rows = np.arange(y0 + r0, y0 + r1, dtype=np.int64) * w + (s + f) * (h * w)
+                    rows = np.arange(y0 + r0, y0 + r1, dtype=np.int64) * w + (self.order_base + f * h * w)
                     order = (rows[:, None] + cols[None, :]).reshape(-1)
-                acc.paste(c, vals, valid, not bool(inside[f, k]), None if imp is None else imp[r0:r1].reshape(-1),
-                          order)
+                landed += acc.paste(c, vals, valid, not bool(inside[f, k]),
+                                    None if imp is None else imp[r0:r1].reshape(-1), order)
+        self.order_base += n * h * w
+        return landed
+
+    def finish(self, copy: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Flat volume and coverage ``[nvox]`` float32 (``copy=False``: may be views of the accumulators, which
+        must not be pasted into afterwards)."""
+        acc = self.acc
+        if self.mode in ("mean", "importance"):
+            volume, coverage = acc.result()  # a new volume; the coverage is a view
+        elif self.mode == "max":
+            volume, coverage = acc.vmax[:acc.nvox], acc.wsum[:acc.nvox]
+            if copy:
+                volume = volume.copy()
+            volume[~np.isfinite(volume)] = 0.0
+        else:
+            volume, coverage = acc.vlast[:acc.nvox], acc.wsum[:acc.nvox]
+            if copy:
+                volume = volume.copy()
+        return volume, (coverage.copy() if copy else coverage)
+
+    def embed(self, dims: tuple[int, int, int], offset: tuple[int, int, int]) -> None:
+        """Move the accumulators into a larger grid ``dims`` whose voxel ``offset`` is this grid's first voxel."""
+        old = self.acc
+        new = type(old)(tuple(int(d) for d in dims), self.nearest)
+        nx, ny, nz = self.dims
+        i, j, k = offset
+        for name in ("wsum", "vsum", "vmax", "key", "vlast"):
+            if hasattr(old, name):
+                src, dst = getattr(old, name), getattr(new, name)
+                dst[:new.nvox].reshape(dims[2], dims[1], dims[0])[k:k + nz, j:j + ny, i:i + nx] = \
+                    src[:old.nvox].reshape(nz, ny, nx)
+        self.acc, self.dims = new, tuple(int(d) for d in dims)
+
+
+def paste_frames(job: PasteJob) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Volume and coverage ``[nz, ny, nx]`` float32, pixels pasted and paste workers used (always 1): the whole
+    sweep of ``job`` through an :class:`IncrementalPaster`, chunk by chunk."""
+    frames, fixed, sel, opts, dims = job.frames, job.fixed, job.selection, job.options, job.dims
+    n = frames.shape[0]
+    x0, y0, x1, y1 = sel.rect
+    paster = IncrementalPaster(dims, opts)
+    thr = None if opts.pixel_threshold is None else np.float32(opts.pixel_threshold)
+    pasted = 0
+    for s in range(0, n, job.step):
+        if job.should_cancel is not None and job.should_cancel():
+            raise Cancelled("Compounding cancelled by the user.", "Run it again when ready; nothing was changed.")
+        e = min(n, s + job.step)
+        paster.add(frames[s:e], fixed[s:e], sel.rect, sel.mask, sel.weights, opts.pixel_threshold)
+        if thr is None:
+            pasted += (e - s) * sel.num_pixels
+        else:
+            for f in range(s, e):
+                bright = frames[f, y0:y1 + 1, x0:x1 + 1].astype(np.float32) >= thr
+                pasted += int(np.count_nonzero(bright if sel.mask is None else bright & sel.mask))
         if job.progress is not None:
             job.progress(e, n)
-    volume, coverage = acc.result(frames)
+    volume, coverage = paster.finish(copy=False)
     shape = (dims[2], dims[1], dims[0])
     return volume.reshape(shape), coverage.reshape(shape), pasted, 1
 

@@ -15,7 +15,7 @@ from .grid import OutputGrid
 INTERPOLATIONS = ("nearest", "linear")
 COMPOUNDINGS = ("mean", "max", "latest", "importance")
 HOLE_METHODS = ("none", "normalized", "stick")
-ENGINES = ("auto", "torch", "numpy")
+ENGINES = ("auto", "numba", "torch", "numpy")
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,9 @@ class CompoundOptions:
     ``[H, W]`` weights 0..1 or 0..255. ``plus_arithmetic`` reproduces IGSIO's integer arithmetic
     (14-bit fixed-point positions, per-insertion rounding of the running mean, truncating stick filling)
     for bit-level comparisons with PLUS; it is slower and only changes the mean modes and hole filling.
-    ``engine``: "torch" (CPU or CUDA; needs PyTorch), "numpy" (CPU; no PyTorch, no ``plus_arithmetic``;
-    stick filling still borrows torch) or "auto" (torch when it can be imported, else numpy).
+    ``engine``: "numba" (CPU, compiled, deterministic on any number of threads; needs numba), "torch" (CPU or
+    CUDA; needs PyTorch), "numpy" (CPU; no extra package, no ``plus_arithmetic``) or "auto" (numba when it can
+    be imported, else torch, else numpy; torch on CUDA). Stick filling still borrows torch.
     """
 
     interpolation: str = "nearest"

@@ -130,7 +130,7 @@ def run_compound_benchmark(device: str = "cpu", quick: bool = False, engine: str
     """Run every case in its own Python process (so peak memory is per case) and return the rows."""
     rows = []
     for case in benchmark_cases(device, quick, engine):
-        code = ("import json,sys; from freehandrecon.bench import _run_case; "
+        code = ("import json,sys; from freehandrecon.lab.bench import _run_case; "
                 "print('BENCH' + json.dumps(_run_case(json.loads(sys.argv[1]))))")
         proc = subprocess.run([sys.executable, "-c", code, json.dumps(case)], capture_output=True, text=True)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH")), None)
@@ -139,6 +139,103 @@ def run_compound_benchmark(device: str = "cpu", quick: bool = False, engine: str
             continue
         rows.append(json.loads(line[5:]))
     return rows
+
+
+# --- engines side by side: spine sweep, mean, no hole filling -------------------------------------------
+
+ENGINE_RUNS = (("numba", 1), ("numba", 2), ("numpy", 1), ("torch", 1), ("torch", 2))
+"""(engine, threads) compared by :func:`run_engine_benchmark`."""
+
+
+def _run_engine_case(case: dict) -> dict:
+    """Time one engine on the spine sweep in this process: a warm-up run (numba loads or compiles its kernels,
+    torch starts its threads), then the median of ``repeats`` runs; peak RSS of the whole process."""
+    import statistics
+    import warnings
+
+    from ..compound import CompoundOptions, compound, fit_grid
+
+    engine, threads = case["engine"], int(case["threads"])
+    rss_start = _vm("VmRSS")
+    if engine == "numba":
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    elif engine == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sweep = _spine_sweep()
+    grid = fit_grid(sweep, case["spacing"])
+    opts = CompoundOptions(interpolation=case["interpolation"], compounding="mean", engine=engine,
+                           plus_arithmetic=bool(case.get("plus", False)))
+    rss_ready = _vm("VmRSS")
+    t0 = time.perf_counter()
+    res = compound(sweep, grid, opts)
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(int(case["repeats"])):
+        t0 = time.perf_counter()
+        res = compound(sweep, grid, opts)
+        times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    n = sweep.num_frames
+    return {"engine": engine, "threads": threads, "workers": res.stats["workers"], "spacing": case["spacing"],
+            "interpolation": case["interpolation"], "plus": bool(case.get("plus", False)),
+            "grid": "x".join(str(d) for d in grid.dims), "frames": n, "seconds": median, "first_seconds": first,
+            "frames_per_s": n / median, "peak_mb": _vm("VmHWM"), "peak_above_input_mb": _vm("VmHWM") - rss_ready,
+            "start_mb": rss_start}
+
+
+def engine_cases(repeats: int = 5, quick: bool = False, engines=ENGINE_RUNS, plus: bool = False) -> list[dict]:
+    """Spine 0.5 and 1.0 mm (quick: 1.0 mm only), nearest and linear mean, for each (engine, threads)."""
+    cases = []
+    for spacing in ((1.0,) if quick else (0.5, 1.0)):
+        for interp in ("nearest", "linear"):
+            for engine, threads in engines:
+                cases.append({"engine": engine, "threads": threads, "spacing": spacing, "interpolation": interp,
+                              "repeats": repeats})
+                if plus and engine in ("numba", "torch"):
+                    cases.append(dict(cases[-1], plus=True, repeats=max(1, repeats if engine == "numba" else 1)))
+    return cases
+
+
+def run_engine_benchmark(repeats: int = 5, quick: bool = False, plus: bool = False,
+                         engines=ENGINE_RUNS) -> list[dict]:
+    """Every case of :func:`engine_cases` in a fresh process (its own threads setting and peak RSS)."""
+    from ..compound.engine import numba_available, torch_available
+
+    have = {"numba": numba_available(), "torch": torch_available(), "numpy": True}
+    rows = []
+    for case in engine_cases(repeats, quick, engines, plus):
+        label = f"spine {case['interpolation']}-mean{' PLUS' if case.get('plus') else ''} {case['spacing']} mm"
+        if not have[case["engine"]]:
+            rows.append({**case, "case": label, "error": [f"{case['engine']} is not installed"]})
+            continue
+        code = ("import json,sys; from freehandrecon.lab.bench import _run_engine_case; "
+                "print('BENCH' + json.dumps(_run_engine_case(json.loads(sys.argv[1]))))")
+        proc = subprocess.run([sys.executable, "-c", code, json.dumps(case)], capture_output=True, text=True)
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH")), None)
+        if proc.returncode != 0 or line is None:
+            rows.append({**case, "case": label, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]})
+            continue
+        rows.append({"case": label, **json.loads(line[5:])})
+    return rows
+
+
+def format_engine_table(rows: list[dict]) -> str:
+    """Engine rows as a plain-text table."""
+    out = [f"{'case':34s} {'engine':7s} {'thr':>3s} {'grid':>12s} {'median s':>9s} {'frames/s':>9s} "
+           f"{'first s':>8s} {'peak MB':>8s}"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"{r['case']:34s} {r['engine']:7s} {r['threads']:3d} ERROR {r['error']}")
+            continue
+        out.append(f"{r['case']:34s} {r['engine']:7s} {r['threads']:3d} {r['grid']:>12s} {r['seconds']:9.4f} "
+                   f"{r['frames_per_s']:9.1f} {r['first_seconds']:8.3f} {r['peak_mb']:8.0f}")
+    return "\n".join(out)
 
 
 def format_table(rows: list[dict]) -> str:
