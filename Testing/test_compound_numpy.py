@@ -259,7 +259,7 @@ def test_compound_package_imports_without_torch_h5py_tqdm() -> None:
     assert out["torch"] is False and out["engine"] == "numpy" and out["estimate"] > 0
     assert out["hit"] == 3 * 10 * 14 and out["values"] == [7.0]
     assert set(out["errors"]) == {"stick", "plus", "cuda", "torch"}
-    assert "Stick hole filling needs PyTorch" in out["errors"]["stick"]
+    assert "Stick hole filling needs numba or PyTorch" in out["errors"]["stick"]
     assert "normalized hole filling" in out["errors"]["stick"] and "PyTorch' extension" in out["errors"]["stick"]
     assert "needs numba or PyTorch" in out["errors"]["plus"] and "needs PyTorch" in out["errors"]["cuda"]
 
@@ -321,7 +321,7 @@ def test_tracked_spine_reconstruction_without_torch(spine: Sweep, tmp_path: Path
         print(json.dumps(rows))
     """, blocked, str(SPINE), str(SPINE_CFG), str(tmp_path), json.dumps(SPINE_CASES))
     assert out["torch"] is False and out["dims"] == list(grid.dims)
-    assert "Stick hole filling needs PyTorch" in out["stick"]
+    assert "Stick hole filling needs numba or PyTorch" in out["stick"]
     for name in SPINE_CASES:
         row = out[name]
         assert row["engine"] == "numpy", name

@@ -73,7 +73,7 @@ def test_missing_dependencies_name_what_each_action_needs():
     assert logic.missingDependencies("speckle") == ["torch"]
     assert logic.missingDependencies("tracked", checkQuality=True) == ["torch", "safetensors"]
     assert logic.missingDependencies("tracked") == []
-    assert logic.missingDependencies("tracked", fillHoles="stick") == ["torch"]
+    assert logic.missingDependencies("tracked", fillHoles="stick") == ["numba"]
 
 
 def test_learned_poses_say_to_install_and_leave_the_scene_unchanged(scene):

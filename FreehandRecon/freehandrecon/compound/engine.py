@@ -123,9 +123,9 @@ def require_engine(options: Any) -> str:
         raise ResourceError("PLUS-compatible integer arithmetic (plus_arithmetic) needs numba or PyTorch, neither "
                             "of which is installed.", f"Turn plus_arithmetic off, or {INSTALL_NUMBA}, or "
                             f"{INSTALL_TORCH}.")
-    if options.hole_filling.method == "stick" and not _import_torch():
-        raise ResourceError("Stick hole filling needs PyTorch, which is not installed.",
-                            f"Use normalized hole filling, or {INSTALL_TORCH}.")
+    if options.hole_filling.method == "stick" and not (_import_numba() or _import_torch()):
+        raise ResourceError("Stick hole filling needs numba or PyTorch, neither of which is installed.",
+                            f"Use normalized hole filling, or {INSTALL_NUMBA}, or {INSTALL_TORCH}.")
     return engine
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from numpy.lib import NumpyVersion
 
 from ..errors import Cancelled
-from .engine import PasteJob
+from .engine import PasteJob, _import_numba
 from .fixedpoint import FRAC_BITS, ONE, classify_tiles, coordinate_terms, term_bounds
 from .options import HoleFilling
 
@@ -339,9 +339,15 @@ def fill_normalized(volume: np.ndarray, coverage: np.ndarray, size: int = 3) -> 
 
 
 def fill_holes(volume: np.ndarray, coverage: np.ndarray, hf: HoleFilling, truncate: bool) -> tuple[np.ndarray, int]:
-    """Hole filling ``hf``; stick filling borrows the torch implementation (checked present beforehand)."""
+    """Hole filling ``hf``; stick filling runs the numba kernels (:mod:`.holes_numba`) where numba imports, else
+    the torch implementation (one of them was checked present beforehand); both give the same voxels."""
     if hf.method == "normalized":
         return fill_normalized(volume, coverage, hf.size)
+    if hf.method == "stick" and _import_numba():
+        from .holes_numba import fill_sticks
+
+        return fill_sticks(np.ascontiguousarray(volume, dtype=np.float32), coverage > 0, hf.size, hf.sticks,
+                           truncate=truncate)
     if hf.method == "stick":
         import torch
 
