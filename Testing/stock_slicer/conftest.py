@@ -12,7 +12,7 @@ import pytest
 MODULE_DIR = Path(__file__).resolve().parents[2] / "FreehandRecon"
 sys.path.insert(0, str(MODULE_DIR))  # what Slicer does with a scripted module's folder
 
-ABSENT_IN_STOCK_SLICER = ("torch", "h5py", "tqdm", "safetensors", "pytorch_msssim")
+ABSENT_IN_STOCK_SLICER = ("torch", "numba", "h5py", "tqdm", "safetensors", "pytorch_msssim")
 
 
 @pytest.fixture

@@ -105,7 +105,7 @@ def test_requirements_install_nothing_that_pulls_torch():
     from freehandrecon import dependencies
 
     lines = dependencies.read_requirements(MODULE_DIR / "Resources" / "requirements.txt")
-    assert [dependencies.parse_requirement(line)[0] for line in lines] == ["h5py", "safetensors"]
+    assert [dependencies.parse_requirement(line)[0] for line in lines] == ["h5py", "safetensors", "numba"]
     assert dependencies.unmet_requirements(lines) == lines  # none installed here
 
 
@@ -151,3 +151,35 @@ def test_panel_calls_from_no_dependencies_to_the_reconstructed_sample(scene):
     assert logic.lastNodes["display"] is not None
     assert 1.0 < estimate and logic.lastReport["memory_estimate_mb"] <= estimate * 1.01
     assert np.isfinite(array).all()
+
+
+def test_live_reconstruction_runs_on_the_numpy_engine(scene):
+    """The panel's Live section on a stock Slicer: frames pushed into an image node (as OpenIGTLinkIF does) grow a
+    volume with neither numba nor torch; the result equals the offline numpy reconstruction of the same frames."""
+    import numpy as np
+    from slicer import util
+
+    from freehandrecon.compound import compound, grid_from_roi
+    from freehandrecon.module_logic import FreehandReconLogic
+    from freehandrecon.scene.nodes import add_volume_node
+
+    logic = FreehandReconLogic()
+    sweep = logic.readSweep(logic.loadSample())
+    p2w = sweep.pixel_to_world()
+    image = add_volume_node(scene, sweep.frames[0][None], p2w[0], "Image_Reference")
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "Box")
+    corners = np.einsum("nij,kj->nki", p2w, [[0, 0, 0, 1], [819, 0, 0, 1], [0, 615, 0, 1], [819, 615, 0, 1]])
+    lo, hi = corners[..., :3].reshape(-1, 3).min(0), corners[..., :3].reshape(-1, 3).max(0)
+    roi.SetCenter(*((lo + hi) / 2))
+    roi.SetSize(*(hi - lo))
+    live = logic.liveReconstruction(image, spacingMm=1.0, roiNode=roi, showIn3D=False)
+    live.start()
+    for i in range(sweep.num_frames):
+        add_volume_node(scene, sweep.frames[i][None], p2w[i], "Image_Reference", replace=image)
+    volume = live.stop()
+    assert live.status["frames_used"] == sweep.num_frames
+    assert not {"torch", "numba"} & set(sys.modules)
+    grid = live.lastResult.grid
+    assert np.allclose(grid.origin, grid_from_roi(tuple((lo + hi) / 2), tuple(hi - lo), 1.0).origin, atol=1e-6)
+    offline = compound(sweep, grid).volume_as(np.uint8)  # the numpy engine here, all frames at once
+    assert np.array_equal(util.arrayFromVolume(volume), offline)
