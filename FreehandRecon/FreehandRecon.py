@@ -725,6 +725,8 @@ class FreehandReconTest(ScriptedLoadableModuleTest):
         self.test_LearnedPoses()
         self.setUp()
         self.test_CheckSweep()
+        self.setUp()
+        self.test_LiveReconstruction()
 
     def _loadSampleBrowser(self):
         import SampleData
@@ -819,4 +821,34 @@ class FreehandReconTest(ScriptedLoadableModuleTest):
         table = logic.lastNodes["qualityTable"]
         self.assertEqual(table.GetNumberOfRows(), 21)
         self.assertEqual(logic.lastNodes["qualityChart"].GetNumberOfPlotSeriesNodes(), 2)
+        self.delayDisplay("Test passed")
+
+    def test_LiveReconstruction(self):
+        """The Live section's logic: the sample's frames arrive in an image node one by one, as OpenIGTLinkIF
+        delivers them (pixels and pose in one StartModify/EndModify block); the live volume equals the offline one."""
+        import numpy as np
+
+        if self._skipIfMissing("live reconstruction"):
+            return
+        browser = self._loadSampleBrowser()
+        logic = FreehandReconLogic()
+        sweep = logic.readSweep(browser)
+        roi = logic.fitRoi(browser)
+        offline = slicer.util.arrayFromVolume(logic.reconstruct(browser, spacingMm=1.0, roiNode=roi,
+                                                                showIn3D=False)).copy()
+        image = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Image_Reference")
+        live = logic.liveReconstruction(image, spacingMm=1.0, roiNode=roi)
+        live.start()
+        p2w = sweep.pixel_to_world()
+        for frame, matrix in zip(sweep.frames, p2w):
+            wasModifying = image.StartModify()
+            slicer.util.updateVolumeFromArray(image, frame[None])
+            image.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(matrix))
+            image.EndModify(wasModifying)
+        volume = live.stop()
+        self.assertEqual(live.status["frames_used"], sweep.num_frames)
+        array = slicer.util.arrayFromVolume(volume)
+        self.assertEqual(array.shape, offline.shape)
+        close = np.abs(array.astype(np.int32) - offline.astype(np.int32)) <= 1
+        self.assertGreaterEqual(float(close.mean()), 0.999)
         self.delayDisplay("Test passed")
