@@ -22,6 +22,7 @@ import json
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -101,6 +102,8 @@ class LiveSession:
         self._scene = None
         self._nodes: dict[str, Any] = {}
         self._last_snapshot = time.perf_counter()
+        self._snapshot_thread: threading.Thread | None = None
+        self._snapshot_error: Exception | None = None
         from .io.igtl import TransformPairer
 
         self.pairer = TransformPairer(request.pair_tolerance_s) if request.transform_name else None
@@ -373,17 +376,45 @@ class LiveSession:
                 and time.perf_counter() - self._last_snapshot >= every)
 
     def write_snapshot(self) -> None:
-        """Replace volume.nrrd and coverage.nrrd in ``out_dir`` (each by rename) with the volume so far."""
-        t0 = time.perf_counter()
+        """Replace volume.nrrd and coverage.nrrd in ``out_dir`` (each by rename) with the volume so far.
+
+        The volume is taken now (cheap); the files are written by a background thread, so frames keep being
+        received and compounded meanwhile (writing a large grid takes about a second). One snapshot is written at
+        a time: when the previous one is still being written, this one is skipped."""
+        if self._snapshot_thread is not None and self._snapshot_thread.is_alive():
+            return
+        self._raise_snapshot_error()
+        result = self.rec.snapshot()
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._save_volumes(self.rec.snapshot(), self.out_dir)
-        for name in ("volume.nrrd", "coverage.nrrd"):
-            p = self.out_dir / name
-            if p not in self.written:
-                self.written.append(p)
-        self.snapshots += 1
         self._last_snapshot = time.perf_counter()
-        self.snapshot_seconds += self._last_snapshot - t0
+
+        def write() -> None:
+            t0 = time.perf_counter()
+            try:
+                self._save_volumes(result, self.out_dir)
+            except Exception as exc:  # noqa: BLE001 - raised in the receiving thread at the next snapshot or the end
+                self._snapshot_error = exc
+                return
+            for name in ("volume.nrrd", "coverage.nrrd"):
+                path = self.out_dir / name
+                if path not in self.written:
+                    self.written.append(path)
+            self.snapshots += 1
+            self.snapshot_seconds += time.perf_counter() - t0
+
+        self._snapshot_thread = threading.Thread(target=write, name="live-snapshot", daemon=True)
+        self._snapshot_thread.start()
+
+    def wait_for_snapshot(self) -> None:
+        """Let a snapshot being written finish (before the final write, or removing the files)."""
+        if self._snapshot_thread is not None:
+            self._snapshot_thread.join()
+            self._snapshot_thread = None
+
+    def _raise_snapshot_error(self) -> None:
+        if self._snapshot_error is not None:
+            exc, self._snapshot_error = self._snapshot_error, None
+            raise exc
 
     def report(self, stopped_by: str, complete: bool, result: Any = None, error: str | None = None) -> dict:
         """The figures of this run (report.json)."""
@@ -431,6 +462,7 @@ class LiveSession:
 
     def write_final(self, stopped_by: str, complete: bool, force: bool, error: str | None = None) -> dict:
         """volume.nrrd, coverage.nrrd and report.json into ``out_dir`` together (staged, then moved)."""
+        self.wait_for_snapshot()
         result = self.rec.result()
         self.out_dir.absolute().parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".freehandrecon-", dir=self.out_dir.absolute().parent))
@@ -445,6 +477,7 @@ class LiveSession:
 
     def discard_partial(self, created_dir: bool) -> None:
         """Remove the snapshot files this run wrote (and ``out_dir`` when this run created it and it is empty)."""
+        self.wait_for_snapshot()
         for p in self.written:
             p.unlink(missing_ok=True)
         if created_dir and self.out_dir.is_dir() and not any(self.out_dir.iterdir()):
