@@ -178,11 +178,17 @@ def render(out: Path, width: int = 460, with_sample: bool = True, spacing_mm: fl
     find("spacingSliderWidget").setProperty("value", spacing_mm)
     find("memoryEstimateLabel").setText(state["memory"])
     find("statusLabel").setText(state["status"])
+    find("adaptFolderLineEdit").edit.lineEdit().setPlaceholderText("folder for the probe model")
+    live_image = find("liveImageSelector")
+    live_image.clear()
+    live_image.addItem("Image_Reference")  # the live image OpenIGTLinkIF brings from a PLUS server
     # As the module does for tracked poses: the sensorless-only and override widgets are disabled.
     # So are the options their switches leave off (anisotropic spacing, importance mask, manual fan, clip rectangle).
     for name in ("modelPathLineEdit", "sweepDirectionComboBox", "transformSequenceCheckBox", "pixelSpacingXSpinBox",
                  "pixelSpacingYSpinBox", "anisotropicSpacingWidget", "importanceMaskSelector", "fanAnglesWidget",
                  "fanOriginWidget", "fanRadiusWidget", "clipRectangleWidget"):
+        find(name).setEnabled(False)
+    for name in ("liveStopButton", "liveResumeButton", "liveResetButton"):  # live stopped: only Start
         find(name).setEnabled(False)
     apply_button = find("applyButton")
     apply_button.setEnabled(state["browser"] is not None)
