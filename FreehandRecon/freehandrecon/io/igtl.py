@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConnectionFailed, InputError
+from ..errors import ConnectionFailed, InputError, ResourceError
 
 CLOSED = "closed"
 """Queue item: the server closed the connection."""
@@ -51,7 +51,7 @@ def _pyigtl():
     try:
         import pyigtl
     except ImportError as exc:  # an optional dependency of live reconstruction only
-        raise InputError("Live reconstruction needs the pyigtl package (OpenIGTLink), which is not installed.",
+        raise ResourceError("Live reconstruction needs the pyigtl package (OpenIGTLink), which is not installed.",
                          "Install it: pip install pyigtl") from exc
     return pyigtl
 
