@@ -40,12 +40,20 @@ def adapt_from_browsers(logic: FreehandReconLogic, browserNodes: Any, outDir: st
                        should_cancel=shouldCancel)
 
 
+KEPT = {"unchanged": "the shipped model unchanged (it drifted least)",
+        "gain_typical_curve": "the shipped weights with an elevational gain of {elevation_gain:.2f}",
+        "gain_probe_curve": "the shipped weights with the probe curve and an elevational gain of {elevation_gain:.2f}",
+        "fine_tuned": "the fine-tuned weights"}
+
+
 def adaptation_summary(report: dict[str, Any]) -> str:
     """One line for the panel's status: the held-out drift before and after, and any warning."""
     held = report["heldout"]
     line = (f"Probe model written: held-out drift {held['learned']['before_pct']:.1f} % -> "
             f"{held['learned']['after_pct']:.1f} % of the path ({held['frames']} held-out frames; speckle "
-            f"{held['speckle']['before_pct']:.1f} % -> {held['speckle']['after_pct']:.1f} %).")
+            f"{held['speckle']['before_pct']:.1f} % -> {held['speckle']['after_pct']:.1f} %). Kept: "
+            + KEPT.get(held["learned"].get("kept"), "the adapted model").format(**held["learned"])
+            + f"; recommended poses for this probe: {held.get('recommended_method', 'learned')}.")
     if report.get("warnings"):
         line += " Warning: " + " ".join(report["warnings"])
     return line

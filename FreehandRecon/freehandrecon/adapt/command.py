@@ -10,9 +10,13 @@ from .options import FineTuneOptions
 
 DESCRIPTION = """\
 From one or more tracked sweeps of your probe (60 frames or more, or a phantom on a stepper):
-fit the probe's speckle decorrelation curve, fine-tune the shipped pose model and refit the
-quality guard's statistics on the adaptation frames, and measure the drift before and after on
-held-out frames (the last 30% of a single sweep, or the last sweeps of several).
+fit the probe's speckle decorrelation curve, fit the shipped pose model's elevational gain (one
+number that rescales its elevational step to this probe), fine-tune the shipped pose model, and refit
+the quality guard's statistics on the adaptation frames. The drift is measured before and after on
+held-out frames (the last 30% of a single sweep, or the last sweeps of several). Of the shipped model
+unchanged, with the gain (and the typical or the fitted curve), and fine-tuned, the one that drifts
+least there is kept, and the report recommends learned or speckle poses for this probe (report.json,
+"recommended_method").
 
 Writes probe_model.json + .safetensors, with probe_curve.json and probe_guard.json (+ .safetensors)
 beside it, all checksummed, and report.json into --out. Use it with 'estimate-poses --model
@@ -43,7 +47,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             action.help = ("tracked sweeps of one probe and setting (PLUS .igs.mha with --plus-config, TUS-REC .h5, "
                            ".seq.nrrd, .npz with poses)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="fine-tuning epochs (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=d.epochs,
+                   help="fine-tuning epochs (default: %(default)s); 0 fits only the elevational gain (seconds)")
     p.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch,
                    help="optimiser steps per epoch (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="windows per step (default: %(default)s)")
@@ -79,9 +84,13 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     h = report["heldout"]
     print(json.dumps({"out": str(args.out / "probe_model.json"), "split": report["split"],
                       "heldout_fdr_pct": {"learned": {"before": h["learned"]["before_pct"],
-                                                      "after": h["learned"]["after_pct"]},
+                                                      "candidates": h["learned"]["candidates_pct"],
+                                                      "after": h["learned"]["after_pct"],
+                                                      "kept": h["learned"]["kept"]},
                                           "speckle": {"before": h["speckle"]["before_pct"],
                                                       "after": h["speckle"]["after_pct"]}},
+                      "elevation_gain": h["learned"]["elevation_gain"],
+                      "recommended_method": h["recommended_method"],
                       "quality_guard": report["quality_guard"], "epochs": report["epochs"],
                       "seconds": report["seconds"]["total"], "warnings": report["warnings"]}, indent=2))
     return 0

@@ -1,9 +1,10 @@
 """``adapt_probe``: calibrate once on tracked sweeps of one probe, then estimate poses without a tracker.
 
 Steps: check the sweeps (refusals come first, in seconds) -> split adaptation / held-out frames ->
-fit the probe's decorrelation curve on the adaptation frames -> held-out drift before -> fine-tune
-the shipped pose model on the adaptation frames -> held-out drift after -> refit the quality guard's
-statistics to the probe -> write ``probe_model.json`` (+ ``.safetensors``), ``probe_curve.json``,
+fit the probe's decorrelation curve on the adaptation frames -> held-out drift before -> fit the
+elevational gain of the shipped model on the adaptation frames (:mod:`freehandrecon.poses.elevation_gain`),
+with the typical and with the fitted curve -> fine-tune the shipped pose model on the adaptation frames ->
+keep the candidate (unchanged, gain, fine-tuned) that drifts least on the held-out frames -> refit the quality guard's statistics to the probe -> write ``probe_model.json`` (+ ``.safetensors``), ``probe_curve.json``,
 ``probe_guard.json`` (+ ``.safetensors``) and ``report.json`` into a hidden folder beside the output
 folder, moved into place only when everything succeeded.
 """
@@ -83,6 +84,18 @@ def heldout_drift(heldout: list[tuple[str, Sweep]], method: str, *, model=None, 
     return {"fdr_pct": round(float(np.mean(list(per.values()))), 2), "per_sweep": per}
 
 
+def fit_gain(adapt: list[tuple[str, Sweep]], model, curve, device: str) -> float:
+    """The elevational gain of ``model`` (with ``curve``) on the adaptation sweeps."""
+    from ..poses import estimate_poses
+    from ..poses.elevation_gain import fit_elevation_gain
+
+    pairs = []
+    for _, s in adapt:
+        est = estimate_poses(s, "learned", model=model, curve=curve, sweep_direction="auto", device=device)
+        pairs.append((s, est.relative_centre, est.direction))
+    return fit_elevation_gain(pairs)
+
+
 def _fraction_ood(guard, sweeps: list[tuple[str, Sweep]]) -> float:
     from ..quality import check_sweep
 
@@ -122,8 +135,9 @@ def adapt_probe(named: list[tuple[str, Sweep]], out_dir: str | Path, options: Ad
         raise InputError(f"--out {out_dir} is a file.", "Give a folder for the probe model (created if missing).")
     check_outputs_free(out_dir, OUTPUT_FILES, force)
     ft = opts.finetune
-    if min(ft.epochs, ft.steps_per_epoch, ft.batch_size) < 1:
-        raise InputError("Epochs, steps per epoch and batch size must be at least 1.", "Give positive values.")
+    if min(ft.steps_per_epoch, ft.batch_size) < 1 or ft.epochs < 0:
+        raise InputError("Steps per epoch and batch size must be at least 1, and epochs at least 0.",
+                         "Give positive values (--epochs 0 fits the elevational gain only, without fine-tuning).")
     if not 0.05 <= opts.holdout_fraction <= 0.5:
         raise InputError(f"Held-out fraction {opts.holdout_fraction} is outside 0.05-0.5.", "Use e.g. 0.3.")
     _check_device(opts.device)
@@ -164,16 +178,57 @@ def adapt_probe(named: list[tuple[str, Sweep]], out_dir: str | Path, options: Ad
         seconds["before"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        records = records_for(split.adapt, model, curve)
-        trained = fine_tune(model, records, ft, progress=progress, should_cancel=should_cancel)
-        seconds["adapt"] = time.perf_counter() - t
+        stage("gain", 0.0)
+        # Learned candidates, all from the base weights' own state: unchanged (typical curve), the fitted
+        # elevational gain with the typical or the fitted curve, and fine-tuned; the one that drifts least on the
+        # held-out frames is kept. The bundle is cleared so that "typical" means the typical-probe curve.
+        base_bundle, model.bundle = model.bundle, {}
+        base_gain = float(model.meta.pop("elevation_gain", 1.0))
+        curves = {"typical": None, "probe": curve}
+        candidates: dict[str, dict[str, Any]] = {}
+        settings: dict[str, tuple[float, str]] = {"unchanged": (base_gain, "typical")}
+        model.meta["elevation_gain"] = base_gain
+        candidates["unchanged"] = heldout_drift(split.heldout, "learned", model=model, device=opts.device)
+        for which, c in curves.items():
+            model.meta["elevation_gain"] = base_gain
+            try:
+                gain = base_gain * fit_gain(split.adapt, model, c, opts.device)
+            except InputError as err:
+                if ft.epochs == 0 and which == "probe":
+                    raise
+                warnings.append(f"No elevational gain with the {which} curve ({err.problem}).")
+                continue
+            model.meta["elevation_gain"] = gain
+            candidates[f"gain_{which}_curve"] = heldout_drift(split.heldout, "learned", model=model, curve=c,
+                                                              device=opts.device)
+            settings[f"gain_{which}_curve"] = (gain, which)
+        model.meta.pop("elevation_gain")  # fine-tuning learns the step itself
+        stage("gain", 1.0)
+        seconds["gain"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        stage("after", 0.0)
-        after = heldout_drift(split.heldout, "learned", model=model, curve=curve, device=opts.device)
-        stage("after", 1.0)
-        seconds["after"] = time.perf_counter() - t
-
+        trained = {"steps": 0, "history": []}
+        if ft.epochs > 0:
+            t = time.perf_counter()
+            base_state = {k: v.detach().clone() for k, v in model.net.state_dict().items()}
+            records = records_for(split.adapt, model, curve)
+            trained = fine_tune(model, records, ft, progress=progress, should_cancel=should_cancel)
+            seconds["adapt"] = time.perf_counter() - t
+            t = time.perf_counter()
+            stage("after", 0.0)
+            candidates["fine_tuned"] = heldout_drift(split.heldout, "learned", model=model, curve=curve,
+                                                     device=opts.device)
+            settings["fine_tuned"] = (1.0, "probe")
+            stage("after", 1.0)
+            seconds["after"] = time.perf_counter() - t
+        kept = min(candidates, key=lambda k: candidates[k]["fdr_pct"])
+        after = candidates[kept]
+        if kept != "fine_tuned" and ft.epochs > 0:
+            model.net.load_state_dict(base_state)
+        kept_gain, learned_curve = settings[kept]
+        if kept_gain != 1.0:
+            model.meta["elevation_gain"] = kept_gain
+        model.meta["learned_curve"] = learned_curve
+        del base_bundle
         t = time.perf_counter()
         stage("guard", 0.0)
         from .probe_guard import refit_guard
@@ -194,6 +249,12 @@ def adapt_probe(named: list[tuple[str, Sweep]], out_dir: str | Path, options: Ad
         warnings.append(f"The adapted model drifts more on the held-out frames than the shipped one "
                         f"({learned_after:.1f} % against {learned_before:.1f} % of the path): give longer or more "
                         "tracked sweeps, or keep using the shipped model.")
+    speckle_after = before["speckle_fitted_curve"]["fdr_pct"]
+    recommended = "speckle" if speckle_after < learned_after else "learned"
+    if recommended == "speckle":
+        warnings.append(f"On the held-out frames speckle decorrelation with the fitted curve drifts less than the "
+                        f"adapted learned model ({speckle_after:.1f} % against {learned_after:.1f} % of the path): "
+                        "estimate with --method speckle (--poses speckle) and --model pointing at this probe model.")
     report = {
         "freehandrecon_version": __version__,
         "inputs": [{"name": n, "frames": s.num_frames, "frame_size": [s.frame_shape[1], s.frame_shape[0]],
@@ -206,15 +267,26 @@ def adapt_probe(named: list[tuple[str, Sweep]], out_dir: str | Path, options: Ad
                     "learned": {"before_pct": learned_before,
                                 "before_with_fitted_curve_pct": before["learned_fitted_curve"]["fdr_pct"],
                                 "after_pct": learned_after,
+                                "elevation_gain": round(kept_gain, 4),
+                                "learned_curve": learned_curve,
+                                "kept": kept,
+                                "candidates_pct": {k: v["fdr_pct"] for k, v in candidates.items()},
+                                "candidate_elevation_gains": {k: round(g, 4) for k, (g, _) in settings.items()},
                                 "per_sweep": {"before": before["learned"]["per_sweep"],
                                               "before_with_fitted_curve": before["learned_fitted_curve"]["per_sweep"],
+                                              **{k: v["per_sweep"] for k, v in candidates.items()},
                                               "after": after["per_sweep"]}},
                     "speckle": {"before_pct": before["speckle"]["fdr_pct"],
                                 "after_pct": before["speckle_fitted_curve"]["fdr_pct"],
                                 "per_sweep": {"before": before["speckle"]["per_sweep"],
                                               "after": before["speckle_fitted_curve"]["per_sweep"]}},
-                    "note": "learned before: the shipped model with its default curve; after: the adapted model with "
-                            "the fitted curve. speckle before: the default curve; after: the fitted curve."},
+                    "recommended_method": recommended,
+                    "note": "learned before: the base model with its default curve; after: the kept candidate, the "
+                            "one of candidates_pct that drifts least on these held-out frames (unchanged weights with "
+                            "the typical curve; the fitted elevational gain with the typical or the fitted curve; "
+                            "fine-tuned with the fitted curve), so 'after' is slightly optimistic. speckle before: "
+                            "the default curve; after: the fitted curve. recommended_method: the lower of learned "
+                            "after and speckle after."},
         "quality_guard": guard_report,
         "base_model": base_name,
         "epochs": ft.epochs, "steps": trained["steps"], "batch_size": ft.batch_size, "learning_rate": ft.lr,
@@ -251,6 +323,10 @@ def _write(out_dir: Path, model, curve, guard, report: dict[str, Any], base_name
                  "guard": {"file": gjs.name, "sha256": sha256_file(gjs)},
                  "recipe": {"command": "freehandrecon adapt", **recipe},
                  "adaptation": {k: report[k] for k in ("inputs", "split", "adaptation")},
+                 **({"elevation_gain": model.meta["elevation_gain"]} if "elevation_gain" in model.meta else {}),
+                 "learned_curve": model.meta["learned_curve"],
+                 "recommended_method": heldout["recommended_method"],
+                 "kept": heldout["learned"]["kept"],
                  "metrics": {"heldout_fdr_pct": {"learned_before": heldout["learned"]["before_pct"],
                                                  "learned_after": heldout["learned"]["after_pct"],
                                                  "speckle_before": heldout["speckle"]["before_pct"],

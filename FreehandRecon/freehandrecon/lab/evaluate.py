@@ -337,9 +337,12 @@ def run_evaluation(sweeps: Iterable[tuple[str, Sweep]], methods: Iterable[str], 
                    force: bool = False, plots: int = 3, model: str | Path | None = None, device: str = "cpu",
                    total: int | None = None, progress: Progress | None = None,
                    should_cancel: Callable[[], bool] | None = None,
-                   settings: dict[str, Any] | None = None) -> dict[str, Any]:
+                   settings: dict[str, Any] | None = None, probe_calibration: bool = False) -> dict[str, Any]:
     """Evaluate every sweep with every method; write ``report.json`` and PNG plots (trajectories and
     per-frame errors of the first ``plots`` sweeps) into ``out_dir``. Returns the report.
+
+    ``probe_calibration`` adds ``report["probe_calibration"]``: each sweep estimated with the calibration
+    fitted on another sweep of its probe (:mod:`.probe_transfer`).
 
     Refuses to overwrite an existing report without ``force``; outputs appear only when all succeeded.
     """
@@ -358,8 +361,11 @@ def run_evaluation(sweeps: Iterable[tuple[str, Sweep]], methods: Iterable[str], 
                                 "Choose another --out folder, or pass --force to overwrite it.")
     entries: list[dict[str, Any]] = []
     figures: list[tuple[str, Callable[[Path], Any]]] = []
+    kept: list[tuple[str, Sweep]] = []
     t0 = time.perf_counter()
     for i, (name, sweep) in enumerate(sweeps):
+        if probe_calibration:
+            kept.append((name, sweep))
         if should_cancel is not None and should_cancel():
             raise Cancelled()
         inner = None
@@ -386,6 +392,11 @@ def run_evaluation(sweeps: Iterable[tuple[str, Sweep]], methods: Iterable[str], 
             progress("evaluate", min(1.0, (i + 1) / total))
     if not entries:
         raise InputError("There was no sweep to evaluate.", "Give input files, or --sweeps K >= 1.")
+    transfer = None
+    if probe_calibration:
+        from .probe_transfer import evaluate_transfer
+
+        transfer = _round(evaluate_transfer(kept, model=model, device=device))
     agg = aggregate([{"results": e["results"]} for e in entries], methods)
     targets = check_targets(agg)
     report = {"format": "freehandrecon-evaluation", "version": 1, "methods": methods,
@@ -396,7 +407,8 @@ def run_evaluation(sweeps: Iterable[tuple[str, Sweep]], methods: Iterable[str], 
               "table_markdown": markdown_table(agg),
               "attribution_markdown": attribution_table(agg),
               "sweep_attribution_markdown": sweep_attribution_table(entries),
-              "summary": _round(set_summary(entries, methods)), "plots": [n for n, _ in figures]}
+              "summary": _round(set_summary(entries, methods)), "plots": [n for n, _ in figures],
+              **({"probe_calibration": transfer} if transfer is not None else {})}
     paths = [out_dir / "report.json"] + [out_dir / n for n, _ in figures]
     with atomic_outputs(*paths) as temps:
         temps[0].write_text(json.dumps(report, indent=2, allow_nan=True))
@@ -448,6 +460,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="image calibration instead of --plus-config (4x4 matrix file or TUS-REC calib_matrix.csv)")
     p.add_argument("--pixel-spacing", type=float, nargs=2, metavar=("SX", "SY"),
                    help="override the pixel spacing in mm (columns, rows)")
+    p.add_argument("--probe-calibration", action="store_true",
+                   help="also estimate each sweep with the probe calibration (decorrelation curve and the learned "
+                   "model's elevational gain, as 'adapt --epochs 0' fits them) from another sweep of its probe, or "
+                   "from the first half of a sweep whose probe has no other one")
     p.add_argument("--force", action="store_true", help="overwrite an existing report and plots in --out")
     p.set_defaults(func=cmd_evaluate)
 
@@ -489,7 +505,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     progress = Progress(getattr(args, "quiet", False))
     try:
         report = run_evaluation(sweeps, args.methods, args.out, force=args.force, plots=args.plots, model=args.model,
-                                device=args.device, total=total, progress=progress, settings=settings)
+                                device=args.device, total=total, progress=progress, settings=settings,
+                                probe_calibration=getattr(args, "probe_calibration", False))
     finally:
         progress.close()
     print(report["table_markdown"])
@@ -504,5 +521,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print()
     print("Targets (issue 3, from the mean over sweeps):")
     print(targets_text(report["targets"], report["aggregate"]))
+    if "probe_calibration" in report:
+        from .probe_transfer import targets_lines, transfer_table
+
+        print("\nWith the probe's calibration from another sweep of the probe (FDR % of length):")
+        print(transfer_table(report["probe_calibration"]))
+        print("\nTargets (issue 17, calibration):")
+        print(targets_lines(report["probe_calibration"]))
     print(f"\nwrote {Path(args.out) / 'report.json'} and {len(report['plots'])} plots")
     return 0

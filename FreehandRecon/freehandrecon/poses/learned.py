@@ -47,6 +47,18 @@ class LoadedModel:
         return self.config.window
 
     @property
+    def elevation_gain(self) -> float:
+        """Factor on the forward elevational step (a probe model's calibration, :mod:`.elevation_gain`); 1 if none."""
+        return float(self.meta.get("elevation_gain", 1.0))
+
+    @property
+    def learned_curve(self) -> str:
+        """Which curve the network's features use by default: ``"probe"`` (the bundled one, if any) or
+        ``"typical"`` (``adapt`` found the network drifts less with the typical curve; speckle still uses the
+        bundled one)."""
+        return str(self.meta.get("learned_curve", "probe"))
+
+    @property
     def min_frames(self) -> int:
         """Shortest sweep accepted: one full window of pairs."""
         return self.config.window + 1
@@ -161,6 +173,10 @@ def load_model(path: str | Path | None = None, device: str = "cpu") -> LoadedMod
     scales = np.asarray(meta["scales"], dtype=np.float64)
     if scales.shape != (6,) or not np.all(scales > 0):
         raise ResourceError(f"{js} has invalid per-DoF scales {meta.get('scales')}.", "Retrain or reinstall the model.")
+    gain = meta.get("elevation_gain", 1.0)
+    if not isinstance(gain, (int, float)) or isinstance(gain, bool) or not 0.0 < float(gain) < float("inf"):
+        raise ResourceError(f"{js} has an invalid elevation_gain {gain!r}: it must be a positive number.",
+                            "Run freehandrecon adapt again, or remove the entry to use the model uncalibrated.")
     return LoadedModel(net, config, scales, meta, js, device, bundled_files(js, meta))
 
 
@@ -284,7 +300,8 @@ def estimate_relative(sweep: Sweep, *, model: LoadedModel | str | Path | None = 
 
     ``curve`` (v2 models): the probe's decorrelation curve, a ``DecorrelationCurve`` or a curve JSON
     from ``freehandrecon calibrate-speckle``; default the curve the model carries (a probe model from
-    ``freehandrecon adapt``), else :func:`decorrelation.curve_for_sweep`.
+    ``freehandrecon adapt`` whose ``learned_curve`` is ``"probe"``), else :func:`decorrelation.curve_for_sweep`.
+    A probe model's ``elevation_gain`` multiplies the forward elevational step.
     """
     common.check_pixel_spacing_known(sweep)
     m = model if isinstance(model, LoadedModel) else load_model(model, device=device)
@@ -298,18 +315,21 @@ def estimate_relative(sweep: Sweep, *, model: LoadedModel | str | Path | None = 
     if m.config.decorrelation_lags:
         from .decorrelation import curve_for_sweep
 
-        c = curve_for_sweep(sweep, curve if curve is not None else m.bundle.get("curve"))
+        bundled = m.bundle.get("curve") if m.learned_curve == "probe" else None
+        c = curve_for_sweep(sweep, curve if curve is not None else bundled)
         curve_source = c.source
         decor = decorrelation_inputs(m.config, frames, sweep.frame_shape, sweep.pixel_spacing, c)
     scaled = predict_scaled(m.net, frames, window=m.window, mode=mode, device=m.device, progress=progress,
                             should_cancel=should_cancel, decor=decor)
     params = scaled * m.scales[None]
+    params[:, 2] *= m.elevation_gain
     seconds = time.perf_counter() - t0
     info = {
         "model": str(m.path) if m.path else None,
         "model_name": m.meta.get("name"),
         "inference_mode": mode,
         **({"decorrelation_curve": curve_source} if curve_source else {}),
+        **({"elevation_gain": round(m.elevation_gain, 4)} if m.elevation_gain != 1.0 else {}),
         "frames_per_second": round(sweep.num_frames / max(seconds, 1e-9), 1),
         "warnings": warnings,
     }

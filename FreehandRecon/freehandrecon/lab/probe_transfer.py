@@ -1,0 +1,160 @@
+"""Calibrate on one sweep of a probe, estimate another: what the probe's calibration buys (``evaluate
+--probe-calibration``).
+
+For every ordered pair (A, B) of sweeps of the same probe (``metadata["probe"]``; a sweep whose probe has no
+other sweep is split in halves: the first half calibrates, the second is estimated), the decorrelation curve
+(as ``calibrate-speckle`` and ``adapt`` fit it) and the learned model's elevational gain
+(:mod:`freehandrecon.poses.elevation_gain`, as ``adapt --epochs 0`` fits it) come from A, and B is estimated
+with: the learned model uncalibrated, with A's gain, with A's curve, with A's curve and gain (the gain fitted with
+the curve the estimate uses); speckle with the typical curve
+and with A's curve. The figures are final drift rates in % of B's trajectory length, averaged over pairs.
+No fine-tuning happens here (``freehandrecon adapt`` does that).
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import permutations
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import InputError
+from ..poses.metrics import final_drift_rate_length_pct
+from ..sweep import Sweep
+
+VARIANTS = (
+    ("learned", "learned, no calibration"),
+    ("learned_gain", "learned, typical curve + elevational gain"),
+    ("learned_curve", "learned, probe curve"),
+    ("learned_curve_gain", "learned, probe curve + elevational gain"),
+    ("speckle", "speckle, typical curve"),
+    ("speckle_curve", "speckle, probe curve"),
+)
+MIN_HALF_FRAMES = 12
+TARGET_CALIBRATED_FDR_PCT = 10.0
+
+
+def calibration_pairs(named: list[tuple[str, Sweep]]) -> list[tuple[str, Sweep, str, Sweep]]:
+    """``(calibration name, sweep, estimated name, sweep)``: every ordered pair of sweeps of the same probe, and
+    the two halves of a sweep that is its probe's only one (when each half has :data:`MIN_HALF_FRAMES`)."""
+    groups: dict[str, list[tuple[str, Sweep]]] = {}
+    for name, s in named:
+        groups.setdefault(str((s.metadata or {}).get("probe") or f"file:{name}"), []).append((name, s))
+    pairs = []
+    for members in groups.values():
+        if len(members) >= 2:
+            pairs += [(a, sa, b, sb) for (a, sa), (b, sb) in permutations(members, 2)]
+        else:
+            name, s = members[0]
+            half = s.num_frames // 2
+            if min(half, s.num_frames - half) >= MIN_HALF_FRAMES:
+                pairs.append((f"{name}[:{half}]", s.subset(slice(0, half)),
+                              f"{name}[{half}:]", s.subset(slice(half, None))))
+    return pairs
+
+
+def _fdr(sweep: Sweep, poses: np.ndarray) -> float:
+    return float(final_drift_rate_length_pct(sweep.image_to_world, poses, sweep.frame_shape, sweep.pixel_spacing))
+
+
+def evaluate_pair(calib: Sweep, target: Sweep, model: Any = None, device: str = "cpu") -> dict[str, Any]:
+    """FDR (% of length) of every :data:`VARIANTS` entry on ``target`` with the calibration from ``calib``."""
+    from ..poses import common, estimate_poses
+    from ..poses.elevation_gain import fit_elevation_gain, with_elevation_gain
+    from ..poses.speckle import DecorrelationCurve
+
+    out: dict[str, Any] = {}
+    curve = DecorrelationCurve.calibrate(calib, min_bands=2)
+    run = lambda s, method, **kw: estimate_poses(s, method, model=model if method == "learned" else None,  # noqa: E731
+                                                 sweep_direction="auto", device=device, **kw)
+    for suffix, c in (("", None), ("_curve", curve)):
+        est = run(target, "learned", curve=c)
+        if suffix:
+            out["learned_curve"] = _fdr(target, est.image_to_world)
+        else:
+            out["learned"] = _fdr(target, est.image_to_world)
+        key = f"learned{suffix}_gain"
+        try:
+            ref = run(calib, "learned", curve=c)
+            gain = fit_elevation_gain([(calib, ref.relative_centre, ref.direction)])
+        except InputError as err:
+            out[key], out[f"gain{suffix}"], out[f"gain{suffix}_error"] = math.nan, math.nan, err.problem
+            continue
+        rel = with_elevation_gain(est.relative_centre, est.direction, gain)
+        poses = common.absolute_from_centre(rel, target.frame_shape, target.pixel_spacing, target.image_to_world[0])
+        out[key], out[f"gain{suffix}"] = _fdr(target, poses), gain
+    out["speckle"] = _fdr(target, run(target, "speckle").image_to_world)
+    out["speckle_curve"] = _fdr(target, run(target, "speckle", curve=curve).image_to_world)
+    return out
+
+
+def evaluate_transfer(named: list[tuple[str, Sweep]], model: Any = None, device: str = "cpu",
+                      progress: Callable[[str, float], None] | None = None) -> dict[str, Any]:
+    """Every pair of :func:`calibration_pairs`, the means over pairs, and the issue's targets."""
+    pairs = calibration_pairs(named)
+    rows = []
+    for i, (a, sa, b, sb) in enumerate(pairs):
+        rows.append({"calibrated_on": a, "estimated": b, **evaluate_pair(sa, sb, model, device)})
+        if progress is not None:
+            progress("probe calibration", (i + 1) / len(pairs))
+    means = {}
+    for key, _ in VARIANTS:
+        v = np.array([r[key] for r in rows], np.float64)
+        v = v[np.isfinite(v)]
+        means[key] = float(v.mean()) if v.size else math.nan
+    def holds(a: float, b: float, strict: bool = False) -> bool | None:
+        if not (math.isfinite(a) and math.isfinite(b)):
+            return None  # not evaluated: e.g. no gain could be fitted on any pair
+        return a < b if strict else a <= b
+
+    targets = {}
+    if rows:
+        targets = {
+            "learned_with_curve_le_without": holds(means["learned_curve"], means["learned"]),
+            "learned_with_curve_and_gain_le_without": holds(means["learned_curve_gain"], means["learned"]),
+            f"learned_calibrated_le_{TARGET_CALIBRATED_FDR_PCT:g}pct": holds(means["learned_curve_gain"],
+                                                                            TARGET_CALIBRATED_FDR_PCT),
+            "learned_calibrated_lt_speckle_calibrated": holds(means["learned_curve_gain"], means["speckle_curve"],
+                                                              strict=True),
+        }
+    return {"pairs": rows, "mean_fdr_length_pct": means, "targets": targets,
+            "definition": __doc__.split("\n\n")[1].replace("\n", " ")}
+
+
+def transfer_table(result: dict[str, Any]) -> str:
+    """Markdown: one row per pair, then the means, FDR % of length."""
+    head = ("| calibrated on | estimated | " + " | ".join(label for _, label in VARIANTS)
+            + " | gain (typical curve / probe curve) |")
+    lines = [head, "|" + "---|" * (len(VARIANTS) + 3)]
+
+    def cell(v: Any) -> str:
+        return "-" if v is None or not math.isfinite(v) else f"{v:.1f}"
+
+    def cell2(v: Any) -> str:
+        return "-" if v is None or not math.isfinite(v) else f"{v:.2f}"
+
+    for r in result["pairs"]:
+        lines.append(f"| {r['calibrated_on']} | {r['estimated']} | " + " | ".join(cell(r[k]) for k, _ in VARIANTS)
+                     + f" | {cell2(r['gain'])} / {cell2(r['gain_curve'])} |")
+    m = result["mean_fdr_length_pct"]
+    lines.append(f"| mean over {len(result['pairs'])} pairs | | " + " | ".join(cell(m[k]) for k, _ in VARIANTS) + " | |")
+    return "\n".join(lines)
+
+
+def targets_lines(result: dict[str, Any]) -> str:
+    """The issue's calibration targets, met or not, with the figures."""
+    m, t = result["mean_fdr_length_pct"], result["targets"]
+    if not t:
+        return "- no pair of sweeps of one probe (nor a sweep long enough to split in halves): not evaluated"
+    ok = lambda v: "not evaluated" if v is None else ("met" if v else "NOT met")  # noqa: E731
+    return "\n".join([
+        f"- learned with the probe curve <= learned without: {ok(t['learned_with_curve_le_without'])} "
+        f"({m['learned_curve']:.1f} % against {m['learned']:.1f} %)",
+        f"- learned with the probe curve and gain <= learned without: {ok(t['learned_with_curve_and_gain_le_without'])}"
+        f" ({m['learned_curve_gain']:.1f} % against {m['learned']:.1f} %)",
+        f"- learned calibrated <= {TARGET_CALIBRATED_FDR_PCT:g} %: "
+        f"{ok(t[f'learned_calibrated_le_{TARGET_CALIBRATED_FDR_PCT:g}pct'])} ({m['learned_curve_gain']:.1f} %)",
+        f"- learned calibrated better than speckle calibrated: {ok(t['learned_calibrated_lt_speckle_calibrated'])} "
+        f"({m['learned_curve_gain']:.1f} % against {m['speckle_curve']:.1f} %)",
+    ])

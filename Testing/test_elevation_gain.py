@@ -1,0 +1,178 @@
+"""The probe's elevational gain (``poses/elevation_gain.py``), carried by probe models and fitted by ``adapt``,
+and ``evaluate --probe-calibration`` (``lab/probe_transfer.py``).
+
+The independent simulator's sweeps (pymust; never used for training or model selection) stand in for a user's
+tracked sweeps of probes the model was not trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from freehandrecon.adapt import AdaptOptions, FineTuneOptions, adapt_probe
+from freehandrecon.commands import main as cli
+from freehandrecon.errors import InputError, ResourceError
+from freehandrecon.io import read_sweep
+from freehandrecon.model_files import MODEL_DIR, sha256_file
+from freehandrecon.poses import common, estimate_poses
+from freehandrecon.poses.elevation_gain import fit_elevation_gain, forward_params, with_elevation_gain
+from freehandrecon.sweep import Sweep
+
+DATA = Path(__file__).parent / "Data"
+IND = DATA / "independent"
+NWIRE = DATA / "plus" / "NwirePhantomFreehand.igs.mha"
+NWIRE_CFG = DATA / "plus" / "PlusDeviceSet_NwirePhantomFreehand_vtkVolumeReconstructorTest2.xml"
+
+
+def ind(name: str) -> Sweep:
+    return read_sweep(IND / f"{name}.npz")
+
+
+def truth(s: Sweep) -> np.ndarray:
+    return common.relative_centre(s.image_to_world, s.frame_shape, s.pixel_spacing)
+
+
+@pytest.mark.parametrize("name", ["l94_scurve", "l94_translation"])  # a forward and a backward sweep
+def test_the_gain_undoes_a_scaled_elevational_step(name):
+    s = ind(name)
+    direction = common.net_elevation_sign(truth(s))
+    assert direction == (1 if name == "l94_scurve" else -1)
+    short = with_elevation_gain(truth(s), direction, 0.5)  # an estimate that reads half the step
+    np.testing.assert_allclose(forward_params(short, direction)[:, 2], 0.5 * forward_params(truth(s), direction)[:, 2])
+    np.testing.assert_allclose(forward_params(short, direction)[:, [0, 1, 3, 4, 5]],
+                               forward_params(truth(s), direction)[:, [0, 1, 3, 4, 5]], atol=1e-9)
+    gain = fit_elevation_gain([(s, short, direction)])
+    assert gain == pytest.approx(2.0, rel=1e-9)
+    np.testing.assert_allclose(with_elevation_gain(short, direction, gain), truth(s), atol=1e-9)
+
+
+def test_a_gain_that_is_no_scale_error_or_a_sweep_without_elevational_motion_is_refused():
+    s = ind("l94_scurve")
+    with pytest.raises(InputError, match="not a scale error") as info:
+        fit_elevation_gain([(s, with_elevation_gain(truth(s), 1, 12.0), 1)])
+    assert "fine-tune" in info.value.fix
+    still = s.with_poses(np.repeat(s.image_to_world[:1], s.num_frames, axis=0))
+    with pytest.raises(InputError, match="too little to calibrate"):
+        fit_elevation_gain([(still, truth(s), 1)])
+
+
+@pytest.fixture
+def gained_model(tmp_path) -> Path:
+    """A copy of the shipped model whose description carries an elevational gain of 1.5."""
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(MODEL_DIR / f"posenet_sim_v2{suffix}", tmp_path / f"posenet_sim_v2{suffix}")
+    js = tmp_path / "posenet_sim_v2.json"
+    meta = json.loads(js.read_text())
+    meta["elevation_gain"] = 1.5
+    js.write_text(json.dumps(meta))
+    return js
+
+
+def test_a_model_with_an_elevational_gain_scales_only_the_elevational_step(gained_model):
+    s = ind("l11_scurve")
+    plain = estimate_poses(s, "learned")
+    gained = estimate_poses(s, "learned", model=gained_model)
+    assert gained.info["elevation_gain"] == 1.5 and "elevation_gain" not in plain.info
+    p, g = forward_params(plain.relative_centre, plain.direction), forward_params(gained.relative_centre, gained.direction)
+    np.testing.assert_allclose(g[:, 2], 1.5 * p[:, 2], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(g[:, [0, 1, 3, 4, 5]], p[:, [0, 1, 3, 4, 5]], atol=1e-9)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, "x", True])
+def test_an_invalid_elevational_gain_is_refused(gained_model, bad):
+    from freehandrecon.poses.learned import load_model
+
+    meta = json.loads(gained_model.read_text())
+    meta["elevation_gain"] = bad
+    gained_model.write_text(json.dumps(meta))
+    with pytest.raises(ResourceError, match="invalid elevation_gain") as info:
+        load_model(gained_model)
+    assert "adapt again" in info.value.fix
+
+
+# --- adapt: the gain, fitted in seconds, and kept when it drifts less -----------------------------------------
+
+@pytest.mark.parametrize("probe,names,kept_curve", [
+    ("l94", ("l94_translation", "l94_scurve", "l94_tilt"), "probe"),  # the fitted curve helps the network
+    ("c52", ("c52_translation", "c52_tilt"), "typical"),  # the curve fitted on a slow convex sweep does not
+])
+def test_adapt_without_fine_tuning_keeps_the_candidate_that_drifts_least(tmp_path, capsys, probe, names, kept_curve):
+    from freehandrecon.poses.metrics import final_drift_rate_length_pct
+
+    files = [str(IND / f"{n}.npz") for n in names]
+    assert cli.main(["--quiet", "adapt", *files, "--holdout", "0.5", "--epochs", "0", "--out",
+                     str(tmp_path / "probe")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    report = json.loads((tmp_path / "probe" / "report.json").read_text())
+    learned = report["heldout"]["learned"]
+    cands = learned["candidates_pct"]
+    assert set(cands) == {"unchanged", "gain_typical_curve", "gain_probe_curve"} and report["steps"] == 0
+    assert learned["kept"] == f"gain_{kept_curve}_curve" and learned["learned_curve"] == kept_curve
+    assert learned["after_pct"] == cands[learned["kept"]] == min(cands.values()) < learned["before_pct"]
+    assert cands["unchanged"] == learned["before_pct"]  # the shipped model: its own (typical) curve
+    if probe == "l94":  # the L9-4 elevation beam is wider than any trained on: the step is read far too short
+        assert learned["after_pct"] < 10.0 < 30.0 < learned["before_pct"]
+    assert printed["elevation_gain"] == learned["elevation_gain"] == learned["candidate_elevation_gains"][learned["kept"]]
+    meta = json.loads((tmp_path / "probe" / "probe_model.json").read_text())
+    assert meta["elevation_gain"] == pytest.approx(learned["elevation_gain"], abs=1e-4)
+    assert meta["learned_curve"] == kept_curve and meta["kept"] == learned["kept"]
+    assert meta["sha256"] == sha256_file(tmp_path / "probe" / "probe_model.safetensors")
+    assert meta["recommended_method"] == report["heldout"]["recommended_method"]
+    # the probe model as a user gives it: gain and curve choice come with it, and reproduce the held-out figure
+    for name in names[1:]:
+        s = ind(name)
+        est = estimate_poses(s, "learned", model=tmp_path / "probe" / "probe_model.json")
+        assert est.info["elevation_gain"] == pytest.approx(learned["elevation_gain"], abs=1e-4)
+        assert est.info["decorrelation_curve"].startswith("probe curve") == (kept_curve == "probe")
+        fdr = final_drift_rate_length_pct(s.image_to_world, est.image_to_world, s.frame_shape, s.pixel_spacing)
+        assert fdr == pytest.approx(learned["per_sweep"]["after"][f"{name}.npz"], abs=0.01)
+
+
+def test_adapt_without_fine_tuning_refuses_a_sweep_the_gain_cannot_fix(tmp_path):
+    # the N-wire phantom is wires in water: no speckle, and the model reads 13x the step: a failure, not a scale
+    sweep = read_sweep(NWIRE, plus_config=NWIRE_CFG)
+    with pytest.raises(InputError, match="not a scale error") as info:
+        adapt_probe([("nwire", sweep)], tmp_path / "probe", AdaptOptions(FineTuneOptions(epochs=0)))
+    assert info.value.fix
+    assert not list(tmp_path.iterdir())
+
+
+def test_negative_epochs_are_refused(tmp_path):
+    with pytest.raises(InputError, match="epochs at least 0"):
+        adapt_probe([("a", ind("l94_scurve"))], tmp_path / "p", AdaptOptions(FineTuneOptions(epochs=-1)))
+
+
+# --- evaluate --probe-calibration -------------------------------------------------------------------------
+
+def test_calibration_pairs_group_by_probe_and_split_a_lone_sweep_in_halves():
+    from freehandrecon.lab.probe_transfer import calibration_pairs
+
+    named = [(n, ind(n)) for n in ("l94_scurve", "l94_tilt", "l11_scurve")]
+    pairs = calibration_pairs(named)
+    assert [(a, b) for a, _, b, _ in pairs] == [("l94_scurve", "l94_tilt"), ("l94_tilt", "l94_scurve"),
+                                                 ("l11_scurve[:24]", "l11_scurve[24:]")]
+    assert pairs[2][1].num_frames == 24 and pairs[2][3].num_frames == 24
+    np.testing.assert_array_equal(pairs[2][3].frames, named[2][1].frames[24:])
+    assert calibration_pairs([("short", ind("l11_scurve").subset(slice(0, 20)))]) == []
+
+
+def test_evaluate_with_probe_calibration_reports_every_pair_and_the_targets(tmp_path, capsys):
+    files = [str(IND / f"{n}.npz") for n in ("l94_translation", "l94_scurve")]
+    assert cli.main(["--quiet", "evaluate", *files, "--probe-calibration", "--plots", "0", "--out",
+                     str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "ev" / "report.json").read_text())["probe_calibration"]
+    assert [(r["calibrated_on"], r["estimated"]) for r in result["pairs"]] == [
+        ("l94_translation.npz", "l94_scurve.npz"), ("l94_scurve.npz", "l94_translation.npz")]
+    for r in result["pairs"]:
+        assert 0.5 < r["gain_curve"] < 2.0 and r["learned_curve_gain"] < r["learned"]
+    means = result["mean_fdr_length_pct"]
+    assert means["learned"] == pytest.approx(np.mean([r["learned"] for r in result["pairs"]]))
+    assert result["targets"]["learned_with_curve_and_gain_le_without"] is True
+    assert "With the probe's calibration from another sweep of the probe" in out
+    assert f"learned calibrated better than speckle calibrated" in out and "| mean over 2 pairs |" in out
