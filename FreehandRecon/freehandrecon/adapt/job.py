@@ -196,7 +196,7 @@ def adapt_probe(named: list[tuple[str, Sweep]], out_dir: str | Path, options: Ad
             except InputError as err:
                 if ft.epochs == 0 and which == "probe":
                     raise
-                warnings.append(f"No elevational gain with the {which} curve ({err.problem}).")
+                warnings.append(f"No elevational gain with the {which} curve: {err.problem}")
                 continue
             model.meta["elevation_gain"] = gain
             candidates[f"gain_{which}_curve"] = heldout_drift(split.heldout, "learned", model=model, curve=c,
