@@ -455,7 +455,8 @@ class FreehandReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 windowTitle=_("Freehand Reconstruction")):
             return
         self._setRunning(True)
-        self.ui.statusLabel.text = _("Adapting the pose model to this probe (a few minutes)...")
+        self.ui.statusLabel.text = _("Adapting the pose model to this probe (about half a minute on two free "
+                                     "CPU cores)...")
         try:
             from freehandrecon.adapt.browsers import adapt_from_browsers, adaptation_summary
 
