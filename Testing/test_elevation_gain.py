@@ -176,3 +176,17 @@ def test_evaluate_with_probe_calibration_reports_every_pair_and_the_targets(tmp_
     assert result["targets"]["learned_with_curve_and_gain_le_without"] is True
     assert "With the probe's calibration from another sweep of the probe" in out
     assert f"learned calibrated better than speckle calibrated" in out and "| mean over 2 pairs |" in out
+
+
+@pytest.mark.parametrize("kept,says", [("unchanged", "shipped model unchanged"),
+                                       ("gain_typical_curve", "elevational gain of 1.23"),
+                                       ("gain_probe_curve", "probe curve and an elevational gain of 1.23"),
+                                       ("fine_tuned", "fine-tuned weights")])
+def test_the_panel_summary_says_what_adapt_kept_and_recommends(kept, says):
+    from freehandrecon.adapt.browsers import adaptation_summary
+
+    report = {"heldout": {"frames": 48, "recommended_method": "speckle",
+                          "learned": {"before_pct": 12.88, "after_pct": 11.57, "kept": kept, "elevation_gain": 1.2268},
+                          "speckle": {"before_pct": 36.37, "after_pct": 19.74}}, "warnings": []}
+    line = adaptation_summary(report)
+    assert "12.9 % -> 11.6 %" in line and says in line and "recommended poses for this probe: speckle" in line

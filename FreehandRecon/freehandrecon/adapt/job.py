@@ -182,7 +182,7 @@ def adapt_probe(named: list[tuple[str, Sweep]], out_dir: str | Path, options: Ad
         # Learned candidates, all from the base weights' own state: unchanged (typical curve), the fitted
         # elevational gain with the typical or the fitted curve, and fine-tuned; the one that drifts least on the
         # held-out frames is kept. The bundle is cleared so that "typical" means the typical-probe curve.
-        base_bundle, model.bundle = model.bundle, {}
+        model.bundle = {}  # a probe model adapted again: its own curve is replaced by the one fitted here
         base_gain = float(model.meta.pop("elevation_gain", 1.0))
         curves = {"typical": None, "probe": curve}
         candidates: dict[str, dict[str, Any]] = {}
@@ -228,7 +228,7 @@ def adapt_probe(named: list[tuple[str, Sweep]], out_dir: str | Path, options: Ad
         if kept_gain != 1.0:
             model.meta["elevation_gain"] = kept_gain
         model.meta["learned_curve"] = learned_curve
-        del base_bundle
+
         t = time.perf_counter()
         stage("guard", 0.0)
         from .probe_guard import refit_guard
