@@ -2,8 +2,8 @@
 
 The network reads the elevational step from how fast speckle decorrelates, which depends on the probe's
 elevation beam. On probes it was not trained on it reads the step consistently too long or too short (on the
-independent simulator's sweeps: 0.77-0.87x the true step on one linear probe, 1.5-1.7x on another), while its
-in-plane motions and rotations carry over better. ``freehandrecon adapt`` fits this gain on tracked sweeps of
+independent simulator's sweeps it needs a gain of 0.71-0.87 on one linear probe and 1.48-1.70 on another), while
+its in-plane motions and rotations carry over better. ``freehandrecon adapt`` fits this gain on tracked sweeps of
 the probe and stores it in the probe model (``"elevation_gain"``); :func:`freehandrecon.poses.learned.estimate_relative`
 multiplies the forward elevational translation by it.
 """
