@@ -276,6 +276,7 @@ def test_verdict_follows_the_fraction_of_flagged_frames(tmp_path):
         r = check_sweep(sweep, guard=guard)
         assert r.verdict == verdict and not r.resampled
         assert (r.verdict == "ok") == (r.message.startswith("Sweep looks like"))
+        assert (r.verdict == "ok") != ("freehandrecon adapt" in r.message)  # a flagged sweep is pointed to the fix
 
 
 # --- the shipped guard -------------------------------------------------------------------------------------------

@@ -171,7 +171,8 @@ def _message(verdict: str, n_out: int, n: int, thr: float) -> str:
     what = ("Most of this sweep is" if verdict == "out-of-distribution" else "Part of this sweep is")
     return (f"{what} unlike the learned pose model's training data: {n_out} of {n} frames ({pct:.0f}%) are out of "
             f"distribution (score above {thr:.1f}). Learned poses may be unreliable; check probe contact, gain and "
-            "depth, or use tracked poses.")
+            "depth, use tracked poses, or adapt the model to this probe once from a tracked sweep (freehandrecon "
+            "adapt; in the module: Adapt to my probe).")
 
 
 def check_sweep(sweep: Sweep, *, guard: Guard | None = None,
