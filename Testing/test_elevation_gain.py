@@ -159,6 +159,9 @@ def test_calibration_pairs_group_by_probe_and_split_a_lone_sweep_in_halves():
     assert pairs[2][1].num_frames == 24 and pairs[2][3].num_frames == 24
     np.testing.assert_array_equal(pairs[2][3].frames, named[2][1].frames[24:])
     assert calibration_pairs([("short", ind("l11_scurve").subset(slice(0, 20)))]) == []
+    # a user's files carry no probe name: the same frame size and spacing is the same probe setting
+    plain = [(n, Sweep(s.frames, s.pixel_spacing, s.image_to_world)) for n, s in named]
+    assert [(a, b) for a, _, b, _ in calibration_pairs(plain)] == [(a, b) for a, _, b, _ in pairs]
 
 
 def test_evaluate_with_probe_calibration_reports_every_pair_and_the_targets(tmp_path, capsys):

@@ -4,9 +4,10 @@ Steps: check the sweeps (refusals come first, in seconds) -> split adaptation / 
 fit the probe's decorrelation curve on the adaptation frames -> held-out drift before -> fit the
 elevational gain of the shipped model on the adaptation frames (:mod:`freehandrecon.poses.elevation_gain`),
 with the typical and with the fitted curve -> fine-tune the shipped pose model on the adaptation frames ->
-keep the candidate (unchanged, gain, fine-tuned) that drifts least on the held-out frames -> refit the quality guard's statistics to the probe -> write ``probe_model.json`` (+ ``.safetensors``), ``probe_curve.json``,
-``probe_guard.json`` (+ ``.safetensors``) and ``report.json`` into a hidden folder beside the output
-folder, moved into place only when everything succeeded.
+keep the candidate (unchanged, gain, fine-tuned) that drifts least on the held-out frames -> refit the
+quality guard's statistics to the probe -> write ``probe_model.json`` (+ ``.safetensors``),
+``probe_curve.json``, ``probe_guard.json`` (+ ``.safetensors``) and ``report.json`` into a hidden folder
+beside the output folder, moved into place only when everything succeeded.
 """
 
 from __future__ import annotations

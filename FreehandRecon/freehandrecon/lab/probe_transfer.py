@@ -1,8 +1,9 @@
 """Calibrate on one sweep of a probe, estimate another: what the probe's calibration buys (``evaluate
 --probe-calibration``).
 
-For every ordered pair (A, B) of sweeps of the same probe (``metadata["probe"]``; a sweep whose probe has no
-other sweep is split in halves: the first half calibrates, the second is estimated), the decorrelation curve
+For every ordered pair (A, B) of sweeps of the same probe (``metadata["probe"]``, else the same frame size and
+pixel spacing; a sweep whose probe has no other sweep is split in halves: the first half calibrates, the second is
+estimated), the decorrelation curve
 (as ``calibrate-speckle`` and ``adapt`` fit it) and the learned model's elevational gain
 (:mod:`freehandrecon.poses.elevation_gain`, as ``adapt --epochs 0`` fits it) come from A, and B is estimated
 with: the learned model uncalibrated, with A's gain, with A's curve, with A's curve and gain (the gain fitted with
@@ -36,11 +37,16 @@ TARGET_CALIBRATED_FDR_PCT = 10.0
 
 
 def calibration_pairs(named: list[tuple[str, Sweep]]) -> list[tuple[str, Sweep, str, Sweep]]:
-    """``(calibration name, sweep, estimated name, sweep)``: every ordered pair of sweeps of the same probe, and
-    the two halves of a sweep that is its probe's only one (when each half has :data:`MIN_HALF_FRAMES`)."""
+    """``(calibration name, sweep, estimated name, sweep)``: every ordered pair of sweeps of the same probe
+    (``metadata["probe"]``, else the same frame size and pixel spacing), and the two halves of a sweep that is its
+    probe's only one (when each half has :data:`MIN_HALF_FRAMES`)."""
     groups: dict[str, list[tuple[str, Sweep]]] = {}
     for name, s in named:
-        groups.setdefault(str((s.metadata or {}).get("probe") or f"file:{name}"), []).append((name, s))
+        probe = (s.metadata or {}).get("probe")
+        if not probe:  # a user's tracked files: one probe setting per frame size and pixel spacing, as adapt has it
+            sx, sy = s.pixel_spacing
+            probe = f"setting {s.frame_shape[1]}x{s.frame_shape[0]} at {sx:.4g}x{sy:.4g}"
+        groups.setdefault(str(probe), []).append((name, s))
     pairs = []
     for members in groups.values():
         if len(members) >= 2:
@@ -138,7 +144,8 @@ def transfer_table(result: dict[str, Any]) -> str:
         lines.append(f"| {r['calibrated_on']} | {r['estimated']} | " + " | ".join(cell(r[k]) for k, _ in VARIANTS)
                      + f" | {cell2(r['gain'])} / {cell2(r['gain_curve'])} |")
     m = result["mean_fdr_length_pct"]
-    lines.append(f"| mean over {len(result['pairs'])} pairs | | " + " | ".join(cell(m[k]) for k, _ in VARIANTS) + " | |")
+    means = " | ".join(cell(m[k]) for k, _ in VARIANTS)
+    lines.append(f"| mean over {len(result['pairs'])} pairs | | {means} | |")
     return "\n".join(lines)
 
 
