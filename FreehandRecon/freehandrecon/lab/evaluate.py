@@ -462,8 +462,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="override the pixel spacing in mm (columns, rows)")
     p.add_argument("--probe-calibration", action="store_true",
                    help="also estimate each sweep with the probe calibration (decorrelation curve and the learned "
-                   "model's elevational gain, as 'adapt --epochs 0' fits them) from another sweep of its probe, or "
-                   "from the first half of a sweep whose probe has no other one")
+                   "model's elevational gain, as 'adapt --epochs 0' fits them) from another sweep of its probe (the "
+                   "same probe name, or for your files the same frame size and pixel spacing), or from the first half "
+                   "of a sweep whose probe has no other one")
     p.add_argument("--force", action="store_true", help="overwrite an existing report and plots in --out")
     p.set_defaults(func=cmd_evaluate)
 
