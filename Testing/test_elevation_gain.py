@@ -97,11 +97,13 @@ def test_an_invalid_elevational_gain_is_refused(gained_model, bad):
 
 # --- adapt: the gain, fitted in seconds, and kept when it drifts less -----------------------------------------
 
-@pytest.mark.parametrize("probe,names,kept_curve", [
-    ("l94", ("l94_translation", "l94_scurve", "l94_tilt"), "probe"),  # the fitted curve helps the network
-    ("c52", ("c52_translation", "c52_tilt"), "typical"),  # the curve fitted on a slow convex sweep does not
+@pytest.mark.parametrize("probe,names,kept", [
+    # the L9-4 elevation beam is wider than any trained on: the gain, with speckle's tilt and yaw, does best
+    ("l94", ("l94_translation", "l94_scurve", "l94_tilt"), "gain_typical_curve_speckle_rotations"),
+    # the curve fitted on a slow convex sweep misleads the network; the gain alone with the typical curve is kept
+    ("c52", ("c52_translation", "c52_tilt"), "gain_typical_curve"),
 ])
-def test_adapt_without_fine_tuning_keeps_the_candidate_that_drifts_least(tmp_path, capsys, probe, names, kept_curve):
+def test_adapt_without_fine_tuning_keeps_the_candidate_that_drifts_least(tmp_path, capsys, probe, names, kept):
     from freehandrecon.poses.metrics import final_drift_rate_length_pct
 
     files = [str(IND / f"{n}.npz") for n in names]
@@ -111,26 +113,49 @@ def test_adapt_without_fine_tuning_keeps_the_candidate_that_drifts_least(tmp_pat
     report = json.loads((tmp_path / "probe" / "report.json").read_text())
     learned = report["heldout"]["learned"]
     cands = learned["candidates_pct"]
-    assert set(cands) == {"unchanged", "gain_typical_curve", "gain_probe_curve"} and report["steps"] == 0
-    assert learned["kept"] == f"gain_{kept_curve}_curve" and learned["learned_curve"] == kept_curve
-    assert learned["after_pct"] == cands[learned["kept"]] == min(cands.values()) < learned["before_pct"]
+    assert set(cands) == {"unchanged", "gain_typical_curve", "gain_probe_curve",
+                          "gain_typical_curve_speckle_rotations"} and report["steps"] == 0
+    assert learned["kept"] == kept
+    assert learned["after_pct"] == cands[kept] == min(cands.values()) < learned["before_pct"]
     assert cands["unchanged"] == learned["before_pct"]  # the shipped model: its own (typical) curve
-    if probe == "l94":  # the L9-4 elevation beam is wider than any trained on: the step is read far too short
+    if probe == "l94":
         assert learned["after_pct"] < 10.0 < 30.0 < learned["before_pct"]
-    assert printed["elevation_gain"] == learned["elevation_gain"] == learned["candidate_elevation_gains"][learned["kept"]]
+    assert printed["elevation_gain"] == learned["elevation_gain"] == learned["candidate_elevation_gains"][kept]
     meta = json.loads((tmp_path / "probe" / "probe_model.json").read_text())
     assert meta["elevation_gain"] == pytest.approx(learned["elevation_gain"], abs=1e-4)
-    assert meta["learned_curve"] == kept_curve and meta["kept"] == learned["kept"]
+    assert meta["learned_curve"] == ("probe" if kept == "gain_probe_curve" else "typical") and meta["kept"] == kept
+    assert meta["out_of_plane_rotations"] == ("speckle" if kept.endswith("speckle_rotations") else "network")
     assert meta["sha256"] == sha256_file(tmp_path / "probe" / "probe_model.safetensors")
     assert meta["recommended_method"] == report["heldout"]["recommended_method"]
-    # the probe model as a user gives it: gain and curve choice come with it, and reproduce the held-out figure
+    # the probe model as a user gives it: gain, curve and rotations come with it, and reproduce the held-out figure
     for name in names[1:]:
         s = ind(name)
         est = estimate_poses(s, "learned", model=tmp_path / "probe" / "probe_model.json")
         assert est.info["elevation_gain"] == pytest.approx(learned["elevation_gain"], abs=1e-4)
-        assert est.info["decorrelation_curve"].startswith("probe curve") == (kept_curve == "probe")
+        assert est.info["decorrelation_curve"].startswith("probe curve") == (meta["learned_curve"] == "probe")
+        assert est.info.get("out_of_plane_rotations", "network") == meta["out_of_plane_rotations"]
         fdr = final_drift_rate_length_pct(s.image_to_world, est.image_to_world, s.frame_shape, s.pixel_spacing)
         assert fdr == pytest.approx(learned["per_sweep"]["after"][f"{name}.npz"], abs=0.01)
+
+
+def test_speckle_rotations_replace_only_tilt_and_yaw(gained_model):
+    from freehandrecon.poses.elevation_gain import forward_params as fp
+
+    meta = json.loads(gained_model.read_text())
+    meta["out_of_plane_rotations"] = "speckle"
+    gained_model.write_text(json.dumps(meta))
+    s = ind("l94_tilt")
+    net = estimate_poses(s, "learned")
+    hybrid = estimate_poses(s, "learned", model=gained_model)
+    spk = estimate_poses(s, "speckle")  # the same (default) curve as the hybrid's speckle part
+    h, n, k = (fp(e.relative_centre, e.direction) for e in (hybrid, net, spk))
+    np.testing.assert_allclose(h[:, 3:5], k[:, 3:5], atol=1e-9)
+    np.testing.assert_allclose(h[:, [0, 1, 5]], n[:, [0, 1, 5]], atol=1e-9)
+    np.testing.assert_allclose(h[:, 2], 1.5 * n[:, 2], rtol=1e-9, atol=1e-12)
+    meta["out_of_plane_rotations"] = "magic"
+    gained_model.write_text(json.dumps(meta))
+    with pytest.raises(ResourceError, match="unknown out_of_plane_rotations"):
+        estimate_poses(s, "learned", model=gained_model)
 
 
 def test_adapt_without_fine_tuning_refuses_a_sweep_the_gain_cannot_fix(tmp_path):
@@ -178,7 +203,11 @@ def test_evaluate_with_probe_calibration_reports_every_pair_and_the_targets(tmp_
     assert means["learned"] == pytest.approx(np.mean([r["learned"] for r in result["pairs"]]))
     assert result["targets"]["learned_with_curve_and_gain_le_without"] is True
     assert "With the probe's calibration from another sweep of the probe" in out
-    assert f"learned calibrated better than speckle calibrated" in out and "| mean over 2 pairs |" in out
+    for r in result["pairs"]:  # the hybrid variant is measured on every pair
+        assert np.isfinite(r["learned_gain_speckle_rotations"])
+    for key in ("learned_gain", "learned_curve_gain", "learned_gain_speckle_rotations"):
+        assert isinstance(result["targets"][f"{key}_lt_speckle_calibrated"], bool)
+    assert "better than speckle with the probe curve" in out and "| mean over 2 pairs |" in out
 
 
 @pytest.mark.parametrize("kept,says", [("unchanged", "shipped model unchanged"),

@@ -4,7 +4,8 @@ Steps: check the sweeps (refusals come first, in seconds) -> split adaptation / 
 fit the probe's decorrelation curve on the adaptation frames -> held-out drift before -> fit the
 elevational gain of the shipped model on the adaptation frames (:mod:`freehandrecon.poses.elevation_gain`),
 with the typical and with the fitted curve -> fine-tune the shipped pose model on the adaptation frames ->
-keep the candidate (unchanged, gain, fine-tuned) that drifts least on the held-out frames -> refit the
+keep the candidate (unchanged, gain, gain with speckle's rotations, fine-tuned) that drifts least on the
+held-out frames -> refit the
 quality guard's statistics to the probe -> write ``probe_model.json`` (+ ``.safetensors``),
 ``probe_curve.json``, ``probe_guard.json`` (+ ``.safetensors``) and ``report.json`` into a hidden folder
 beside the output folder, moved into place only when everything succeeded.
@@ -40,6 +41,7 @@ GUARD_NAME = "probe_guard"
 OUTPUT_FILES = (f"{MODEL_NAME}.json", f"{MODEL_NAME}.safetensors", CURVE_FILE, f"{GUARD_NAME}.json",
                 f"{GUARD_NAME}.safetensors", "report.json")
 Progress = Callable[[str, float], None]
+HYBRID = "gain_typical_curve_speckle_rotations"
 MIN_CURVE_BANDS = 2  # depth bands with speckle the curve needs (of 5); a band of water above a phantom is left out
 
 
@@ -181,13 +183,13 @@ def adapt_probe(named: list[tuple[str, Sweep]], out_dir: str | Path, options: Ad
         t = time.perf_counter()
         stage("gain", 0.0)
         # Learned candidates, all from the base weights' own state: unchanged (typical curve), the fitted
-        # elevational gain with the typical or the fitted curve, and fine-tuned; the one that drifts least on the
-        # held-out frames is kept. The bundle is cleared so that "typical" means the typical-probe curve.
+        # elevational gain with the typical or the fitted curve, the first with speckle's tilt and yaw, and
+        # fine-tuned; the one that drifts least on the held-out frames is kept. The bundle is cleared so that "typical" means the typical-probe curve.
         model.bundle = {}  # a probe model adapted again: its own curve is replaced by the one fitted here
         base_gain = float(model.meta.pop("elevation_gain", 1.0))
         curves = {"typical": None, "probe": curve}
         candidates: dict[str, dict[str, Any]] = {}
-        settings: dict[str, tuple[float, str]] = {"unchanged": (base_gain, "typical")}
+        settings: dict[str, tuple[float, str, str]] = {"unchanged": (base_gain, "typical", "network")}
         model.meta["elevation_gain"] = base_gain
         candidates["unchanged"] = heldout_drift(split.heldout, "learned", model=model, device=opts.device)
         for which, c in curves.items():
@@ -202,7 +204,16 @@ def adapt_probe(named: list[tuple[str, Sweep]], out_dir: str | Path, options: Ad
             model.meta["elevation_gain"] = gain
             candidates[f"gain_{which}_curve"] = heldout_drift(split.heldout, "learned", model=model, curve=c,
                                                               device=opts.device)
-            settings[f"gain_{which}_curve"] = (gain, which)
+            settings[f"gain_{which}_curve"] = (gain, which, "network")
+        if "gain_typical_curve" in settings:  # the network's translations, speckle's tilt and yaw (fitted curve)
+            gain = settings["gain_typical_curve"][0]
+            model.meta.update(elevation_gain=gain, learned_curve="typical", out_of_plane_rotations="speckle")
+            model.bundle = {"curve": curve}  # what speckle's part reads; the network keeps the typical curve
+            candidates[HYBRID] = heldout_drift(split.heldout, "learned", model=model, device=opts.device)
+            settings[HYBRID] = (gain, "typical", "speckle")
+            model.bundle = {}
+            for key in ("learned_curve", "out_of_plane_rotations"):
+                model.meta.pop(key)
         model.meta.pop("elevation_gain")  # fine-tuning learns the step itself
         stage("gain", 1.0)
         seconds["gain"] = time.perf_counter() - t
@@ -218,17 +229,18 @@ def adapt_probe(named: list[tuple[str, Sweep]], out_dir: str | Path, options: Ad
             stage("after", 0.0)
             candidates["fine_tuned"] = heldout_drift(split.heldout, "learned", model=model, curve=curve,
                                                      device=opts.device)
-            settings["fine_tuned"] = (1.0, "probe")
+            settings["fine_tuned"] = (1.0, "probe", "network")
             stage("after", 1.0)
             seconds["after"] = time.perf_counter() - t
         kept = min(candidates, key=lambda k: candidates[k]["fdr_pct"])
         after = candidates[kept]
         if kept != "fine_tuned" and ft.epochs > 0:
             model.net.load_state_dict(base_state)
-        kept_gain, learned_curve = settings[kept]
+        kept_gain, learned_curve, rotations = settings[kept]
         if kept_gain != 1.0:
             model.meta["elevation_gain"] = kept_gain
         model.meta["learned_curve"] = learned_curve
+        model.meta["out_of_plane_rotations"] = rotations
 
         t = time.perf_counter()
         stage("guard", 0.0)
@@ -272,7 +284,8 @@ def adapt_probe(named: list[tuple[str, Sweep]], out_dir: str | Path, options: Ad
                                 "learned_curve": learned_curve,
                                 "kept": kept,
                                 "candidates_pct": {k: v["fdr_pct"] for k, v in candidates.items()},
-                                "candidate_elevation_gains": {k: round(g, 4) for k, (g, _) in settings.items()},
+                                "candidate_elevation_gains": {k: round(g, 4) for k, (g, _, _) in settings.items()},
+                                "out_of_plane_rotations": rotations,
                                 "per_sweep": {"before": before["learned"]["per_sweep"],
                                               "before_with_fitted_curve": before["learned_fitted_curve"]["per_sweep"],
                                               **{k: v["per_sweep"] for k, v in candidates.items()},
@@ -284,8 +297,9 @@ def adapt_probe(named: list[tuple[str, Sweep]], out_dir: str | Path, options: Ad
                     "recommended_method": recommended,
                     "note": "learned before: the base model with its default curve; after: the kept candidate, the "
                             "one of candidates_pct that drifts least on these held-out frames (unchanged weights with "
-                            "the typical curve; the fitted elevational gain with the typical or the fitted curve; "
-                            "fine-tuned with the fitted curve), so 'after' is slightly optimistic. speckle before: "
+                            "the typical curve; the fitted elevational gain with the typical or the fitted curve; the "
+                            "first with speckle's tilt and yaw through the fitted curve; fine-tuned with the fitted "
+                            "curve), so 'after' is slightly optimistic. speckle before: "
                             "the default curve; after: the fitted curve. recommended_method: the lower of learned "
                             "after and speckle after."},
         "quality_guard": guard_report,
@@ -326,6 +340,7 @@ def _write(out_dir: Path, model, curve, guard, report: dict[str, Any], base_name
                  "adaptation": {k: report[k] for k in ("inputs", "split", "adaptation")},
                  **({"elevation_gain": model.meta["elevation_gain"]} if "elevation_gain" in model.meta else {}),
                  "learned_curve": model.meta["learned_curve"],
+                 "out_of_plane_rotations": model.meta["out_of_plane_rotations"],
                  "recommended_method": heldout["recommended_method"],
                  "kept": heldout["learned"]["kept"],
                  "metrics": {"heldout_fdr_pct": {"learned_before": heldout["learned"]["before_pct"],

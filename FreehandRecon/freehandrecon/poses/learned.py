@@ -28,6 +28,7 @@ DEFAULT_MODEL_NAME = "posenet_sim_v2"
 FORMAT = "freehandrecon-posenet"
 DOF_NAMES = ("tx_mm", "ty_mm", "tz_mm", "rx_deg", "ry_deg", "rz_deg")
 INFERENCE_MODES = ("window", "full")
+ROTATION_SOURCES = ("network", "speckle")
 
 
 @dataclass
@@ -57,6 +58,12 @@ class LoadedModel:
         ``"typical"`` (``adapt`` found the network drifts less with the typical curve; speckle still uses the
         bundled one)."""
         return str(self.meta.get("learned_curve", "probe"))
+
+    @property
+    def out_of_plane_rotations(self) -> str:
+        """Where the tilt and yaw (rx, ry) come from: ``"network"``, or ``"speckle"`` (a probe model from ``adapt``
+        whose held-out frames drifted least with speckle decorrelation's rotations, through the probe's curve)."""
+        return str(self.meta.get("out_of_plane_rotations", "network"))
 
     @property
     def min_frames(self) -> int:
@@ -173,6 +180,9 @@ def load_model(path: str | Path | None = None, device: str = "cpu") -> LoadedMod
     scales = np.asarray(meta["scales"], dtype=np.float64)
     if scales.shape != (6,) or not np.all(scales > 0):
         raise ResourceError(f"{js} has invalid per-DoF scales {meta.get('scales')}.", "Retrain or reinstall the model.")
+    if meta.get("out_of_plane_rotations", "network") not in ROTATION_SOURCES:
+        raise ResourceError(f"{js} has an unknown out_of_plane_rotations {meta.get('out_of_plane_rotations')!r}.",
+                            f"Use one of {ROTATION_SOURCES}, or run freehandrecon adapt again.")
     gain = meta.get("elevation_gain", 1.0)
     if not isinstance(gain, (int, float)) or isinstance(gain, bool) or not 0.0 < float(gain) < float("inf"):
         raise ResourceError(f"{js} has an invalid elevation_gain {gain!r}: it must be a positive number.",
@@ -301,7 +311,9 @@ def estimate_relative(sweep: Sweep, *, model: LoadedModel | str | Path | None = 
     ``curve`` (v2 models): the probe's decorrelation curve, a ``DecorrelationCurve`` or a curve JSON
     from ``freehandrecon calibrate-speckle``; default the curve the model carries (a probe model from
     ``freehandrecon adapt`` whose ``learned_curve`` is ``"probe"``), else :func:`decorrelation.curve_for_sweep`.
-    A probe model's ``elevation_gain`` multiplies the forward elevational step.
+    A probe model's ``elevation_gain`` multiplies the forward elevational step; with ``out_of_plane_rotations``
+    ``"speckle"`` the tilt and yaw come from speckle decorrelation through the probe's curve (the bundled one, or
+    ``curve``).
     """
     common.check_pixel_spacing_known(sweep)
     m = model if isinstance(model, LoadedModel) else load_model(model, device=device)
@@ -323,6 +335,13 @@ def estimate_relative(sweep: Sweep, *, model: LoadedModel | str | Path | None = 
                             should_cancel=should_cancel, decor=decor)
     params = scaled * m.scales[None]
     params[:, 2] *= m.elevation_gain
+    if m.out_of_plane_rotations == "speckle":
+        from . import speckle
+
+        if should_cancel is not None and should_cancel():
+            raise Cancelled("Pose estimation was cancelled.")
+        srel, _ = speckle.estimate_relative(sweep, curve=curve if curve is not None else m.bundle.get("curve"))
+        params[:, 3:5] = geometry.matrix_to_params(srel)[:, 3:5]
     seconds = time.perf_counter() - t0
     info = {
         "model": str(m.path) if m.path else None,
@@ -330,6 +349,7 @@ def estimate_relative(sweep: Sweep, *, model: LoadedModel | str | Path | None = 
         "inference_mode": mode,
         **({"decorrelation_curve": curve_source} if curve_source else {}),
         **({"elevation_gain": round(m.elevation_gain, 4)} if m.elevation_gain != 1.0 else {}),
+        **({"out_of_plane_rotations": "speckle"} if m.out_of_plane_rotations == "speckle" else {}),
         "frames_per_second": round(sweep.num_frames / max(seconds, 1e-9), 1),
         "warnings": warnings,
     }
