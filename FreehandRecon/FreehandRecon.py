@@ -728,6 +728,8 @@ class FreehandReconTest(ScriptedLoadableModuleTest):
         self.test_CheckSweep()
         self.setUp()
         self.test_LiveReconstruction()
+        self.setUp()
+        self.test_AdaptRefusesTheShortSample()
 
     def _loadSampleBrowser(self):
         import SampleData
@@ -822,6 +824,29 @@ class FreehandReconTest(ScriptedLoadableModuleTest):
         table = logic.lastNodes["qualityTable"]
         self.assertEqual(table.GetNumberOfRows(), 21)
         self.assertEqual(logic.lastNodes["qualityChart"].GetNumberOfPlotSeriesNodes(), 2)
+        self.delayDisplay("Test passed")
+
+    def test_AdaptRefusesTheShortSample(self):
+        """"Adapt to my probe" checks its input before any work: the 21-frame sample is too short, the refusal says
+        how to fix it, nothing is written and the scene is unchanged."""
+        import tempfile
+
+        from freehandrecon.errors import InputError
+
+        if self._skipIfMissing("adapting to a probe", "learned", checkQuality=True):
+            return
+        from freehandrecon.adapt.browsers import adapt_from_browsers
+
+        browser = self._loadSampleBrowser()
+        logic = FreehandReconLogic()
+        nodes = slicer.mrmlScene.GetNumberOfNodes()
+        with tempfile.TemporaryDirectory() as folder:
+            with self.assertRaises(InputError) as caught:
+                adapt_from_browsers(logic, browser, pathlib.Path(folder) / "probe")
+            self.assertIn("adapt needs at least 40", caught.exception.problem)
+            self.assertTrue(caught.exception.fix)
+            self.assertEqual(list(pathlib.Path(folder).iterdir()), [])
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodes)
         self.delayDisplay("Test passed")
 
     def test_LiveReconstruction(self):
