@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from ..module_logic import FreehandReconLogic, ProgressCallback
 from .options import FineTuneOptions
-from .job import AdaptOptions, adapt_probe
+from .job import HYBRID, AdaptOptions, adapt_probe
 
 
 def adapt_from_browsers(logic: FreehandReconLogic, browserNodes: Any, outDir: str | Path,
@@ -43,8 +43,8 @@ def adapt_from_browsers(logic: FreehandReconLogic, browserNodes: Any, outDir: st
 KEPT = {"unchanged": "the shipped model unchanged (it drifted least)",
         "gain_typical_curve": "the shipped weights with an elevational gain of {elevation_gain:.2f}",
         "gain_probe_curve": "the shipped weights with the probe curve and an elevational gain of {elevation_gain:.2f}",
-        "gain_typical_curve_speckle_rotations": "the shipped weights with an elevational gain of {elevation_gain:.2f} "
-                                                "and speckle's tilt and yaw through the probe curve",
+        HYBRID: "the shipped weights with an elevational gain of {elevation_gain:.2f} and speckle's tilt and yaw "
+                "through the probe curve",
         "fine_tuned": "the fine-tuned weights"}
 
 

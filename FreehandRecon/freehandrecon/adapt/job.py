@@ -5,10 +5,9 @@ fit the probe's decorrelation curve on the adaptation frames -> held-out drift b
 elevational gain of the shipped model on the adaptation frames (:mod:`freehandrecon.poses.elevation_gain`),
 with the typical and with the fitted curve -> fine-tune the shipped pose model on the adaptation frames ->
 keep the candidate (unchanged, gain, gain with speckle's rotations, fine-tuned) that drifts least on the
-held-out frames -> refit the
-quality guard's statistics to the probe -> write ``probe_model.json`` (+ ``.safetensors``),
-``probe_curve.json``, ``probe_guard.json`` (+ ``.safetensors``) and ``report.json`` into a hidden folder
-beside the output folder, moved into place only when everything succeeded.
+held-out frames -> refit the quality guard's statistics to the probe -> write ``probe_model.json``
+(+ ``.safetensors``), ``probe_curve.json``, ``probe_guard.json`` (+ ``.safetensors``) and ``report.json``
+into a hidden folder beside the output folder, moved into place only when everything succeeded.
 """
 
 from __future__ import annotations
@@ -184,8 +183,9 @@ def adapt_probe(named: list[tuple[str, Sweep]], out_dir: str | Path, options: Ad
         stage("gain", 0.0)
         # Learned candidates, all from the base weights' own state: unchanged (typical curve), the fitted
         # elevational gain with the typical or the fitted curve, the first with speckle's tilt and yaw, and
-        # fine-tuned; the one that drifts least on the held-out frames is kept. The bundle is cleared so that "typical" means the typical-probe curve.
-        model.bundle = {}  # a probe model adapted again: its own curve is replaced by the one fitted here
+        # fine-tuned; the one that drifts least on the held-out frames is kept. The bundle is cleared so that
+        # "typical" means the typical-probe curve (a probe model adapted again: its curve is replaced by this one).
+        model.bundle = {}
         base_gain = float(model.meta.pop("elevation_gain", 1.0))
         curves = {"typical": None, "probe": curve}
         candidates: dict[str, dict[str, Any]] = {}

@@ -20,8 +20,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import geometry
 from ..errors import InputError
+from ..poses import common, estimate_poses
+from ..poses.elevation_gain import fit_elevation_gain, forward_params, from_forward_params, with_elevation_gain
 from ..poses.metrics import final_drift_rate_length_pct
 from ..sweep import Sweep
 
@@ -69,9 +70,7 @@ def _fdr(sweep: Sweep, poses: np.ndarray) -> float:
 
 def evaluate_pair(calib: Sweep, target: Sweep, model: Any = None, device: str = "cpu") -> dict[str, Any]:
     """FDR (% of length) of every :data:`VARIANTS` entry on ``target`` with the calibration from ``calib``."""
-    from ..poses import common, estimate_poses
-    from ..poses.elevation_gain import fit_elevation_gain, forward_params, with_elevation_gain
-    from ..poses.speckle import DecorrelationCurve
+    from ..poses.speckle import DecorrelationCurve  # imports torch: only when evaluating
 
     out: dict[str, Any] = {}
     gained: tuple[np.ndarray, int] | None = None  # the typical-curve estimate with its gain, for the hybrid
@@ -80,10 +79,7 @@ def evaluate_pair(calib: Sweep, target: Sweep, model: Any = None, device: str = 
                                                  sweep_direction="auto", device=device, **kw)
     for suffix, c in (("", None), ("_curve", curve)):
         est = run(target, "learned", curve=c)
-        if suffix:
-            out["learned_curve"] = _fdr(target, est.image_to_world)
-        else:
-            out["learned"] = _fdr(target, est.image_to_world)
+        out[f"learned{suffix}"] = _fdr(target, est.image_to_world)
         key = f"learned{suffix}_gain"
         try:
             ref = run(calib, "learned", curve=c)
@@ -103,15 +99,11 @@ def evaluate_pair(calib: Sweep, target: Sweep, model: Any = None, device: str = 
         rel, direction = gained
         p = forward_params(rel, direction)
         p[:, 3:5] = forward_params(spk.relative_centre, spk.direction)[:, 3:5]
-        hybrid = geometry.params_to_matrix(p)
-        hybrid = common.mirror_elevation(hybrid) if direction < 0 else hybrid
-        out["learned_gain_speckle_rotations"] = _fdr(target, _chain(target, hybrid))
+        out["learned_gain_speckle_rotations"] = _fdr(target, _chain(target, from_forward_params(p, direction)))
     return out
 
 
 def _chain(sweep: Sweep, rel: np.ndarray) -> np.ndarray:
-    from ..poses import common
-
     return common.absolute_from_centre(rel, sweep.frame_shape, sweep.pixel_spacing, sweep.image_to_world[0])
 
 

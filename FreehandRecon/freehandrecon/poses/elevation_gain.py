@@ -31,12 +31,17 @@ def forward_params(relative_centre: np.ndarray, direction: int) -> np.ndarray:
     return geometry.matrix_to_params(rel)
 
 
+def from_forward_params(params: np.ndarray, direction: int) -> np.ndarray:
+    """The inverse of :func:`forward_params`: forward-canonical 6-vectors -> relative motions of the sweep."""
+    rel = geometry.params_to_matrix(params)
+    return common.mirror_elevation(rel) if direction < 0 else rel
+
+
 def with_elevation_gain(relative_centre: np.ndarray, direction: int, gain: float) -> np.ndarray:
     """``relative_centre`` with its forward elevational translation multiplied by ``gain``."""
     p = forward_params(relative_centre, direction)
     p[:, 2] *= float(gain)
-    rel = geometry.params_to_matrix(p)
-    return common.mirror_elevation(rel) if direction < 0 else rel
+    return from_forward_params(p, direction)
 
 
 def fit_elevation_gain(pairs: Iterable[tuple[Sweep, np.ndarray, int]]) -> float:
@@ -58,7 +63,8 @@ def fit_elevation_gain(pairs: Iterable[tuple[Sweep, np.ndarray, int]]) -> float:
     if true_sum < MIN_TRUE_STEP_SUM_MM:
         raise InputError(f"The tracked sweeps move {true_sum:.2f} mm in elevation in all: too little to calibrate "
                          "the elevational step.",
-                         f"Give sweeps that move the probe at least {MIN_TRUE_STEP_SUM_MM:g} mm across the image plane.")
+                         f"Give sweeps that move the probe at least {MIN_TRUE_STEP_SUM_MM:g} mm across the image "
+                         "plane.")
     gain = true_sum / est_sum if est_sum > 0 else math.inf
     if not GAIN_RANGE[0] <= gain <= GAIN_RANGE[1]:
         raise InputError(f"The learned model's elevational step is {1 / gain if gain else math.inf:.2f}x the tracked "
