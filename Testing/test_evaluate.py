@@ -93,3 +93,64 @@ def test_cli_on_real_tracked_sweep(tmp_path, capsys):
     _check_png(out / "trajectory_NwirePhantomFreehand.igs.mha.png")
     with pytest.raises(OutputExistsError):
         args.func(args)
+
+
+def _entry(name, fdr, verdict, median_ood):
+    return {"name": name, "results": {"learned": {"final_drift_rate_length_pct": fdr}},
+            "guard": {"verdict": verdict, "fraction_out": 1.0 if verdict != "ok" else 0.0, "median_ood": median_ood}}
+
+
+def test_guard_vs_error_counts_verdicts_against_the_drift():
+    from freehandrecon.lab.guard_vs_error import guard_lines, guard_table, guard_vs_error, spearman
+
+    mixed = [_entry("good-ok", 3.0, "ok", 0.5), _entry("good-flagged", 4.0, "out-of-distribution", 2.5),
+             _entry("bad-flagged", 30.0, "warning", 2.0), _entry("bad-ok", 25.0, "ok", 0.2)]
+    s = guard_vs_error(mixed)
+    assert (s["sweeps"], s["failing"]) == (4, 2)
+    assert (s["flagged_and_failing"], s["flagged_but_good"], s["ok_but_failing"], s["ok_and_good"]) == (1, 1, 1, 1)
+    assert s["targets"] == {"good_not_flagged": False, "failing_flagged": False}
+    assert s["auroc_median_ood_for_failure"] == pytest.approx(0.25)  # of 4 (failing, good) pairs, 2.0 > 0.5 only
+    text = guard_lines(s)
+    assert text.count("NOT met") == 2 and "AUROC of the median OOD score for failure 0.25" in text
+    assert "| bad-ok | 25 | ok | 0 | 0.20 |" in guard_table(mixed)
+
+    ideal = [_entry("a", 2.0, "ok", 0.1), _entry("b", 5.0, "ok", 0.4), _entry("c", 40.0, "out-of-distribution", 3.0)]
+    s = guard_vs_error(ideal)
+    assert s["auroc_median_ood_for_failure"] == 1.0 and s["spearman_median_ood_vs_fdr"] == pytest.approx(1.0)
+    assert s["targets"] == {"good_not_flagged": True, "failing_flagged": True}
+    only_good = guard_vs_error(ideal[:2])
+    assert only_good["targets"]["failing_flagged"] is None and np.isnan(only_good["auroc_median_ood_for_failure"])
+    assert spearman([1, 2, 3, 4], [10, 9, 8, 7]) == pytest.approx(-1.0)
+    assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_evaluate_guard_and_the_typical_curve_on_simulated_sweeps(tmp_path, capsys):
+    out = tmp_path / "eval"
+    args = _parser().parse_args(["--quiet", "evaluate", "--sweeps", "2", "--frames", "24", "--methods", "learned",
+                                 "speckle", "--curve", "typical", "--guard", "--plots", "0", "--out", str(out)])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "The quality guard against the learned poses' drift:" in printed
+    assert "a sweep whose learned poses fail is flagged" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["curve"] == "typical"
+    for e in report["sweeps"]:
+        assert e["guard"]["verdict"] in ("ok", "warning", "out-of-distribution")
+        assert 0.0 <= e["guard"]["fraction_out"] <= 1.0 and np.isfinite(e["guard"]["median_ood"])
+        # a simulated sweep's own probe curve is the default; --curve typical replaced it in both estimators
+        assert "default" in e["results"]["speckle"]["info"]["curve"]
+        assert "default" in e["results"]["learned"]["info"]["decorrelation_curve"]
+    g = report["guard_vs_error"]
+    assert g["sweeps"] == 2 and g["flagged_and_failing"] + g["flagged_but_good"] + g["ok_but_failing"] + \
+        g["ok_and_good"] == 2
+
+
+def test_guard_needs_the_learned_method_and_a_bad_curve_fails_first(tmp_path):
+    sweeps = [("s", random_sweep("site-f", 10000, 12))]
+    with pytest.raises(InputError, match="Add learned"):
+        evaluate.run_evaluation(sweeps, ["speckle"], tmp_path / "o", guard=True)
+    args = _parser().parse_args(["--quiet", "evaluate", "--sweeps", "1", "--curve", str(tmp_path / "missing.json"),
+                                 "--out", str(tmp_path / "o2")])
+    with pytest.raises(InputError, match="does not exist"):
+        args.func(args)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o2").exists()

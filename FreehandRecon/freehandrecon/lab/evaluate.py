@@ -128,8 +128,12 @@ def _jsonable(v: Any) -> Any:
 
 def evaluate_sweep(sweep: Sweep, methods: Iterable[str], *, model: str | Path | None = None,
                    device: str = "cpu", progress: Progress | None = None,
-                   should_cancel: Callable[[], bool] | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+                   should_cancel: Callable[[], bool] | None = None,
+                   curve: Any = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Run each method on ``sweep`` and score it against the sweep's poses.
+
+    ``curve``: the decorrelation curve both estimators use (a :class:`~freehandrecon.poses.speckle.DecorrelationCurve`
+    or a JSON path); default, for simulated sweeps, their probe's own curve, else the typical probe's.
 
     Returns ``(results, poses)``: per method the metrics (with per-frame lists), ``seconds``,
     ``frames_per_second``, ``warnings`` and the estimator's ``info``; and the estimated poses.
@@ -144,9 +148,9 @@ def evaluate_sweep(sweep: Sweep, methods: Iterable[str], *, model: str | Path | 
         if method == "speckle":  # probe calibration is a one-off per probe: keep it out of the timing
             from ..poses.speckle import curve_for
 
-            curve_for(sweep, None)
+            curve_for(sweep, curve)
         est = estimate_poses(sweep, method, model=model if method == "learned" else None, device=device,
-                             sweep_direction="auto",
+                             sweep_direction="auto", curve=curve,
                              progress=progress, should_cancel=should_cancel)
         r = metrics.evaluate_poses(sweep.image_to_world, est.image_to_world, sweep.frame_shape, sweep.pixel_spacing,
                                    per_frame=True)
@@ -337,12 +341,15 @@ def run_evaluation(sweeps: Iterable[tuple[str, Sweep]], methods: Iterable[str], 
                    force: bool = False, plots: int = 3, model: str | Path | None = None, device: str = "cpu",
                    total: int | None = None, progress: Progress | None = None,
                    should_cancel: Callable[[], bool] | None = None,
-                   settings: dict[str, Any] | None = None, probe_calibration: bool = False) -> dict[str, Any]:
+                   settings: dict[str, Any] | None = None, probe_calibration: bool = False,
+                   curve: Any = None, guard: bool = False) -> dict[str, Any]:
     """Evaluate every sweep with every method; write ``report.json`` and PNG plots (trajectories and
     per-frame errors of the first ``plots`` sweeps) into ``out_dir``. Returns the report.
 
     ``probe_calibration`` adds ``report["probe_calibration"]``: each sweep estimated with the calibration
-    fitted on another sweep of its probe (:mod:`.probe_transfer`).
+    fitted on another sweep of its probe (:mod:`.probe_transfer`). ``curve``: see :func:`evaluate_sweep`.
+    ``guard`` runs the quality guard on every sweep and adds ``report["guard_vs_error"]``: does its verdict
+    predict the learned poses' drift (:mod:`.guard_vs_error`)? It needs the learned method.
 
     Refuses to overwrite an existing report without ``force``; outputs appear only when all succeeded.
     """
@@ -355,6 +362,14 @@ def run_evaluation(sweeps: Iterable[tuple[str, Sweep]], methods: Iterable[str], 
     bad = [m for m in methods if m not in ESTIMATORS]
     if bad:
         raise InputError(f"Unknown method(s): {', '.join(bad)}.", f"Use some of: {', '.join(ESTIMATORS)}.")
+    if guard and "learned" not in methods:
+        raise InputError("--guard scores the quality guard against the learned poses' drift, but the learned method "
+                         "is not evaluated.", "Add learned to --methods.")
+    loaded_guard = None
+    if guard:
+        from ..quality import load_guard
+
+        loaded_guard = load_guard()  # before any slow work: a missing guard is an error now, not after the poses
     out_dir = Path(out_dir)
     if (out_dir / "report.json").exists() and not force:
         raise OutputExistsError(f"{out_dir} already holds an evaluation report.",
@@ -372,7 +387,7 @@ def run_evaluation(sweeps: Iterable[tuple[str, Sweep]], methods: Iterable[str], 
         if progress is not None and total:
             inner = lambda stage, f, i=i: progress("evaluate", min(1.0, (i + f) / total))  # noqa: E731
         results, poses = evaluate_sweep(sweep, methods, model=model, device=device, progress=inner,
-                                        should_cancel=should_cancel)
+                                        should_cancel=should_cancel, curve=curve)
         meta = sweep.metadata or {}
         entries.append({"name": name, "frames": sweep.num_frames, "frame_shape": list(sweep.frame_shape),
                         "pixel_spacing_mm": list(sweep.pixel_spacing),
@@ -380,6 +395,11 @@ def run_evaluation(sweeps: Iterable[tuple[str, Sweep]], methods: Iterable[str], 
                                                            "probe", "simulator")
                            if k in meta},
                         "results": _round(results), "no_motion": _round(no_motion_baseline(sweep))})
+        if loaded_guard is not None:
+            from ..quality import check_sweep
+            from .guard_vs_error import guard_entry
+
+            entries[-1]["guard"] = guard_entry(check_sweep(sweep, guard=loaded_guard))
         if i < plots:
             safe = _safe_name(name)
             true, shape, spacing = sweep.image_to_world, sweep.frame_shape, sweep.pixel_spacing
@@ -409,6 +429,10 @@ def run_evaluation(sweeps: Iterable[tuple[str, Sweep]], methods: Iterable[str], 
               "sweep_attribution_markdown": sweep_attribution_table(entries),
               "summary": _round(set_summary(entries, methods)), "plots": [n for n, _ in figures],
               **({"probe_calibration": transfer} if transfer is not None else {})}
+    if guard:
+        from .guard_vs_error import guard_vs_error
+
+        report["guard_vs_error"] = _round(guard_vs_error(entries))
     paths = [out_dir / "report.json"] + [out_dir / n for n, _ in figures]
     with atomic_outputs(*paths) as temps:
         temps[0].write_text(json.dumps(report, indent=2, allow_nan=True))
@@ -465,8 +489,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "model's elevational gain, as 'adapt --epochs 0' fits them) from another sweep of its probe (the "
                    "same probe name, or for your files the same frame size and pixel spacing), or from the first half "
                    "of a sweep whose probe has no other one")
+    p.add_argument("--curve", metavar="FILE|typical",
+                   help="decorrelation curve both estimators use: a JSON from calibrate-speckle, or 'typical' for "
+                   "the typical probe's curve (default: a simulated sweep's own probe curve, else the typical one); "
+                   "'typical' scores simulated sweeps as a new, uncalibrated probe would be")
+    p.add_argument("--guard", action="store_true",
+                   help="also run the quality guard on every sweep and score whether its verdict predicts the learned "
+                   "poses' drift (AUROC, rank correlation, verdicts against FDR > 10 %%)")
     p.add_argument("--force", action="store_true", help="overwrite an existing report and plots in --out")
     p.set_defaults(func=cmd_evaluate)
+
+
+def _curve_option(value: str | None) -> Any:
+    """``--curve``: None, the typical probe's curve for ``typical``, else the curve file (read now, so a bad file
+    fails before any work)."""
+    if value is None:
+        return None
+    from ..poses.speckle import DecorrelationCurve
+
+    return DecorrelationCurve.default() if value == "typical" else DecorrelationCurve.load(value)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -503,11 +544,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         total = len(sites) * args.sweeps
         settings = {"mode": "simulated", "sites": sites, "sweeps_per_site": args.sweeps, "seed": args.seed,
                     "frames": args.frames, "trajectory": args.trajectory or "random"}
+    curve = _curve_option(getattr(args, "curve", None))
+    if curve is not None:
+        settings["curve"] = str(args.curve)
     progress = Progress(getattr(args, "quiet", False))
     try:
         report = run_evaluation(sweeps, args.methods, args.out, force=args.force, plots=args.plots, model=args.model,
                                 device=args.device, total=total, progress=progress, settings=settings,
-                                probe_calibration=getattr(args, "probe_calibration", False))
+                                probe_calibration=getattr(args, "probe_calibration", False), curve=curve,
+                                guard=getattr(args, "guard", False))
     finally:
         progress.close()
     print(report["table_markdown"])
@@ -529,5 +574,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(transfer_table(report["probe_calibration"]))
         print("\nTargets (issue 17, calibration):")
         print(targets_lines(report["probe_calibration"]))
+    if "guard_vs_error" in report:
+        from .guard_vs_error import guard_lines, guard_table
+
+        print("\nThe quality guard against the learned poses' drift:")
+        print(guard_table(report["sweeps"]))
+        print("\nTargets (issue 17, a guard that predicts pose failure):")
+        print(guard_lines(report["guard_vs_error"]))
     print(f"\nwrote {Path(args.out) / 'report.json'} and {len(report['plots'])} plots")
     return 0
