@@ -125,3 +125,39 @@ def test_log_to_intensity_correlation():
     r_log = 6 / np.pi ** 2 * (np.pi ** 2 / 12 - np.log(2) ** 2 / 2)
     assert speckle.log_to_intensity_correlation(np.array([r_log]))[0] == pytest.approx(0.5, abs=1e-4)
     assert speckle.log_to_intensity_correlation(np.array([0.0, 1.0, -0.2])).tolist() == [0.0, 1.0, 0.0]
+
+
+def test_patches_on_the_fan_edge_or_a_static_overlay_are_left_out():
+    import torch
+
+    rng = np.random.default_rng(3)
+    frames = rng.random((6, 96, 96)).astype(np.float32)
+    frames[:, :, :30] = 0.0          # outside a fan: black in every frame
+    frames[:, 80:, 60:] = 0.5        # a burnt-in overlay: the same grey in every frame
+    grid = speckle.blockmatch.patch_grid((96, 96), 3, 3)
+    ok = speckle.imaging_patches(torch.from_numpy(frames), grid).numpy().reshape(3, 3)
+    x0 = grid.x0.reshape(3, 3)[0]
+    y0 = grid.y0.reshape(3, 3)[:, 0]
+    for r in range(3):
+        for c in range(3):
+            touches_black = x0[c] < 30
+            touches_overlay = y0[r] + grid.size > 80 and x0[c] + grid.size > 60
+            assert ok[r, c] == (not touches_black and not touches_overlay), (r, c)
+
+
+def test_a_curve_calibrated_on_a_curvilinear_sweep_is_not_widened_by_the_fan_edge():
+    """A convex probe's black border sits still in every frame; patches on it once made the calibrated curve
+    3-5x wider than the probe's beam model (half-correlation distance 3.8 mm against 0.7-0.9 mm)."""
+    settings = AcquisitionSettings(probe="curvilinear", f0_mhz=3.5, depth_mm=45.0, radius_mm=26.0, sector_deg=40.0,
+                                   elevation_focus_mm=29.0, elevation_aperture_mm=7.5, lateral_fnumber=2.5)
+    from freehandrecon.simulate.trajectory import make_trajectory
+
+    rng = np.random.default_rng(999)
+    poses = make_trajectory("mixed", 48, rng, direction=1, pivot_mm=settings.skin_point_mm, depth_mm=settings.depth_mm)
+    sweep = simulate_sweep(settings, poses, phantom_for(settings, poses, rng, structure=True), rng)
+    assert (sweep.frames[:, -1, 0] == 0).all() and (sweep.frames[:, 0, 0] == 0).all()  # black corners outside the fan
+    calibrated = speckle.DecorrelationCurve.calibrate(sweep)
+    beam = speckle.DecorrelationCurve.from_settings(settings)
+    mid = settings.depth_mm / 2
+    ratio = float(calibrated.distance(0.5, mid)) / float(beam.distance(0.5, mid))
+    assert 0.8 < ratio < 2.0, ratio

@@ -20,7 +20,9 @@ Method (no training), for each pair of consecutive frames k, k+1:
    ``ry = -asin(b)``, ``rx = asin(a / cos(ry))``.
 
 Weights (partially developed speckle and saturation): patches whose frame-k+1 content is flat
-(no texture: anechoic or blank regions) get no weight; patches with ``rho_I`` above 0.97 (too
+(no texture: anechoic or blank regions) get no weight, nor do patches with more than 2 % of pixels that
+never change over the sweep (outside a curvilinear fan, burnt-in overlays: a static edge correlates whatever
+the motion; the calibration of a curve leaves them out too); patches with ``rho_I`` above 0.97 (too
 little motion to resolve against noise) or below 0.1 (nearly fully decorrelated: the distance is
 only a lower bound) are down-weighted to 0.2 and 0.1; the in-plane fit weighs patches by the
 square of their matching peak. Frames larger than ``max_size`` pixels are block-averaged first
@@ -264,13 +266,14 @@ class DecorrelationCurve:
         transform = log_to_intensity_correlation if log_compressed else None
         # roughly geometric lags: distances spread evenly on a log scale at a fraction of the cost of all lags
         lags = np.unique(np.round(np.geomspace(1, max(1, min(max_lag, n - 1)), 10)).astype(int))
+        imaging = imaging_patches(torch.from_numpy(frames), grid).numpy()
         for lag in lags:
             rel = np.linalg.inv(c) @ np.linalg.inv(rel_all[:-lag]) @ rel_all[lag:] @ c  # k+lag in k, centre frame
             z = np.abs(np.einsum("mab,pb->mpa", rel, pts)[..., 2])  # [M, P]
             a = torch.from_numpy(frames[:-lag])
             b = torch.from_numpy(frames[lag:])
             res = blockmatch.in_plane_motion(a, b, grid, spacing, transform=transform)
-            ok = _textured(b, grid).numpy()
+            ok = _textured(b, grid).numpy() & imaging[None]
             d_all.append(z[ok])
             r_all.append(res.rho.numpy()[ok])
             band_all.append(np.broadcast_to(np.arange(len(depth)) // cols, z.shape)[ok])
@@ -378,6 +381,15 @@ def _textured(frames: torch.Tensor, grid: blockmatch.PatchGrid, min_std: float =
     return blockmatch.extract_patches(frames, grid).std(dim=(-2, -1)) > min_std
 
 
+def imaging_patches(frames: torch.Tensor, grid: blockmatch.PatchGrid, max_static: float = 0.02) -> torch.Tensor:
+    """``[P]`` True where at most ``max_static`` of a patch's pixels are static over the sweep ``[N, H, W]``:
+    black all along (outside a curvilinear fan) or unchanging (a burnt-in overlay). A patch straddling the fan
+    edge keeps the edge in the same place in every frame, so it correlates highly whatever the motion and would
+    make the elevational distance read short, and a calibrated curve far too wide."""
+    static = (frames.amax(dim=0) <= 1.0 / 255) | (frames.std(dim=0, correction=0) < 1e-3)
+    return blockmatch.extract_patches(static[None].float(), grid).mean(dim=(-2, -1))[0] <= max_static
+
+
 def plane_fit(dist: np.ndarray, weight: np.ndarray, centres: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
     """Weighted plane ``d = tz + a y + b x`` per pair: ``dist, weight [M, P]``, ``centres [P, 2]`` (x, y mm)
     -> ``[M, 3]`` (tz, a, b). A small ridge on the slopes keeps degenerate grids finite."""
@@ -420,6 +432,7 @@ def estimate_relative(sweep, *, curve: DecorrelationCurve | str | os.PathLike | 
     rho_all = np.zeros((n - 1, len(depth)), np.float32)
     used = np.zeros(n - 1)
     t = torch.from_numpy(frames)
+    imaging = imaging_patches(t, grid).numpy().astype(np.float64)
     for start in range(0, n - 1, batch):
         if should_cancel is not None and should_cancel():
             raise Cancelled()
@@ -428,7 +441,7 @@ def estimate_relative(sweep, *, curve: DecorrelationCurve | str | os.PathLike | 
         res = blockmatch.in_plane_motion(a, b, grid, spacing, transform=transform)
         rho = res.rho.numpy().astype(np.float64)
         dist = chosen.distance(rho, np.broadcast_to(depth, rho.shape))
-        weight = _textured(b, grid).numpy().astype(np.float64)
+        weight = _textured(b, grid).numpy().astype(np.float64) * imaging[None]
         weight *= np.where(rho > RHO_HIGH, 0.2, np.where(rho < RHO_LOW, 0.1, 1.0))
         tz, slope_y, slope_x = plane_fit(dist, weight, centres).T
         ry = -np.arcsin(np.clip(slope_x, -0.5, 0.5))
