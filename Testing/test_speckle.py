@@ -161,3 +161,13 @@ def test_a_curve_calibrated_on_a_curvilinear_sweep_is_not_widened_by_the_fan_edg
     mid = settings.depth_mm / 2
     ratio = float(calibrated.distance(0.5, mid)) / float(beam.distance(0.5, mid))
     assert 0.8 < ratio < 2.0, ratio
+
+
+def test_an_image_that_is_mostly_static_keeps_all_its_patches():
+    import torch
+
+    rng = np.random.default_rng(4)
+    frames = np.zeros((5, 96, 96), np.float32)
+    frames[:, 40:44, 20:80] = rng.random((5, 4, 60))  # a bright moving line in black water: every patch has static pixels
+    grid = speckle.blockmatch.patch_grid((96, 96), 3, 3)
+    assert speckle.imaging_patches(torch.from_numpy(frames), grid).all()

@@ -381,13 +381,19 @@ def _textured(frames: torch.Tensor, grid: blockmatch.PatchGrid, min_std: float =
     return blockmatch.extract_patches(frames, grid).std(dim=(-2, -1)) > min_std
 
 
+MIN_IMAGING_PATCHES = 3  # fewer patches free of static pixels: use them all (e.g. wires in water, no speckle)
+
+
 def imaging_patches(frames: torch.Tensor, grid: blockmatch.PatchGrid, max_static: float = 0.02) -> torch.Tensor:
     """``[P]`` True where at most ``max_static`` of a patch's pixels are static over the sweep ``[N, H, W]``:
     black all along (outside a curvilinear fan) or unchanging (a burnt-in overlay). A patch straddling the fan
     edge keeps the edge in the same place in every frame, so it correlates highly whatever the motion and would
-    make the elevational distance read short, and a calibrated curve far too wide."""
+    make the elevational distance read short, and a calibrated curve far too wide. When fewer than
+    :data:`MIN_IMAGING_PATCHES` patches are free of static pixels (an image mostly black, such as wires in
+    water), every patch is kept: there is no speckle to prefer."""
     static = (frames.amax(dim=0) <= 1.0 / 255) | (frames.std(dim=0, correction=0) < 1e-3)
-    return blockmatch.extract_patches(static[None].float(), grid).mean(dim=(-2, -1))[0] <= max_static
+    ok = blockmatch.extract_patches(static[None].float(), grid).mean(dim=(-2, -1))[0] <= max_static
+    return ok if int(ok.sum()) >= MIN_IMAGING_PATCHES else torch.ones_like(ok)
 
 
 def plane_fit(dist: np.ndarray, weight: np.ndarray, centres: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
