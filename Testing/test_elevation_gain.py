@@ -100,8 +100,10 @@ def test_an_invalid_elevational_gain_is_refused(gained_model, bad):
 @pytest.mark.parametrize("probe,names,kept", [
     # the L9-4 elevation beam is wider than any trained on: the gain, with speckle's tilt and yaw, does best
     ("l94", ("l94_translation", "l94_scurve", "l94_tilt"), "gain_typical_curve_speckle_rotations"),
-    # the curve fitted on a slow convex sweep misleads the network; the gain alone with the typical curve is kept
-    ("c52", ("c52_translation", "c52_tilt"), "gain_typical_curve"),
+    # convex: since speckle leaves the fan edge out, its tilt and yaw through the fitted curve help here too
+    ("c52", ("c52_translation", "c52_tilt"), "gain_typical_curve_speckle_rotations"),
+    # on this L11-5v pair the network's own rotations are the better ones: the gain alone with the typical curve
+    ("l11", ("l11_mixed", "l11_tilt"), "gain_typical_curve"),
 ])
 def test_adapt_without_fine_tuning_keeps_the_candidate_that_drifts_least(tmp_path, capsys, probe, names, kept):
     from freehandrecon.poses.metrics import final_drift_rate_length_pct
