@@ -171,3 +171,16 @@ def test_an_image_that_is_mostly_static_keeps_all_its_patches():
     frames[:, 40:44, 20:80] = rng.random((5, 4, 60))  # a bright moving line in black water: every patch has static pixels
     grid = speckle.blockmatch.patch_grid((96, 96), 3, 3)
     assert speckle.imaging_patches(torch.from_numpy(frames), grid).all()
+
+
+def test_an_image_calibrated_curve_given_to_the_shipped_learned_model_is_warned_about(tmp_path):
+    from freehandrecon.poses import IMAGE_CURVE_WARNING, estimate_poses
+
+    sweep = random_sweep("site-a", 20000, 24, kind="mixed")
+    calibrated = speckle.DecorrelationCurve.calibrate(random_sweep("site-a", 20001, 40, kind="linear"))
+    path = calibrated.save(tmp_path / "curve.json")
+    assert IMAGE_CURVE_WARNING in estimate_poses(sweep, "learned", curve=path).warnings
+    assert IMAGE_CURVE_WARNING not in estimate_poses(sweep, "learned").warnings
+    beam = speckle.DecorrelationCurve.from_settings(sweep.metadata["settings"])  # the kind it was trained with
+    assert IMAGE_CURVE_WARNING not in estimate_poses(sweep, "learned", curve=beam).warnings
+    assert IMAGE_CURVE_WARNING not in estimate_poses(sweep, "speckle", curve=path).warnings

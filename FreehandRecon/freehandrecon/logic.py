@@ -28,7 +28,7 @@ from .compound.memory import check_reconstruction_memory, expected_holes
 from .compound.options import channel_options
 from .errors import Cancelled, InputError, OutputExistsError
 from .fan import FanMask, detect_fan
-from .poses import PoseEstimate, estimate_poses, sweep_with_poses
+from .poses import IMAGE_CURVE_WARNING, PoseEstimate, estimate_poses, sweep_with_poses
 from .sweep import Sweep
 
 log = logging.getLogger(__name__)
@@ -356,6 +356,8 @@ def posed_sweep(sweep: Sweep, poses: PoseRequest, progress: ProgressCallback | N
         return sweep, None
     estimate = estimate_poses(sweep, poses.method, model=poses.model, sweep_direction=poses.sweep_direction,
                               device=poses.device, progress=progress, should_cancel=should_cancel, curve=poses.curve)
+    if IMAGE_CURVE_WARNING in estimate.warnings:
+        log.warning(IMAGE_CURVE_WARNING)
     return sweep_with_poses(sweep, estimate), estimate
 
 

@@ -38,6 +38,14 @@ class PoseEstimate:
         return float((self.relative_centre.shape[0] + 1) / max(self.seconds, 1e-9))
 
 
+# The shipped network learned the elevational step through beam-model curves; an image-calibrated curve is another
+# kind of curve and made it drift more on the independent simulator's probes (README, "With the probe's calibration").
+IMAGE_CURVE_WARNING = ("The shipped learned model was trained with beam-model curves, and a curve calibrated from images "
+                       "makes it drift more on probes it was not trained on. Run freehandrecon adapt on tracked sweeps "
+                       "of this probe instead (it keeps the curve only where that helps on held-out frames), or "
+                       "leave the curve out.")
+
+
 def estimate_poses(sweep: Sweep, method: str = "learned", *, model: str | Path | None = None,
                    sweep_direction: str = "auto", device: str = "cpu",
                    progress: Callable[[str, float], None] | None = None,
@@ -81,6 +89,8 @@ def estimate_poses(sweep: Sweep, method: str = "learned", *, model: str | Path |
 
         sweep = without_static_overlays(sweep)
     warnings = common.check_speckle(sweep.frames)
+    if method == "learned" and model is None and curve is not None and "calibrated from" in curve.source:
+        warnings.append(IMAGE_CURVE_WARNING)
     direction = common.resolve_direction(sweep, sweep_direction)
     t0 = time.perf_counter()
     if method == "speckle":
