@@ -7,6 +7,9 @@ sweeps with speckle). Each method runs through
 :func:`freehandrecon.poses.estimate_poses` with ``sweep_direction="auto"`` (simulated sweeps carry
 their direction in metadata; tracked ones give it by their net motion), and
 :func:`freehandrecon.poses.metrics.evaluate_poses` scores it. Writes ``report.json`` and PNG plots.
+``--curve typical`` scores simulated sweeps with the typical probe's curve instead of their own beam model (as an
+uncalibrated probe would be scored); ``--guard`` adds whether the quality guard's verdict predicts the learned
+poses' drift (:mod:`.guard_vs_error`).
 """
 
 from __future__ import annotations
