@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..quality.ood import auroc
+from ..quality.ood import auroc, average_ranks
 
 FAIL_FDR_PCT = 10.0  # learned poses drifting more than this share of the path "fail"
 
@@ -29,21 +29,12 @@ def guard_entry(report: Any) -> dict[str, Any]:
             "median_ood": round(float(np.median(report.ood_score)), 4) if report.num_frames else float("nan")}
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n with ties averaged."""
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(x.size)
-    _, first, counts = np.unique(x[order], return_index=True, return_counts=True)
-    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
-    return ranks
-
-
 def spearman(x: Iterable[float], y: Iterable[float]) -> float:
     """Spearman's rank correlation (NaN with fewer than 3 pairs or a constant variable)."""
     a, b = np.asarray(list(x), np.float64), np.asarray(list(y), np.float64)
     if a.size < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
-    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
+    return float(np.corrcoef(average_ranks(a), average_ranks(b))[0, 1])
 
 
 def guard_vs_error(entries: list[dict[str, Any]], fail_pct: float = FAIL_FDR_PCT) -> dict[str, Any]:

@@ -112,20 +112,23 @@ def fit_ensemble(train: list[np.ndarray], labels: np.ndarray, calib: list[np.nda
     return EnsembleStats(layers, list(names), centre, scale, _unit(np.asarray(train[-1], np.float64)), int(k))
 
 
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``values``, ties sharing their average rank."""
+    v = np.asarray(values, np.float64).ravel()
+    order = np.argsort(v, kind="mergesort")
+    ranks = np.empty(v.size)
+    _, first, counts = np.unique(v[order], return_index=True, return_counts=True)
+    ranks[order] = np.repeat(first + (counts - 1) / 2.0 + 1.0, counts)
+    return ranks
+
+
 def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
     """Area under the ROC curve of scores where positives (OOD) should score higher (ties count 1/2)."""
     neg = np.asarray(negatives, np.float64).ravel()
     pos = np.asarray(positives, np.float64).ravel()
     if neg.size == 0 or pos.size == 0:
         return float("nan")
-    allv = np.concatenate([neg, pos])
-    order = np.argsort(allv, kind="mergesort")
-    ranks = np.empty(allv.size)
-    sorted_v = allv[order]
-    # average ranks of ties
-    _, first, counts = np.unique(sorted_v, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0 + 1.0
-    ranks[order] = np.repeat(avg, counts)
+    ranks = average_ranks(np.concatenate([neg, pos]))
     r_pos = ranks[neg.size:].sum()
     return float((r_pos - pos.size * (pos.size + 1) / 2.0) / (pos.size * neg.size))
 
