@@ -90,7 +90,8 @@ def test_calibrate_speckle_then_use_the_curve(tmp_path, capsys):
     write_sweep(random_sweep("site-b", 7, 30, kind="linear", direction=1, structure=False, step_mm=0.1), calib)
     curve = tmp_path / "curve.json"
     assert main(["--quiet", "calibrate-speckle", str(calib), "--out", str(curve)]) == 0
-    assert json.loads(capsys.readouterr().out)["out"] == str(curve)
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["out"] == str(curve) and printed["static_patches_left_out"] == 0  # a linear probe: no fan corners
     test = tmp_path / "test.npz"
     sweep = random_sweep("site-b", 8, 16, kind="linear", direction=1, structure=False, step_mm=0.25)
     sweep.metadata.pop("settings")  # the estimator must rely on the calibrated curve, not the simulator's

@@ -157,6 +157,9 @@ def test_a_curve_calibrated_on_a_curvilinear_sweep_is_not_widened_by_the_fan_edg
     sweep = simulate_sweep(settings, poses, phantom_for(settings, poses, rng, structure=True), rng)
     assert (sweep.frames[:, -1, 0] == 0).all() and (sweep.frames[:, 0, 0] == 0).all()  # black corners outside the fan
     calibrated = speckle.DecorrelationCurve.calibrate(sweep)
+    assert calibrated.meta["static_patches_left_out"] > 0  # the fan's corners
+    _, info = speckle.estimate_relative(sweep, curve=calibrated)
+    assert info["static_patches_left_out"] == calibrated.meta["static_patches_left_out"]
     beam = speckle.DecorrelationCurve.from_settings(settings)
     mid = settings.depth_mm / 2
     ratio = float(calibrated.distance(0.5, mid)) / float(beam.distance(0.5, mid))

@@ -79,7 +79,9 @@ def cmd_calibrate_speckle(args: argparse.Namespace) -> int:
     curve = DecorrelationCurve.calibrate(sweep)
     curve.save(args.out, force=args.force)
     print(json.dumps({"frames": sweep.num_frames, "depth_bands_mm": [round(float(d), 2) for d in curve.depths_mm],
-                      "max_distance_mm": round(float(curve.distances_mm[-1]), 3), "out": str(args.out)}, indent=2))
+                      "max_distance_mm": round(float(curve.distances_mm[-1]), 3),
+                      "static_patches_left_out": curve.meta.get("static_patches_left_out", 0),
+                      "out": str(args.out)}, indent=2))
     return 0
 
 

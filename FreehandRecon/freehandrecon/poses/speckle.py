@@ -303,7 +303,8 @@ class DecorrelationCurve:
             raise InputError(f"The calibration sweep gives too few usable frame pairs at depth "
                              f"{row_depths[i]:.1f} mm.", "Use a longer calibration sweep of speckle with "
                              "steady elevational motion of about 0.05-0.3 mm per frame.")
-        meta = {"fits": fits, "max_lag": max_lag, "patch_height_mm": grid.size * spacing[1]}
+        meta = {"fits": fits, "max_lag": max_lag, "patch_height_mm": grid.size * spacing[1],
+                "static_patches_left_out": int((~imaging).sum())}
         if missing:
             meta["bands_without_texture_mm"] = [round(float(row_depths[i]), 2) for i in missing]
         return cls(row_depths[kept], dist, np.array(table), source="calibrated from a tracked sweep", meta=meta)
@@ -465,5 +466,6 @@ def estimate_relative(sweep, *, curve: DecorrelationCurve | str | os.PathLike | 
     info = {"curve": chosen.source, "patch_grid": [rows, cols], "patch_size_px": grid.size,
             "downsample_factor": factor, "log_compressed": log_compressed,
             "mean_correlation": float(rho_all.mean()),
-            "fraction_patches_in_range": float(used.mean()), "warnings": warnings}
+            "fraction_patches_in_range": float(used.mean()),
+            "static_patches_left_out": int((imaging == 0).sum()), "warnings": warnings}
     return rel, info
