@@ -81,7 +81,7 @@ def estimate_poses(sweep: Sweep, method: str = "learned", *, model: str | Path |
         curve = model_bundle(model).get("curve")  # a probe model from `freehandrecon adapt` carries its curve
         model = None if curve is not None else model
     if curve is not None:  # read it first: a bad curve file is an input error whichever estimator runs
-        from .speckle import DecorrelationCurve
+        from .speckle import CALIBRATED_SOURCE, DecorrelationCurve
 
         curve = curve if isinstance(curve, DecorrelationCurve) else DecorrelationCurve.load(curve)
     if sweep.metadata.get("static_overlay_pixels"):  # scanner captures: hide calipers and text (io/region.py)
@@ -89,7 +89,7 @@ def estimate_poses(sweep: Sweep, method: str = "learned", *, model: str | Path |
 
         sweep = without_static_overlays(sweep)
     warnings = common.check_speckle(sweep.frames)
-    if method == "learned" and model is None and curve is not None and "calibrated from" in curve.source:
+    if method == "learned" and model is None and curve is not None and curve.source == CALIBRATED_SOURCE:
         warnings.append(IMAGE_CURVE_WARNING)
     direction = common.resolve_direction(sweep, sweep_direction)
     t0 = time.perf_counter()

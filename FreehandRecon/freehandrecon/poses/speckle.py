@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 CURVE_FORMAT = "freehandrecon-decorrelation-curve"
 RHO_HIGH, RHO_LOW = 0.97, 0.1
+CALIBRATED_SOURCE = "calibrated from a tracked sweep"  # the source of every curve DecorrelationCurve.calibrate fits
 _SIMULATED_CURVES: dict[tuple, "DecorrelationCurve"] = {}
 
 
@@ -307,7 +308,7 @@ class DecorrelationCurve:
                 "static_patches_left_out": int((~imaging).sum())}
         if missing:
             meta["bands_without_texture_mm"] = [round(float(row_depths[i]), 2) for i in missing]
-        return cls(row_depths[kept], dist, np.array(table), source="calibrated from a tracked sweep", meta=meta)
+        return cls(row_depths[kept], dist, np.array(table), source=CALIBRATED_SOURCE, meta=meta)
 
     # --- storage ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -439,7 +440,7 @@ def estimate_relative(sweep, *, curve: DecorrelationCurve | str | os.PathLike | 
     rho_all = np.zeros((n - 1, len(depth)), np.float32)
     used = np.zeros(n - 1)
     t = torch.from_numpy(frames)
-    imaging = imaging_patches(t, grid).numpy().astype(np.float64)
+    imaging = imaging_patches(t, grid).numpy()
     for start in range(0, n - 1, batch):
         if should_cancel is not None and should_cancel():
             raise Cancelled()
@@ -467,5 +468,5 @@ def estimate_relative(sweep, *, curve: DecorrelationCurve | str | os.PathLike | 
             "downsample_factor": factor, "log_compressed": log_compressed,
             "mean_correlation": float(rho_all.mean()),
             "fraction_patches_in_range": float(used.mean()),
-            "static_patches_left_out": int((imaging == 0).sum()), "warnings": warnings}
+            "static_patches_left_out": int((~imaging).sum()), "warnings": warnings}
     return rel, info
