@@ -152,9 +152,9 @@ def test_requirements_match_pyproject():
     # matplotlib: plots of `freehandrecon evaluate`; tqdm: command-line progress bars; pytorch-msssim:
     # training losses; pydicom, av: DICOM and video readers (the module takes its sweeps from the scene, and the
     # readers import them only when such a file is read); pyigtl: `freehandrecon live`/`stream` (in Slicer,
-    # OpenIGTLinkIF brings the images into the scene and the Live section reads them there). The module never
-    # uses them.
-    command_line_only = {"matplotlib", "tqdm", "pytorch-msssim", "pydicom", "av", "pyigtl"}
+    # OpenIGTLinkIF brings the images into the scene and the Live section reads them there); pynrrd: the snapshot
+    # files of `freehandrecon live` (the module updates its volume node instead). The module never uses them.
+    command_line_only = {"matplotlib", "tqdm", "pytorch-msssim", "pydicom", "av", "pyigtl", "pynrrd"}
     expected = {d for d in deps if re.split(r"[<>=~! \[;]", d)[0] not in shipped_by_slicer | command_line_only}
     assert reqs == expected
     assert {re.split(r"[<>=~! \[;]", r)[0] for r in reqs} == {"h5py", "safetensors", "numba"}

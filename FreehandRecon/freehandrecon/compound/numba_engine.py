@@ -22,6 +22,8 @@ write straight into the accumulators (float32: value and weight; PLUS mean on fl
 
 from __future__ import annotations
 
+import copy
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -402,6 +404,15 @@ def mean_volume(acc_v, acc_w, out):
 
 
 @njit(cache=True, nogil=True)
+def mean_volume_serial(acc_v, acc_w, out):
+    """:func:`mean_volume` on the calling thread only: for a copy finished in a background thread while the
+    pasting kernels run (two parallel regions at once oversubscribe the cores, and OpenMP's waiting threads spin)."""
+    for i in range(out.shape[0]):
+        w = acc_w[i]
+        out[i] = acc_v[i] / w if w > 0 else np.float32(0.0)
+
+
+@njit(cache=True, nogil=True)
 def clear_neginf(a):
     """Untouched max voxels (-inf) to 0, in place."""
     for i in range(a.shape[0]):
@@ -454,6 +465,7 @@ class NumbaAccumulators:
         vdtype = np.float64 if self.mode == PLUS and not self.integer else np.float32
         self.acc_v = np.full(nvox, -np.inf if self.mode == MAX else 0.0, dtype=vdtype)
         self.acc_w = np.zeros(nvox, dtype=np.float32)
+        self.serial = False
 
     @property
     def nvox(self) -> int:
@@ -493,7 +505,7 @@ class NumbaAccumulators:
         after which they must not be pasted into again."""
         if self.mode == MEAN:
             volume = np.empty(self.nvox, dtype=np.float32)
-            mean_volume(self.acc_v, self.acc_w, volume)
+            (mean_volume_serial if self.serial else mean_volume)(self.acc_v, self.acc_w, volume)
             return volume, (self.acc_w.copy() if copy else self.acc_w)
         if self.mode == PLUS:
             volume = self.acc_v.astype(np.float32, copy=copy)
@@ -504,6 +516,13 @@ class NumbaAccumulators:
         if self.mode == MAX:
             clear_neginf(volume)
         return volume, (self.acc_w.copy() if copy else self.acc_w)
+
+    def copied(self) -> "NumbaAccumulators":
+        """An independent copy (the accumulators' arrays copied)."""
+        twin = copy.copy(self)
+        twin.acc_v, twin.acc_w = self.acc_v.copy(), self.acc_w.copy()
+        twin.serial = True  # finished beside the pasting thread: no parallel kernel
+        return twin
 
     def embed(self, dims: tuple[int, int, int], offset: tuple[int, int, int]) -> None:
         """Move the accumulators into a larger grid ``dims`` whose voxel ``offset`` (i, j, k) is this grid's

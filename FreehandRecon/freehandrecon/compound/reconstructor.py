@@ -21,6 +21,8 @@ kept and every snapshot compounds them all.
 
 from __future__ import annotations
 
+import copy
+
 import dataclasses
 import time
 
@@ -91,6 +93,9 @@ class _NumpyAccumulators:
 
     def embed(self, dims, offset) -> None:
         self.paster.embed(dims, offset)
+
+    def copied(self) -> "_NumpyAccumulators":
+        return copy.deepcopy(self)
 
 
 class Reconstructor:
@@ -240,6 +245,16 @@ class Reconstructor:
                  "filled_voxels": filled, "engine": "torch", "seconds": t_end - t0,
                  "hole_filling_seconds": t_end - t_holes, "workers": workers}
         return CompoundResult(volume, coverage, self.grid, stats)
+
+    def detached(self) -> "Reconstructor":
+        """A copy of what was compounded so far, to be finished (:meth:`snapshot`, :meth:`result`) in another
+        thread while frames keep being added to this one. Costs one memory copy of the accumulators (the torch
+        engine: of the list of frames); nothing is normalised here."""
+        twin = copy.copy(self)
+        twin._kept = list(self._kept)
+        if self._acc is not None:
+            twin._acc = self._acc.copied()
+        return twin
 
     def snapshot(self, fill_holes: bool = False) -> CompoundResult:
         """The volume and coverage of the frames added so far (copies: adding goes on); hole filling only with
