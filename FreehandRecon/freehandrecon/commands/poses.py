@@ -81,6 +81,9 @@ def cmd_calibrate_speckle(args: argparse.Namespace) -> int:
     print(json.dumps({"frames": sweep.num_frames, "depth_bands_mm": [round(float(d), 2) for d in curve.depths_mm],
                       "max_distance_mm": round(float(curve.distances_mm[-1]), 3),
                       "static_patches_left_out": curve.meta.get("static_patches_left_out", 0),
+                      "structure_pairs_left_out": curve.meta.get("structure_pairs_left_out", 0),
+                      **({"bands_with_structure_mm": curve.meta["bands_with_structure_mm"]}
+                         if "bands_with_structure_mm" in curve.meta else {}),
                       "out": str(args.out)}, indent=2))
     return 0
 

@@ -22,7 +22,9 @@ Method (no training), for each pair of consecutive frames k, k+1:
 Weights (partially developed speckle and saturation): patches whose frame-k+1 content is flat
 (no texture: anechoic or blank regions) get no weight, nor do patches with more than 2 % of pixels that
 never change over the sweep (outside a curvilinear fan, burnt-in overlays: a static edge correlates whatever
-the motion; the calibration of a curve leaves them out too); patches with ``rho_I`` above 0.97 (too
+the motion; the calibration of a curve leaves them out too); patches holding structure (intensity std more than
+1.3x the sweep's typical patch's: tissue layers, bone, vessel walls, which decorrelate far slower than speckle)
+are down-weighted to 0.05 (the calibration leaves them out); patches with ``rho_I`` above 0.97 (too
 little motion to resolve against noise) or below 0.1 (nearly fully decorrelated: the distance is
 only a lower bound) are down-weighted to 0.2 and 0.1; the in-plane fit weighs patches by the
 square of their matching peak. Frames larger than ``max_size`` pixels are block-averaged first
@@ -50,6 +52,9 @@ log = logging.getLogger(__name__)
 
 CURVE_FORMAT = "freehandrecon-decorrelation-curve"
 RHO_HIGH, RHO_LOW = 0.97, 0.1
+TEXTURE_MIN_STD = 0.02  # of full scale: a flatter patch (anechoic, blank) has no speckle to correlate
+STRUCTURE_STD_RATIO = 1.3  # a patch whose intensity std exceeds the sweep's typical patch's by this holds structure
+STRUCTURE_WEIGHT = 0.05  # estimation: such patches count this much (all structure: the fit is as unweighted)
 CALIBRATED_SOURCE = "calibrated from a tracked sweep"  # the source of every curve DecorrelationCurve.calibrate fits
 _SIMULATED_CURVES: dict[tuple, "DecorrelationCurve"] = {}
 
@@ -234,7 +239,8 @@ class DecorrelationCurve:
     @classmethod
     def calibrate(cls, sweep, *, max_lag: int = 12, rows: int = 5, cols: int = 5, bins: int = 24,
                   log_compressed: bool = True, max_size: int = 256,
-                  min_bands: int | None = None) -> "DecorrelationCurve":
+                  min_bands: int | None = None,
+                  structure_ratio: float | None = STRUCTURE_STD_RATIO) -> "DecorrelationCurve":
         """Fit a curve from a tracked calibration sweep of speckle (mostly elevational motion).
 
         Frame pairs up to ``max_lag`` apart (about 10 roughly geometric lags) are matched in-plane and their patch correlations paired
@@ -246,6 +252,10 @@ class DecorrelationCurve:
         ``min_bands``: by default every depth band must have enough textured pairs; with a number, bands
         without them (e.g. water above a wire phantom) are left out as long as ``min_bands`` remain
         (depths outside the kept bands take the nearest one).
+
+        ``structure_ratio``: patches holding structure (:func:`speckle_like`) are left out; a depth band with too
+        few speckle-like pairs uses all of its textured pairs (listed in ``meta["bands_with_structure_mm"]``).
+        None keeps every patch.
         """
         if sweep.image_to_world is None:
             raise InputError("A calibration sweep needs tracked poses.",
@@ -267,28 +277,43 @@ class DecorrelationCurve:
         transform = log_to_intensity_correlation if log_compressed else None
         # roughly geometric lags: distances spread evenly on a log scale at a fraction of the cost of all lags
         lags = np.unique(np.round(np.geomspace(1, max(1, min(max_lag, n - 1)), 10)).astype(int))
-        imaging = imaging_patches(torch.from_numpy(frames), grid).numpy()
+        imaging_t = imaging_patches(torch.from_numpy(frames), grid)
+        imaging = imaging_t.numpy()
+        sample = torch.from_numpy(frames[np.unique(np.linspace(0, n - 1, min(n, 64)).astype(int))])
+        reference = speckle_std(patch_std(sample, grid), imaging_t)
+        spk_all = []
         for lag in lags:
             rel = np.linalg.inv(c) @ np.linalg.inv(rel_all[:-lag]) @ rel_all[lag:] @ c  # k+lag in k, centre frame
             z = np.abs(np.einsum("mab,pb->mpa", rel, pts)[..., 2])  # [M, P]
             a = torch.from_numpy(frames[:-lag])
             b = torch.from_numpy(frames[lag:])
             res = blockmatch.in_plane_motion(a, b, grid, spacing, transform=transform)
-            ok = _textured(b, grid).numpy() & imaging[None]
+            std_b = patch_std(b, grid)
+            ok = (std_b > TEXTURE_MIN_STD).numpy() & imaging[None]
             d_all.append(z[ok])
             r_all.append(res.rho.numpy()[ok])
             band_all.append(np.broadcast_to(np.arange(len(depth)) // cols, z.shape)[ok])
-        d, r, band = (np.concatenate(v) for v in (d_all, r_all, band_all))
+            spk_all.append(speckle_like(std_b, reference, structure_ratio).numpy()[ok])
+        d, r, band, spk = (np.concatenate(v) for v in (d_all, r_all, band_all, spk_all))
         row_depths = depth.reshape(rows, cols)[:, 0]
         max_d = max(float(np.percentile(d, 99.5)), 1e-3)
         edges = np.linspace(0.0, max_d, bins + 1)
         dist = np.linspace(0.0, max_d, 256)
-        table, fits, kept, missing = [], [], [], []
-        for i in range(rows):
-            m = band == i
+        table, fits, kept, missing, structured = [], [], [], [], []
+
+        def binned(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             which = np.clip(np.digitize(d[m], edges) - 1, 0, bins - 1)
             count = np.bincount(which, minlength=bins)
-            ok = count >= 3
+            return which, count, count >= 3
+
+        for i in range(rows):
+            m = (band == i) & spk
+            which, count, ok = binned(m)
+            if ok.sum() < 3:  # a band of structure only (a tissue layer across the image): all its pairs
+                m = band == i
+                which, count, ok = binned(m)
+                if ok.sum() >= 3 and structure_ratio is not None:
+                    structured.append(i)
             if ok.sum() < 3:
                 missing.append(i)
                 continue
@@ -305,7 +330,11 @@ class DecorrelationCurve:
                              f"{row_depths[i]:.1f} mm.", "Use a longer calibration sweep of speckle with "
                              "steady elevational motion of about 0.05-0.3 mm per frame.")
         meta = {"fits": fits, "max_lag": max_lag, "patch_height_mm": grid.size * spacing[1],
-                "static_patches_left_out": int((~imaging).sum())}
+                "static_patches_left_out": int((~imaging).sum()),
+                "structure_std_ratio": structure_ratio,
+                "structure_pairs_left_out": int((~spk).sum()) if structure_ratio is not None else 0}
+        if structured:
+            meta["bands_with_structure_mm"] = [round(float(row_depths[i]), 2) for i in structured]
         if missing:
             meta["bands_without_texture_mm"] = [round(float(row_depths[i]), 2) for i in missing]
         return cls(row_depths[kept], dist, np.array(table), source=CALIBRATED_SOURCE, meta=meta)
@@ -378,9 +407,32 @@ def _patch_centres_mm(grid: blockmatch.PatchGrid, shape: tuple[int, int], spacin
     return (grid.centres_px() - [(w - 1) / 2, (h - 1) / 2]) * np.asarray(spacing)
 
 
-def _textured(frames: torch.Tensor, grid: blockmatch.PatchGrid, min_std: float = 0.02) -> torch.Tensor:
-    """``[M, P]`` True where a patch has texture (intensity std above ``min_std`` of full scale)."""
-    return blockmatch.extract_patches(frames, grid).std(dim=(-2, -1)) > min_std
+
+
+
+
+def patch_std(frames: torch.Tensor, grid: blockmatch.PatchGrid) -> torch.Tensor:
+    """``[M, P]`` intensity standard deviation of every patch of ``frames`` ``[M, H, W]``."""
+    return blockmatch.extract_patches(frames, grid).std(dim=(-2, -1))
+
+
+def speckle_std(std: torch.Tensor, imaging: torch.Tensor) -> float:
+    """The typical patch's intensity std over a sweep (``std`` ``[M, P]`` from :func:`patch_std`): the median over
+    frames and the patches that image (``imaging`` ``[P]``). Fully developed speckle, log-compressed, has the
+    same std everywhere (about 5.6 dB of the display's dynamic range), whatever the gain; most patches are
+    speckle, so the median is its std."""
+    sel = std[:, imaging] if bool(imaging.any()) else std
+    return float(sel.median())
+
+
+def speckle_like(std: torch.Tensor, reference: float, ratio: float | None = STRUCTURE_STD_RATIO) -> torch.Tensor:
+    """``[M, P]`` True where a patch looks like speckle: its std at most ``ratio`` times the sweep's typical
+    ``reference`` (:func:`speckle_std`). Bright or anechoic structures (tissue layers, bone, vessel walls) raise
+    the std and decorrelate far slower than speckle as the probe moves: read with the speckle curve they give
+    short distances, and a curve calibrated on them is too wide. ``ratio`` None: every patch."""
+    if ratio is None:
+        return torch.ones_like(std, dtype=torch.bool)
+    return std <= ratio * reference
 
 
 MIN_IMAGING_PATCHES = 3  # fewer patches free of static pixels: use them all (e.g. wires in water, no speckle)
@@ -416,11 +468,13 @@ def estimate_relative(sweep, *, curve: DecorrelationCurve | str | os.PathLike | 
                       progress: Callable[[str, float], None] | None = None,
                       should_cancel: Callable[[], bool] | None = None, rows: int = 5, cols: int = 5,
                       log_compressed: bool = True, max_size: int = 256,
-                      batch: int = 32) -> tuple[np.ndarray, dict[str, Any]]:
+                      batch: int = 32,
+                      structure_ratio: float | None = STRUCTURE_STD_RATIO) -> tuple[np.ndarray, dict[str, Any]]:
     """Forward-canonical relative motions ``[N-1, 4, 4]`` in the centre frame and an info dict.
 
     See the module docstring for the method. ``curve`` is a :class:`DecorrelationCurve` or its JSON
-    file (default: :func:`curve_for`).
+    file (default: :func:`curve_for`). ``structure_ratio``: see :func:`speckle_like` (None: no patch is
+    down-weighted as structure).
     """
     warnings = common.check_speckle(sweep.frames)
     chosen = curve_for(sweep, curve)
@@ -440,7 +494,10 @@ def estimate_relative(sweep, *, curve: DecorrelationCurve | str | os.PathLike | 
     rho_all = np.zeros((n - 1, len(depth)), np.float32)
     used = np.zeros(n - 1)
     t = torch.from_numpy(frames)
-    imaging = imaging_patches(t, grid).numpy()
+    imaging_t = imaging_patches(t, grid)
+    imaging = imaging_t.numpy()
+    reference = speckle_std(patch_std(t[np.unique(np.linspace(0, n - 1, min(n, 64)).astype(int))], grid), imaging_t)
+    structure = 0.0
     for start in range(0, n - 1, batch):
         if should_cancel is not None and should_cancel():
             raise Cancelled()
@@ -449,8 +506,12 @@ def estimate_relative(sweep, *, curve: DecorrelationCurve | str | os.PathLike | 
         res = blockmatch.in_plane_motion(a, b, grid, spacing, transform=transform)
         rho = res.rho.numpy().astype(np.float64)
         dist = chosen.distance(rho, np.broadcast_to(depth, rho.shape))
-        weight = _textured(b, grid).numpy().astype(np.float64) * imaging[None]
+        std_b = patch_std(b, grid)
+        weight = (std_b > TEXTURE_MIN_STD).numpy().astype(np.float64) * imaging[None]
         weight *= np.where(rho > RHO_HIGH, 0.2, np.where(rho < RHO_LOW, 0.1, 1.0))
+        like = speckle_like(std_b, reference, structure_ratio).numpy()
+        weight *= np.where(like, 1.0, STRUCTURE_WEIGHT)
+        structure += float((~like[:, imaging]).sum())
         tz, slope_y, slope_x = plane_fit(dist, weight, centres).T
         ry = -np.arcsin(np.clip(slope_x, -0.5, 0.5))
         rx = np.arcsin(np.clip(slope_y / np.cos(ry), -0.5, 0.5))
@@ -468,5 +529,7 @@ def estimate_relative(sweep, *, curve: DecorrelationCurve | str | os.PathLike | 
             "downsample_factor": factor, "log_compressed": log_compressed,
             "mean_correlation": float(rho_all.mean()),
             "fraction_patches_in_range": float(used.mean()),
-            "static_patches_left_out": int((~imaging).sum()), "warnings": warnings}
+            "static_patches_left_out": int((~imaging).sum()),
+            "structure_patches_fraction": round(structure / max(1, (n - 1) * int(imaging.sum())), 4),
+            "warnings": warnings}
     return rel, info
