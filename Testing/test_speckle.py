@@ -231,3 +231,12 @@ def test_structure_does_not_widen_a_calibrated_curve(site):
     speckle_only = curves[False, None]
     err = {k: float(np.mean(np.abs(np.log(v / speckle_only)))) for k, v in curves.items() if k[0]}
     assert err[True, speckle.STRUCTURE_STD_RATIO] < 0.6 * err[True, None], err
+
+
+def test_the_simulated_probe_curve_of_a_low_contrast_near_field():
+    """A randomised probe whose shallowest band has no texture (high dynamic range, few grey levels): its simulated
+    curve takes the neighbouring band's there, as a user's calibration does, instead of refusing."""
+    settings = AcquisitionSettings.from_dict(random_sweep("site-random-linear", 40002, 2).metadata["settings"])
+    curve = speckle.DecorrelationCurve.from_simulation(settings)
+    assert curve.meta["bands_without_texture_mm"] and curve.depths_mm.size >= 2
+    assert 0.0 < float(curve.distance(0.5, settings.depth_mm / 2)) < 3.0

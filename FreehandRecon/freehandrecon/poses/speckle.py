@@ -213,7 +213,8 @@ class DecorrelationCurve:
             poses = make_trajectory("linear", frames, rng, step_mm=step_mm, pivot_mm=s.skin_point_mm,
                                     depth_mm=s.depth_mm)
             sweep = simulate_sweep(s, poses, phantom_for(s, poses, rng, structure=False), rng)
-            curve = cls.calibrate(sweep, max_lag=max_lag, rows=rows, cols=cols)
+            # a band without texture (low-contrast near field) takes its neighbour's curve, as for a user's sweep
+            curve = cls.calibrate(sweep, max_lag=max_lag, rows=rows, cols=cols, min_bands=2)
             curve.source = "calibrated on a simulated sweep of the probe's settings"
             _SIMULATED_CURVES[key] = curve
         c = _SIMULATED_CURVES[key]
