@@ -92,6 +92,7 @@ def test_calibrate_speckle_then_use_the_curve(tmp_path, capsys):
     assert main(["--quiet", "calibrate-speckle", str(calib), "--out", str(curve)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["out"] == str(curve) and printed["static_patches_left_out"] == 0  # a linear probe: no fan corners
+    assert printed["structure_pairs_left_out"] == 0 and printed["warnings"] == []  # plain speckle: nothing to warn of
     test = tmp_path / "test.npz"
     sweep = random_sweep("site-b", 8, 16, kind="linear", direction=1, structure=False, step_mm=0.25)
     sweep.metadata.pop("settings")  # the estimator must rely on the calibrated curve, not the simulator's

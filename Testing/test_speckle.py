@@ -228,6 +228,11 @@ def test_structure_does_not_widen_a_calibrated_curve(site):
             c = speckle.DecorrelationCurve.calibrate(sweep, min_bands=2, structure_ratio=ratio)
             curves[structure, ratio] = c.distance(np.full(c.depths_mm.size, 0.5), c.depths_mm)
             assert (c.meta["structure_pairs_left_out"] > 0) == (structure and ratio is not None)
+            # tissue (a fifth of the pairs hold structure here) is warned about; a speckle phantom is not
+            judged = structure and ratio is not None
+            assert bool(c.meta.get("warnings")) == judged and (c.meta["structure_pairs_fraction"] > 0.1) == judged
+            if judged:
+                assert "speckle phantom" in c.meta["warnings"][0]
     speckle_only = curves[False, None]
     err = {k: float(np.mean(np.abs(np.log(v / speckle_only)))) for k, v in curves.items() if k[0]}
     assert err[True, speckle.STRUCTURE_STD_RATIO] < 0.6 * err[True, None], err

@@ -70,6 +70,9 @@ def fit_curve(sweeps: list[Sweep]):
         c = DecorrelationCurve(depths, dist, rho, meta={"patch_height_mm": curves[0].meta["patch_height_mm"],
                                                         "sweeps": [c.meta for c in curves]})
     c.source = f"probe curve fitted by freehandrecon adapt on {sum(s.num_frames for s in sweeps)} tracked frames"
+    notes = list(dict.fromkeys(w for k in curves for w in k.meta.get("warnings", [])))  # e.g. tissue structure
+    if notes:
+        c.meta["warnings"] = notes
     return c
 
 
@@ -164,6 +167,7 @@ def adapt_probe(named: list[tuple[str, Sweep]], out_dir: str | Path, options: Ad
         t = time.perf_counter()
         stage("curve", 0.0)
         curve = fit_curve(adapt_sweeps)
+        warnings += curve.meta.get("warnings", [])
         stage("curve", 1.0)
         seconds["curve"] = time.perf_counter() - t
 

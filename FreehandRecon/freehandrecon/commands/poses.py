@@ -82,8 +82,10 @@ def cmd_calibrate_speckle(args: argparse.Namespace) -> int:
                       "max_distance_mm": round(float(curve.distances_mm[-1]), 3),
                       "static_patches_left_out": curve.meta.get("static_patches_left_out", 0),
                       "structure_pairs_left_out": curve.meta.get("structure_pairs_left_out", 0),
+                      "structure_pairs_fraction": curve.meta.get("structure_pairs_fraction", 0.0),
                       **({"bands_with_structure_mm": curve.meta["bands_with_structure_mm"]}
                          if "bands_with_structure_mm" in curve.meta else {}),
+                      "warnings": list(curve.meta.get("warnings", [])),
                       "out": str(args.out)}, indent=2))
     return 0
 
