@@ -23,7 +23,7 @@ Weights (partially developed speckle and saturation): patches whose frame-k+1 co
 (no texture: anechoic or blank regions) get no weight, nor do patches with more than 2 % of pixels that
 never change over the sweep (outside a curvilinear fan, burnt-in overlays: a static edge correlates whatever
 the motion; the calibration of a curve leaves them out too); patches holding structure (intensity std more than
-1.3x the sweep's typical patch's: tissue layers, bone, vessel walls, which decorrelate far slower than speckle)
+1.3x the frame's typical patch's: tissue layers, bone, vessel walls, which decorrelate far slower than speckle)
 are down-weighted to 0.05 (the calibration leaves them out); patches with ``rho_I`` above 0.97 (too
 little motion to resolve against noise) or below 0.1 (nearly fully decorrelated: the distance is
 only a lower bound) are down-weighted to 0.2 and 0.1; the in-plane fit weighs patches by the
@@ -53,13 +53,13 @@ log = logging.getLogger(__name__)
 CURVE_FORMAT = "freehandrecon-decorrelation-curve"
 RHO_HIGH, RHO_LOW = 0.97, 0.1
 TEXTURE_MIN_STD = 0.02  # of full scale: a flatter patch (anechoic, blank) has no speckle to correlate
-STRUCTURE_STD_RATIO = 1.3  # a patch whose intensity std exceeds the sweep's typical patch's by this holds structure
+STRUCTURE_STD_RATIO = 1.3  # a patch whose intensity std exceeds its frame's typical patch's by this: structure
 STRUCTURE_WARN_FRACTION = 0.10  # calibration: more structure than this gets a warning
 STRUCTURE_CALIBRATION_WARNING = (
-    "{pct:.0f} % of the calibration sweep's patch pairs hold tissue structure (left out). Structure decorrelates slower "
-    "than speckle, and what is left of it makes curves calibrated on tissue too wide: on our simulator, the learned "
-    "model drifts 27-40 % with a curve calibrated on tissue against 8-11 % with one calibrated on a speckle phantom. "
-    "Calibrate on a speckle phantom without structure (or a region of plain speckle) when you can.")
+    "{pct:.0f} % of the calibration sweep's patch pairs hold tissue structure (left out). Structure decorrelates "
+    "slower than speckle, and what is left of it makes curves calibrated on tissue too wide: on our simulator, the "
+    "learned model drifts 27-40 % with a curve calibrated on tissue against 8-11 % with one calibrated on a speckle "
+    "phantom. Calibrate on a speckle phantom without structure (or a region of plain speckle) when you can.")
 STRUCTURE_WEIGHT = 0.05  # estimation: such patches count this much (all structure: the fit is as unweighted)
 CALIBRATED_SOURCE = "calibrated from a tracked sweep"  # the source of every curve DecorrelationCurve.calibrate fits
 _SIMULATED_CURVES: dict[tuple, "DecorrelationCurve"] = {}
@@ -286,8 +286,6 @@ class DecorrelationCurve:
         lags = np.unique(np.round(np.geomspace(1, max(1, min(max_lag, n - 1)), 10)).astype(int))
         imaging_t = imaging_patches(torch.from_numpy(frames), grid)
         imaging = imaging_t.numpy()
-        sample = torch.from_numpy(frames[np.unique(np.linspace(0, n - 1, min(n, 64)).astype(int))])
-        reference = speckle_std(patch_std(sample, grid), imaging_t)
         spk_all = []
         for lag in lags:
             rel = np.linalg.inv(c) @ np.linalg.inv(rel_all[:-lag]) @ rel_all[lag:] @ c  # k+lag in k, centre frame
@@ -300,7 +298,7 @@ class DecorrelationCurve:
             d_all.append(z[ok])
             r_all.append(res.rho.numpy()[ok])
             band_all.append(np.broadcast_to(np.arange(len(depth)) // cols, z.shape)[ok])
-            spk_all.append(speckle_like(std_b, reference, structure_ratio).numpy()[ok])
+            spk_all.append(speckle_like(std_b, speckle_std(std_b, imaging_t), structure_ratio).numpy()[ok])
         d, r, band, spk = (np.concatenate(v) for v in (d_all, r_all, band_all, spk_all))
         row_depths = depth.reshape(rows, cols)[:, 0]
         max_d = max(float(np.percentile(d, 99.5)), 1e-3)
@@ -427,17 +425,19 @@ def patch_std(frames: torch.Tensor, grid: blockmatch.PatchGrid) -> torch.Tensor:
     return blockmatch.extract_patches(frames, grid).std(dim=(-2, -1))
 
 
-def speckle_std(std: torch.Tensor, imaging: torch.Tensor) -> float:
-    """The typical patch's intensity std over a sweep (``std`` ``[M, P]`` from :func:`patch_std`): the median over
-    frames and the patches that image (``imaging`` ``[P]``). Fully developed speckle, log-compressed, has the
-    same std everywhere (about 5.6 dB of the display's dynamic range), whatever the gain; most patches are
-    speckle, so the median is its std."""
+def speckle_std(std: torch.Tensor, imaging: torch.Tensor) -> torch.Tensor:
+    """``[M, 1]`` the typical patch's intensity std in each frame (``std`` ``[M, P]`` from :func:`patch_std`): the
+    median over the patches that image (``imaging`` ``[P]``). Fully developed speckle, log-compressed, has the same
+    std everywhere (about 5.6 dB of the display's dynamic range), whatever the gain; most patches are speckle, so
+    the median is its std. Per frame, so that each pair of frames is judged on its own (live windows give the
+    offline poses)."""
     sel = std[:, imaging] if bool(imaging.any()) else std
-    return float(sel.median())
+    return sel.median(dim=1, keepdim=True).values
 
 
-def speckle_like(std: torch.Tensor, reference: float, ratio: float | None = STRUCTURE_STD_RATIO) -> torch.Tensor:
-    """``[M, P]`` True where a patch looks like speckle: its std at most ``ratio`` times the sweep's typical
+def speckle_like(std: torch.Tensor, reference: torch.Tensor | float,
+                 ratio: float | None = STRUCTURE_STD_RATIO) -> torch.Tensor:
+    """``[M, P]`` True where a patch looks like speckle: its std at most ``ratio`` times its frame's typical
     ``reference`` (:func:`speckle_std`). Bright or anechoic structures (tissue layers, bone, vessel walls) raise
     the std and decorrelate far slower than speckle as the probe moves: read with the speckle curve they give
     short distances, and a curve calibrated on them is too wide. ``ratio`` None: every patch."""
@@ -507,7 +507,6 @@ def estimate_relative(sweep, *, curve: DecorrelationCurve | str | os.PathLike | 
     t = torch.from_numpy(frames)
     imaging_t = imaging_patches(t, grid)
     imaging = imaging_t.numpy()
-    reference = speckle_std(patch_std(t[np.unique(np.linspace(0, n - 1, min(n, 64)).astype(int))], grid), imaging_t)
     structure = 0.0
     for start in range(0, n - 1, batch):
         if should_cancel is not None and should_cancel():
@@ -520,7 +519,7 @@ def estimate_relative(sweep, *, curve: DecorrelationCurve | str | os.PathLike | 
         std_b = patch_std(b, grid)
         weight = (std_b > TEXTURE_MIN_STD).numpy().astype(np.float64) * imaging[None]
         weight *= np.where(rho > RHO_HIGH, 0.2, np.where(rho < RHO_LOW, 0.1, 1.0))
-        like = speckle_like(std_b, reference, structure_ratio).numpy()
+        like = speckle_like(std_b, speckle_std(std_b, imaging_t), structure_ratio).numpy()
         weight *= np.where(like, 1.0, STRUCTURE_WEIGHT)
         structure += float((~like[:, imaging]).sum())
         tz, slope_y, slope_x = plane_fit(dist, weight, centres).T
