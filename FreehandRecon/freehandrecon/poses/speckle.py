@@ -337,7 +337,7 @@ class DecorrelationCurve:
         meta = {"fits": fits, "max_lag": max_lag, "patch_height_mm": grid.size * spacing[1],
                 "static_patches_left_out": int((~imaging).sum()),
                 "structure_std_ratio": structure_ratio,
-                "structure_pairs_left_out": int((~spk).sum()) if structure_ratio is not None else 0,
+                "structure_pairs_left_out": int((~spk).sum()),
                 "structure_pairs_fraction": round(float((~spk).mean()), 4) if spk.size else 0.0}
         if meta["structure_pairs_fraction"] > STRUCTURE_WARN_FRACTION:
             meta["warnings"] = [STRUCTURE_CALIBRATION_WARNING.format(pct=100 * meta["structure_pairs_fraction"])]
