@@ -154,3 +154,35 @@ def test_guard_needs_the_learned_method_and_a_bad_curve_fails_first(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         args.func(args)
     assert not (tmp_path / "o").exists() and not (tmp_path / "o2").exists()
+
+
+def test_phantom_calibration_pairs_each_sweep_with_its_probes_phantom(tmp_path):
+    """--probe-calibration phantom: every sweep is calibrated on its probe's speckle-phantom sweep; a probe without
+    one, a set other than the independent one, or a missing phantom folder is refused before any work."""
+    from freehandrecon.lab.probe_transfer import phantom_pairs
+
+    def tagged(probe: str, seed: int):
+        s = random_sweep("site-f", seed, 4)
+        s.metadata["probe"] = probe
+        return s
+
+    named = [("a1", tagged("A", 1)), ("b1", tagged("B", 2)), ("a2", tagged("A", 3))]
+    phantoms = [("a_phantom", tagged("A", 4)), ("b_phantom", tagged("B", 5))]
+    pairs = phantom_pairs(named, phantoms)
+    assert [(p, n) for p, _, n, _ in pairs] == [("a_phantom", "a1"), ("b_phantom", "b1"), ("a_phantom", "a2")]
+    with pytest.raises(InputError, match="probe 'B'"):
+        phantom_pairs(named, phantoms[:1])
+    args = _parser().parse_args(["--quiet", "evaluate", "--sweeps", "1", "--probe-calibration", "phantom",
+                                 "--out", str(tmp_path / "o")])
+    with pytest.raises(InputError, match="needs --set independent"):
+        args.func(args)
+    root = tmp_path / "data"
+    (root / "independent").mkdir(parents=True)
+    src = sorted((DATA / "independent").glob("*.npz"))[0]
+    (root / "independent" / src.name).write_bytes(src.read_bytes())
+    args = _parser().parse_args(["--quiet", "evaluate", "--set", "independent", "--data-root", str(root),
+                                 "--probe-calibration", "phantom", "--out", str(tmp_path / "o2")])
+    with pytest.raises(InputError, match="No speckle-phantom calibration sweeps"):
+        args.func(args)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o2").exists()
+    assert _parser().parse_args(["evaluate", "--probe-calibration", "--out", "x"]).probe_calibration == "other"

@@ -92,6 +92,18 @@ def set_sweeps(name: str, data_root: str | Path | None = None) -> list[tuple[str
     return out
 
 
+def phantom_sweeps(data_root: str | Path | None = None) -> list[tuple[str, Sweep]]:
+    """The independent set's speckle-phantom calibration sweeps (``independent/phantom/*.npz``, one per probe)."""
+    from ..io import read_sweep
+
+    root = Path(data_root) if data_root is not None else DATA_ROOT
+    files = sorted((root / "independent" / "phantom").glob("*.npz"))
+    if not files:
+        raise InputError(f"No speckle-phantom calibration sweeps under {root / 'independent' / 'phantom'}.",
+                         "Run from a source checkout, pass --data-root, or use --probe-calibration other.")
+    return [(f.stem, read_sweep(f)) for f in files]
+
+
 def named_set(name: str, data_root: str | Path | None = None) -> Iterator[tuple[str, Sweep]]:
     """The sweeps of a named set (:func:`set_sweeps`), read lazily."""
     from ..io import read_sweep
@@ -345,12 +357,14 @@ def run_evaluation(sweeps: Iterable[tuple[str, Sweep]], methods: Iterable[str], 
                    total: int | None = None, progress: Progress | None = None,
                    should_cancel: Callable[[], bool] | None = None,
                    settings: dict[str, Any] | None = None, probe_calibration: bool = False,
-                   curve: Any = None, guard: bool = False) -> dict[str, Any]:
+                   curve: Any = None, guard: bool = False,
+                   phantoms: list[tuple[str, Sweep]] | None = None) -> dict[str, Any]:
     """Evaluate every sweep with every method; write ``report.json`` and PNG plots (trajectories and
     per-frame errors of the first ``plots`` sweeps) into ``out_dir``. Returns the report.
 
     ``probe_calibration`` adds ``report["probe_calibration"]``: each sweep estimated with the calibration
-    fitted on another sweep of its probe (:mod:`.probe_transfer`). ``curve``: see :func:`evaluate_sweep`.
+    fitted on another sweep of its probe (:mod:`.probe_transfer`), or with ``phantoms`` on its probe's
+    speckle-phantom sweep. ``curve``: see :func:`evaluate_sweep`.
     ``guard`` runs the quality guard on every sweep and adds ``report["guard_vs_error"]``: does its verdict
     predict the learned poses' drift (:mod:`.guard_vs_error`)? It needs the learned method.
 
@@ -419,7 +433,7 @@ def run_evaluation(sweeps: Iterable[tuple[str, Sweep]], methods: Iterable[str], 
     if probe_calibration:
         from .probe_transfer import evaluate_transfer
 
-        transfer = _round(evaluate_transfer(kept, model=model, device=device))
+        transfer = _round(evaluate_transfer(kept, model=model, device=device, phantoms=phantoms))
     agg = aggregate([{"results": e["results"]} for e in entries], methods)
     targets = check_targets(agg)
     report = {"format": "freehandrecon-evaluation", "version": 1, "methods": methods,
@@ -487,11 +501,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="image calibration instead of --plus-config (4x4 matrix file or TUS-REC calib_matrix.csv)")
     p.add_argument("--pixel-spacing", type=float, nargs=2, metavar=("SX", "SY"),
                    help="override the pixel spacing in mm (columns, rows)")
-    p.add_argument("--probe-calibration", action="store_true",
+    p.add_argument("--probe-calibration", nargs="?", const="other", choices=["other", "phantom"],
                    help="also estimate each sweep with the probe calibration (decorrelation curve and the learned "
-                   "model's elevational gain, as 'adapt --epochs 0' fits them) from another sweep of its probe (the "
-                   "same probe name, or for your files the same frame size and pixel spacing), or from the first half "
-                   "of a sweep whose probe has no other one")
+                   "model's elevational gain, as 'adapt --epochs 0' fits them): 'other' (the default) from another "
+                   "sweep of its probe (the same probe name, or for your files the same frame size and pixel "
+                   "spacing), or from the first half of a sweep whose probe has no other one; 'phantom' (with --set "
+                   "independent) from its probe's speckle-phantom sweep in independent/phantom")
     p.add_argument("--curve", metavar="FILE|typical",
                    help="decorrelation curve both estimators use: a JSON from calibrate-speckle, or 'typical' for "
                    "the typical probe's curve (default: a simulated sweep's own probe curve, else the typical one); "
@@ -550,12 +565,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     curve = _curve_option(getattr(args, "curve", None))
     if curve is not None:
         settings["curve"] = str(args.curve)
+    calibration = getattr(args, "probe_calibration", None)
+    phantoms = None
+    if calibration == "phantom":
+        if eval_set != "independent":
+            raise InputError("--probe-calibration phantom needs --set independent (its probes have phantom sweeps).",
+                             "Add --set independent, or use --probe-calibration other.")
+        phantoms = phantom_sweeps(getattr(args, "data_root", None))  # before any slow work
+        settings["probe_calibration"] = "phantom"
     progress = Progress(getattr(args, "quiet", False))
     try:
         report = run_evaluation(sweeps, args.methods, args.out, force=args.force, plots=args.plots, model=args.model,
                                 device=args.device, total=total, progress=progress, settings=settings,
-                                probe_calibration=getattr(args, "probe_calibration", False), curve=curve,
-                                guard=getattr(args, "guard", False))
+                                probe_calibration=bool(calibration), curve=curve,
+                                guard=getattr(args, "guard", False), phantoms=phantoms)
     finally:
         progress.close()
     print(report["table_markdown"])
@@ -573,7 +596,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if "probe_calibration" in report:
         from .probe_transfer import targets_lines, transfer_table
 
-        print("\nWith the probe's calibration from another sweep of the probe (FDR % of length):")
+        source = "its speckle-phantom sweep" if phantoms is not None else "another sweep of the probe"
+        print(f"\nWith the probe's calibration from {source} (FDR % of length):")
         print(transfer_table(report["probe_calibration"]))
         print("\nTargets (issue 17, calibration):")
         print(targets_lines(report["probe_calibration"]))

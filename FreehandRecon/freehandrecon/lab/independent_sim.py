@@ -255,7 +255,7 @@ class Phantom:
     points: np.ndarray      # [P, 3] world mm
     amplitude: np.ndarray   # [P] reflection coefficients
     vessels: list           # dicts: point, direction (unit), radius_mm (anechoic cylinders)
-    layer: dict             # point, normal (unit), thickness_mm, gain (bright specular layer)
+    layer: dict | None      # point, normal (unit), thickness_mm, gain (bright specular layer); None: none
     density_per_mm3: float
 
 
@@ -283,8 +283,10 @@ def _margin_mask(pr: Probe) -> np.ndarray:
     return mask & (z >= 0.05)
 
 
-def make_phantom(pr: Probe, poses: np.ndarray, rng: np.random.Generator, scatterers_per_frame: int) -> Phantom:
-    """A fixed phantom covering every frame's slab, with ``scatterers_per_frame`` expected per frame."""
+def make_phantom(pr: Probe, poses: np.ndarray, rng: np.random.Generator, scatterers_per_frame: int,
+                 structure: bool = True) -> Phantom:
+    """A fixed phantom covering every frame's slab, with ``scatterers_per_frame`` expected per frame.
+    ``structure=False``: plain speckle of uniform echogenicity (a speckle calibration phantom)."""
     density = scatterers_per_frame / _region_volume_mm3(pr)
     n, s = pr.size, pr.spacing_mm
     span = (n - 1) * s
@@ -295,6 +297,9 @@ def make_phantom(pr: Probe, poses: np.ndarray, rng: np.random.Generator, scatter
     lo, hi = world.min(axis=0), world.max(axis=0)
     count = int(rng.poisson(density * float(np.prod(hi - lo))))
     pts = rng.uniform(lo, hi, (count, 3))
+    if not structure:
+        return Phantom(points=pts, amplitude=rng.standard_normal(count), vessels=[], layer=None,
+                       density_per_mm3=float(density))
     # background: Gaussian amplitudes under a smooth echogenicity map (0.6-1.4)
     field = np.zeros(count)
     for _ in range(4):
@@ -441,6 +446,7 @@ class SweepPlan:
     direction: int
     seed: int
     tilt_deg: float = 0.0
+    structure: bool = True  # False: a speckle calibration phantom (no vessels, no layer, uniform echogenicity)
 
     def scatterers(self, override: int | None = None) -> int:
         """Expected scatterers per frame: ``override`` or the probe's own count."""
@@ -452,7 +458,8 @@ class SweepPlan:
 
     def key(self, scatterers_per_frame: int | None, frequency_step: float | None) -> str:
         """Hash of everything that determines the frames (so a stale cache is never reused)."""
-        blob = json.dumps([asdict(self), asdict(probe(self.probe)), self.scatterers(scatterers_per_frame),
+        fields = {k: v for k, v in asdict(self).items() if not (k == "structure" and v)}  # keys made before it stay
+        blob = json.dumps([fields, asdict(probe(self.probe)), self.scatterers(scatterers_per_frame),
                            self.frequency_step(frequency_step),
                            GENERATOR_VERSION], sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
@@ -473,15 +480,23 @@ PLAN = (
     SweepPlan("l94_mixed", "L9-4", "mixed", 48, 0.4, -1, 111),
     SweepPlan("l11_translation_fine", "L11-5v", "translation", 48, 0.1, +1, 112),
 )
+# Calibration sweeps, not validation sweeps: one slow straight sweep of a speckle phantom per probe, as a user would
+# record with `calibrate-speckle` / `adapt` (written to Testing/Data/independent/phantom/).
+PHANTOM_PLAN = (
+    SweepPlan("l11_phantom", "L11-5v", "translation", 32, 0.2, +1, 201, structure=False),
+    SweepPlan("l94_phantom", "L9-4", "translation", 32, 0.2, +1, 202, structure=False),
+    SweepPlan("c52_phantom", "C5-2v", "translation", 32, 0.25, +1, 203, structure=False),
+)
 DEFAULT_SCATTERERS = None  # each probe's own count (Probe.scatterers)
 DEFAULT_FREQUENCY_STEP = None  # each probe's own (Probe.frequency_step)
 
 
 def plan(name: str) -> SweepPlan:
-    for p in PLAN:
+    for p in PLAN + PHANTOM_PLAN:
         if p.name == name:
             return p
-    raise InputError(f"No sweep '{name}' in the plan.", f"Use one of: {', '.join(p.name for p in PLAN)}.")
+    raise InputError(f"No sweep '{name}' in the plan.",
+                     f"Use one of: {', '.join(p.name for p in PLAN + PHANTOM_PLAN)}.")
 
 
 def sweep_setup(sp: SweepPlan, scatterers_per_frame: int | None = None) -> tuple[np.ndarray, Phantom, dict[str, Any]]:
@@ -490,7 +505,7 @@ def sweep_setup(sp: SweepPlan, scatterers_per_frame: int | None = None) -> tuple
     rng = np.random.default_rng(np.random.SeedSequence([sp.seed, GENERATOR_VERSION]))
     poses, info = make_poses(sp.trajectory, sp.frames, sp.step_mm, sp.direction, rng, skin_point_mm(pr),
                              sp.tilt_deg)
-    phantom = make_phantom(pr, poses, rng, sp.scatterers(scatterers_per_frame))
+    phantom = make_phantom(pr, poses, rng, sp.scatterers(scatterers_per_frame), structure=sp.structure)
     return poses, phantom, info
 
 
@@ -630,8 +645,8 @@ def assemble_sweep(sp: SweepPlan, cache: Path, scatterers_per_frame: int | None 
                   "averaged 2x2", "skin_point_mm": skin_point_mm(pr).tolist()},
         "phantom": {"vessels": [{k: np.asarray(v).tolist() if k != "radius_mm" else v for k, v in ves.items()}
                                 for ves in phantom.vessels],
-                    "layer": {k: np.asarray(v).tolist() if k in ("point", "normal") else v
-                              for k, v in phantom.layer.items()},
+                    "layer": None if phantom.layer is None else {
+                        k: np.asarray(v).tolist() if k in ("point", "normal") else v for k, v in phantom.layer.items()},
                     "density_per_mm3": round(phantom.density_per_mm3, 4), "slab_mm": pr.slab_mm},
         "scatterers_per_frame_mean": int(np.mean(counts)),
         "frequency_step": sp.frequency_step(frequency_step),
@@ -776,6 +791,10 @@ def _cmd_assemble(a: argparse.Namespace) -> int:
     bad = 0
     for sp in chosen:
         sw = assemble_sweep(sp, a.cache, a.scatterers, a.frequency_step)
+        if not sp.structure:  # a speckle phantom: no vessel to check the poses against
+            write_npz(sw, a.out / f"{sp.name}.npz", force=a.force, compress=True)
+            print(f"{sp.name}: speckle phantom (no lumen check)")
+            continue
         chk = lumen_check(sw)
         status = "PASS" if chk["passed"] else "FAIL"
         print(f"{sp.name}: lumen check {status} (median lumen/ring {chk['median_ratio']:.2f}, "
@@ -798,11 +817,10 @@ def describe(files: Iterable[Path]) -> str:
         sw = read_npz(f)
         m = sw.metadata
         sp = plan(m["name"])
-        chk = lumen_check(sw)
+        ratio = f"{lumen_check(sw)['median_ratio']:.2f}" if sp.structure else "- (no vessels)"
         lines.append(f"| {m['name']} | {m['probe']} | {m['trajectory']} | {sw.num_frames} | {sp.step_mm} | "
                      f"{sp.direction:+d} | {sp.tilt_deg if sp.trajectory == 'tilt' else '-'} | "
-                     f"{m['scatterers_per_frame_mean']} | {m['cpu_seconds_per_frame_mean']} | "
-                     f"{chk['median_ratio']:.2f} |")
+                     f"{m['scatterers_per_frame_mean']} | {m['cpu_seconds_per_frame_mean']} | {ratio} |")
     return "\n".join(lines)
 
 

@@ -64,6 +64,22 @@ def calibration_pairs(named: list[tuple[str, Sweep]]) -> list[tuple[str, Sweep, 
     return pairs
 
 
+def phantom_pairs(named: list[tuple[str, Sweep]], phantoms: list[tuple[str, Sweep]]
+                  ) -> list[tuple[str, Sweep, str, Sweep]]:
+    """``(phantom name, phantom sweep, estimated name, sweep)``: every sweep calibrated on the speckle-phantom sweep
+    of its probe (``metadata["probe"]``); InputError when a probe has none."""
+    by_probe = {str((s.metadata or {}).get("probe")): (n, s) for n, s in phantoms}
+    pairs = []
+    for name, s in named:
+        probe = str((s.metadata or {}).get("probe"))
+        if probe not in by_probe:
+            raise InputError(f"No speckle-phantom calibration sweep of the probe '{probe}' (sweep {name}).",
+                             "Give a phantom sweep for every probe of the set, or use --probe-calibration other.")
+        pn, ps = by_probe[probe]
+        pairs.append((pn, ps, name, s))
+    return pairs
+
+
 def _fdr(sweep: Sweep, poses: np.ndarray) -> float:
     return float(final_drift_rate_length_pct(sweep.image_to_world, poses, sweep.frame_shape, sweep.pixel_spacing))
 
@@ -108,9 +124,11 @@ def _chain(sweep: Sweep, rel: np.ndarray) -> np.ndarray:
 
 
 def evaluate_transfer(named: list[tuple[str, Sweep]], model: Any = None, device: str = "cpu",
-                      progress: Callable[[str, float], None] | None = None) -> dict[str, Any]:
-    """Every pair of :func:`calibration_pairs`, the means over pairs, and the issue's targets."""
-    pairs = calibration_pairs(named)
+                      progress: Callable[[str, float], None] | None = None,
+                      phantoms: list[tuple[str, Sweep]] | None = None) -> dict[str, Any]:
+    """Every pair of :func:`calibration_pairs` (with ``phantoms``: of :func:`phantom_pairs`), the means over pairs,
+    and the issue's targets."""
+    pairs = phantom_pairs(named, phantoms) if phantoms is not None else calibration_pairs(named)
     rows = []
     for i, (a, sa, b, sb) in enumerate(pairs):
         rows.append({"calibrated_on": a, "estimated": b, **evaluate_pair(sa, sb, model, device)})
