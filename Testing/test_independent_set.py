@@ -173,3 +173,31 @@ def test_convex_geometry_table_is_pymusts():
         p = lab.PROBES[name].param()
         _, _, the, h = p.getElementPositions()
         assert np.allclose(values, (float(p.radius) * 1e3, float(np.ravel(h)[0]) * 1e3, float(np.abs(the).max())))
+
+
+PHANTOM_FILES = sorted((SET_DIR / "phantom").glob("*.npz"))
+
+
+@pytest.mark.parametrize("path", PHANTOM_FILES, ids=[p.stem for p in PHANTOM_FILES])
+def test_phantom_calibration_sweeps_are_plain_speckle_on_the_plan(path):
+    """independent/phantom: one slow straight sweep of a speckle phantom per probe (the calibration a user would
+    record), with the plan's exact poses; no vessel, no layer, and speckle finds next to no structure in it."""
+    from freehandrecon.poses import speckle
+
+    sweep = read_sweep(path)
+    meta = sweep.metadata
+    sp = lab.plan(meta["name"])
+    assert not sp.structure and sp in lab.PHANTOM_PLAN and meta["purpose"] == lab.PURPOSE
+    assert meta["phantom"]["vessels"] == [] and meta["phantom"]["layer"] is None
+    poses, phantom, _ = lab.sweep_setup(sp)
+    assert np.allclose(sweep.image_to_world, poses, atol=1e-12) and phantom.layer is None
+    rel = geometry.matrix_to_params(geometry.relative_transforms(sweep.image_to_world))
+    assert np.allclose(rel, [0, 0, sp.direction * sp.step_mm, 0, 0, 0], atol=1e-9)
+    _, info = speckle.estimate_relative(sweep)
+    assert info["structure_patches_fraction"] < 0.02, info
+    assert path.stat().st_size < 1_000_000 and path.stem in (SET_DIR / "README.md").read_text()
+
+
+def test_every_probe_of_the_set_has_a_phantom_sweep():
+    probes = {read_sweep(f).metadata["probe"] for f in FILES}
+    assert probes == {read_sweep(f).metadata["probe"] for f in PHANTOM_FILES}
