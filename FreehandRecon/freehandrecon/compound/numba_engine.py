@@ -530,11 +530,10 @@ class NumbaAccumulators:
         nx, ny, nz = self.dims
         i, j, k = (int(o) for o in offset)
         fv, fw = self.fill_values
+        n = int(np.prod(dims))
         # zeros come from the OS as untouched pages: only the copied block is written now
-        big_v = np.zeros(int(np.prod(dims)), self.acc_v.dtype) if fv == 0 else np.full(int(np.prod(dims)), fv,
-                                                                                        self.acc_v.dtype)
-        big_w = np.zeros(int(np.prod(dims)), self.acc_w.dtype) if fw == 0 else np.full(int(np.prod(dims)), fw,
-                                                                                        self.acc_w.dtype)
+        big_v = np.zeros(n, self.acc_v.dtype) if fv == 0 else np.full(n, fv, self.acc_v.dtype)
+        big_w = np.zeros(n, self.acc_w.dtype) if fw == 0 else np.full(n, fw, self.acc_w.dtype)
         shape = (dims[2], dims[1], dims[0])
         big_v.reshape(shape)[k:k + nz, j:j + ny, i:i + nx] = self.acc_v.reshape(nz, ny, nx)
         big_w.reshape(shape)[k:k + nz, j:j + ny, i:i + nx] = self.acc_w.reshape(nz, ny, nx)

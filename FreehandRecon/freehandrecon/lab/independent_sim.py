@@ -792,16 +792,15 @@ def _cmd_assemble(a: argparse.Namespace) -> int:
     for sp in chosen:
         sw = assemble_sweep(sp, a.cache, a.scatterers, a.frequency_step)
         if not sp.structure:  # a speckle phantom: no vessel to check the poses against
-            write_npz(sw, a.out / f"{sp.name}.npz", force=a.force, compress=True)
             print(f"{sp.name}: speckle phantom (no lumen check)")
-            continue
-        chk = lumen_check(sw)
-        status = "PASS" if chk["passed"] else "FAIL"
-        print(f"{sp.name}: lumen check {status} (median lumen/ring {chk['median_ratio']:.2f}, "
-              f"{chk['measurements']} measurements)")
-        if not chk["passed"]:
-            bad += 1
-            continue
+        else:
+            chk = lumen_check(sw)
+            status = "PASS" if chk["passed"] else "FAIL"
+            print(f"{sp.name}: lumen check {status} (median lumen/ring {chk['median_ratio']:.2f}, "
+                  f"{chk['measurements']} measurements)")
+            if not chk["passed"]:
+                bad += 1
+                continue
         write_npz(sw, a.out / f"{sp.name}.npz", force=a.force, compress=True)
     print(describe(sorted(a.out.glob("*.npz"))))
     return 1 if bad else 0

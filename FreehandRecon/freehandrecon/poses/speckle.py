@@ -416,10 +416,6 @@ def _patch_centres_mm(grid: blockmatch.PatchGrid, shape: tuple[int, int], spacin
     return (grid.centres_px() - [(w - 1) / 2, (h - 1) / 2]) * np.asarray(spacing)
 
 
-
-
-
-
 def patch_std(frames: torch.Tensor, grid: blockmatch.PatchGrid) -> torch.Tensor:
     """``[M, P]`` intensity standard deviation of every patch of ``frames`` ``[M, H, W]``."""
     return blockmatch.extract_patches(frames, grid).std(dim=(-2, -1))
