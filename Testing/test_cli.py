@@ -33,6 +33,17 @@ def test_every_option_has_help():
                 assert action.help, f"'{name} {action.dest}' has no --help text"
 
 
+def test_product_commands_do_not_import_the_lab():
+    """A reconstruction does not wait for the research tools' imports; the lab's commands still parse."""
+    code = ("import sys; from freehandrecon.commands.main import build_parser; "
+            "build_parser(['--quiet', 'reconstruct', 'x.mha', '--out', 'o']); a = 'freehandrecon.lab' in sys.modules; "
+            "p = build_parser(['evaluate', '--out', 'o']); b = 'freehandrecon.lab' in sys.modules; "
+            "print(a, b, p.parse_args(['evaluate', '--out', 'o']).command)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True", "evaluate"]
+
+
 @pytest.fixture(scope="module")
 def spine_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "spine"

@@ -245,3 +245,18 @@ def test_the_simulated_probe_curve_of_a_low_contrast_near_field():
     curve = speckle.DecorrelationCurve.from_simulation(settings)
     assert curve.meta["bands_without_texture_mm"] and curve.depths_mm.size >= 2
     assert 0.0 < float(curve.distance(0.5, settings.depth_mm / 2)) < 3.0
+
+
+def test_a_sweep_without_plain_speckle_is_called_so():
+    """The real N-wire sweep (wires in water) has texture only on the wires: every textured patch pair is structure,
+    and the calibration says the sweep has no plain speckle, not only that it holds some structure."""
+    from pathlib import Path
+
+    from freehandrecon.io import read_sweep
+
+    data = Path(__file__).parent / "Data" / "plus"
+    sweep = read_sweep(data / "NwirePhantomFreehand.igs.mha",
+                       plus_config=data / "PlusDeviceSet_NwirePhantomFreehand_vtkVolumeReconstructorTest2.xml")
+    c = speckle.DecorrelationCurve.calibrate(sweep.subset(slice(0, 40)), min_bands=2)
+    assert c.meta["structure_pairs_fraction"] >= speckle.NO_SPECKLE_FRACTION
+    assert c.meta["warnings"] and "almost no plain speckle" in c.meta["warnings"][0]

@@ -60,6 +60,12 @@ STRUCTURE_CALIBRATION_WARNING = (
     "slower than speckle, and what is left of it makes curves calibrated on tissue too wide: on our simulator, the "
     "learned model drifts 27-40 % with a curve calibrated on tissue against 8-11 % with one calibrated on a speckle "
     "phantom. Calibrate on a speckle phantom without structure (or a region of plain speckle) when you can.")
+NO_SPECKLE_FRACTION = 0.9  # calibration: this much structure means the sweep has hardly any plain speckle
+NO_SPECKLE_WARNING = (
+    "{pct:.0f} % of the calibration sweep's textured patch pairs are structure, not speckle: the sweep shows almost "
+    "no plain speckle (wires or targets in water, an anechoic phantom). A curve fitted on it does not describe the "
+    "probe's speckle, and sensorless poses (speckle or learned) cannot be trusted on sweeps like it. Calibrate on a "
+    "speckle phantom, or on tissue with plain speckle, and estimate sweeps of such tissue.")
 STRUCTURE_WEIGHT = 0.05  # estimation: such patches count this much (all structure: the fit is as unweighted)
 CALIBRATED_SOURCE = "calibrated from a tracked sweep"  # the source of every curve DecorrelationCurve.calibrate fits
 _SIMULATED_CURVES: dict[tuple, "DecorrelationCurve"] = {}
@@ -340,7 +346,9 @@ class DecorrelationCurve:
                 "structure_pairs_left_out": int((~spk).sum()),
                 "structure_pairs_fraction": round(float((~spk).mean()), 4) if spk.size else 0.0}
         if meta["structure_pairs_fraction"] > STRUCTURE_WARN_FRACTION:
-            meta["warnings"] = [STRUCTURE_CALIBRATION_WARNING.format(pct=100 * meta["structure_pairs_fraction"])]
+            text = (NO_SPECKLE_WARNING if meta["structure_pairs_fraction"] >= NO_SPECKLE_FRACTION
+                    else STRUCTURE_CALIBRATION_WARNING)
+            meta["warnings"] = [text.format(pct=100 * meta["structure_pairs_fraction"])]
             log.warning(meta["warnings"][0])
         if structured:
             meta["bands_with_structure_mm"] = [round(float(row_depths[i]), 2) for i in structured]
