@@ -159,6 +159,30 @@ def test_extra_sweeps_draw_their_steps_from_the_given_range(tmp_path):
         options_from_args(_args("--out", "x", "--extra-seeds", "7", "7"))
 
 
+def test_curve_mix_gives_each_sweep_a_phantom_calibrated_beam_or_typical_curve():
+    """Each simulated sweep's curve kind is fixed by its settings and seed; the phantom kind is a curve calibrated
+    on a simulated speckle phantom of the same probe (close to, not equal to, the beam model)."""
+    from freehandrecon.poses import speckle
+    from freehandrecon.simulate import random_sweep
+
+    sweeps = [random_sweep("site-random-linear", seed, num_frames=2) for seed in range(12)]
+    kinds = [datasets.mixed_curve(s, (0.0, 0.5, 0.5))[1] for s in sweeps]
+    assert kinds == [datasets.mixed_curve(s, (0.0, 0.5, 0.5))[1] for s in sweeps]  # deterministic
+    assert set(kinds) == {"beam", "typical"}
+    assert {datasets.mixed_curve(s, (0.0, 0.0, 1.0))[1] for s in sweeps} == {"typical"}
+    curve, kind = datasets.mixed_curve(sweeps[0], (1.0, 0.0, 0.0))
+    assert kind == "phantom" and curve.source == speckle.CALIBRATED_SOURCE
+    beam = speckle.DecorrelationCurve.from_settings(sweeps[0].metadata["settings"])
+    ratio = curve.distance(np.full(curve.depths_mm.size, 0.5), curve.depths_mm) / beam.distance(
+        np.full(curve.depths_mm.size, 0.5), curve.depths_mm)
+    assert np.all((ratio > 0.5) & (ratio < 2.0)) and not np.allclose(ratio, 1.0), ratio
+    for bad in ((0.5, 0.5), (0.5, 0.3, 0.3), (0.55, 0.25, 0.2), (-0.1, 0.6, 0.5)):
+        with pytest.raises(InputError, match="--curve-mix"):
+            datasets.check_curve_mix(bad)
+    opts = options_from_args(_args("--out", "x", "--curve-mix", "0.5", "0.3", "0.2"))
+    assert opts.curve_mix == (0.5, 0.3, 0.2) and opts.recipe()["curve_mix"] == (0.5, 0.3, 0.2)
+
+
 def test_chain_windows_cut_a_chain_into_windows_that_share_their_end_frames():
     import torch
 

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from ...errors import InputError
 from ...poses.config import LossWeights, PoseNetConfig
-from .datasets import SPLIT_BY, TRAJECTORY_KINDS
+from .datasets import SPLIT_BY, TRAJECTORY_KINDS, check_curve_mix
 
 EXAMPLE = """examples:
   freehandrecon train --data sim --cache /tmp/fr_cache --out /tmp/run1 --epochs 20
@@ -103,6 +103,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--curve", type=Path, metavar="JSON",
                    help="v2 with tracked files: the probe's decorrelation curve (freehandrecon calibrate-speckle); "
                    "simulated sweeps use their probe's beam model (default: a typical probe's curve)")
+    g.add_argument("--curve-mix", type=float, nargs=3, metavar=("PHANTOM", "BEAM", "TYPICAL"),
+                   help="v2 with simulated sweeps: shares (in tenths, adding up to 1) of sweeps whose features use a "
+                   "curve calibrated on a simulated speckle phantom of the same probe (as a user calibrates), the "
+                   "probe's beam model, and the typical probe's curve, e.g. 0.5 0.3 0.2 (default: all beam model)")
     g.add_argument("--init", type=Path, metavar="MODEL",
                    help="start from this model's weights (.json or .safetensors) and scales; input channels that "
                    "a v2 network adds start at zero")
@@ -173,6 +177,7 @@ def options_from_args(args: argparse.Namespace):
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, augment=not args.no_augment,
         loss=weights, config=cfg, device=args.device, amp=args.amp, threads=args.threads, resume=args.resume,
         seed=args.seed, drift_sweeps=args.drift_sweeps, ema=args.ema, init=args.init, curve=args.curve,
+        curve_mix=check_curve_mix(args.curve_mix) if args.curve_mix else None,
         rescale_outputs=args.rescale_outputs, chain=args.chain,
         quiet=bool(getattr(args, "quiet", False)),
         command="freehandrecon train " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []) or []))

@@ -10,6 +10,10 @@
   ``subject`` (or ``subject_id``) when present, else the parent folder name; ``site`` the
   metadata ``site`` when present, else the parent folder's parent name.
   Groups go to validation by a stable hash of the key (``val_fraction`` of the groups).
+* With a curve mix (``train --curve-mix``), each simulated sweep's v2 features use one of: a curve calibrated
+  (as ``calibrate-speckle`` fits it) on a separately simulated structure-free speckle phantom of the same probe,
+  the probe's beam model, or the typical probe's curve (:func:`mixed_curve`), so the network learns to read the
+  curves users give it, not only the theoretical ones.
 * :class:`WindowDataset` draws windows of ``W + 1`` frames with a random start (a seeded,
   epoch-dependent draw per index, so DistributedSampler shards stay disjoint), with optional
   lateral-flip and time-reversal augmentation (labels transformed exactly).
@@ -18,6 +22,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,21 +116,78 @@ def simulated_sweep(site: str, seed: int, num_frames: int, kind: str, cache: Pat
                         lambda: random_sweep(site, seed, num_frames=num_frames, kind=kind, step_mm=step))
 
 
+CURVE_KINDS = ("phantom", "beam", "typical")
+PHANTOM_CALIBRATIONS = (("linear", 0.1), ("linear", 0.2), ("mixed", None))  # (trajectory, mm/frame) of the phantom
+
+
+def check_curve_mix(mix: Sequence[float]) -> tuple[float, float, float]:
+    """``(phantom, beam, typical)`` shares in tenths that add up to 1, else InputError."""
+    shares = tuple(float(v) for v in mix)
+    if (len(shares) != 3 or min(shares) < 0 or abs(sum(shares) - 1.0) > 1e-6
+            or any(abs(v * 10 - round(v * 10)) > 1e-6 for v in shares)):
+        raise InputError(f"--curve-mix needs three shares in tenths that add up to 1; got {list(mix)}.",
+                         "Give e.g. --curve-mix 0.5 0.3 0.2 (phantom-calibrated, beam model, typical).")
+    return shares  # type: ignore[return-value]
+
+
+def mixed_curve(sweep: Sweep, mix: Sequence[float]) -> tuple[Any, str]:
+    """The curve a simulated sweep's v2 features use under the curve mix ``(phantom, beam, typical)``, and its kind.
+
+    The choice is fixed by a hash of the sweep's probe settings and seed. ``phantom``: a curve
+    :meth:`DecorrelationCurve.calibrate` fits (``min_bands=2``) on a structure-free speckle phantom of the same probe
+    simulated for the purpose (32 frames straight at 0.1 or 0.2 mm/frame, or 40 freehand frames), as a user
+    calibrates a probe; when that fails, the beam model. ``beam``: the probe's beam model. ``typical``: the typical
+    probe's curve, as an uncalibrated probe gets."""
+    from ...poses import decorrelation, speckle
+
+    settings = (sweep.metadata or {}).get("settings")
+    if not isinstance(settings, dict):
+        return decorrelation.curve_for_sweep(sweep), "beam"
+    key = json.dumps(settings, sort_keys=True) + json.dumps(sweep.metadata.get("seed", ""), default=str)
+    h = int(hashlib.sha1(key.encode()).hexdigest()[:8], 16)
+    tenths = np.cumsum([round(v * 10) for v in check_curve_mix(mix)])
+    kind = CURVE_KINDS[int(np.searchsorted(tenths, h % 10, side="right"))]
+    if kind == "typical":
+        return speckle.DecorrelationCurve.default(), kind
+    if kind == "phantom":
+        try:
+            return _phantom_curve(settings, h), kind
+        except InputError:
+            pass
+    return decorrelation.curve_for_sweep(sweep), "beam"
+
+
+def _phantom_curve(settings: dict[str, Any], seed: int) -> Any:
+    from ...poses.speckle import DecorrelationCurve
+    from ...simulate import AcquisitionSettings, phantom_for, simulate_sweep
+    from ...simulate.trajectory import make_trajectory
+
+    rng = np.random.default_rng(seed)
+    st = AcquisitionSettings.from_dict(settings)
+    kind, step = PHANTOM_CALIBRATIONS[seed % len(PHANTOM_CALIBRATIONS)]
+    poses = make_trajectory(kind, 32 if kind == "linear" else 40, rng, direction=1, step_mm=step,
+                            pivot_mm=st.skin_point_mm, depth_mm=st.depth_mm)
+    phantom = simulate_sweep(st, poses, phantom_for(st, poses, rng, structure=False), rng, metadata={})
+    return DecorrelationCurve.calibrate(phantom, min_bands=2)
+
+
 def simulated_records(sites: Sequence[str], seeds: Iterable[int], num_frames: int, kinds: Sequence[str],
                       input_spacing: float, input_size: int, cache: Path | None = None,
                       progress: Callable[[str, float], None] | None = None,
                       lags: Sequence[int] = (), floor_lag: int = 0,
-                      step_range: tuple[float, float] | None = None) -> list[SweepRecord]:
+                      step_range: tuple[float, float] | None = None,
+                      curve_mix: Sequence[float] | None = None) -> list[SweepRecord]:
     """Records for every (site, seed): the kind cycles with the seed (:func:`sim_kind`); ``step_range``
-    as in :func:`simulated_sweep`."""
+    as in :func:`simulated_sweep`; ``curve_mix`` as in :func:`mixed_curve` (default: each probe's beam model)."""
     jobs = [(site, int(seed)) for seed in seeds for site in sites]
     out = []
     tag = "" if step_range is None else f"/step{step_range[0]:g}-{step_range[1]:g}"
     for k, (site, seed) in enumerate(jobs):
         kind = sim_kind(seed, kinds)
         sweep = simulated_sweep(site, seed, num_frames, kind, cache, step_range)
+        curve = mixed_curve(sweep, curve_mix)[0] if curve_mix is not None and lags else None
         out.append(prepare_record(sweep, input_spacing, input_size, f"{site}/seed{seed}/{kind}{tag}", site, lags,
-                                  floor_lag=floor_lag))
+                                  curve, floor_lag=floor_lag))
         if progress is not None:
             progress("simulate", (k + 1) / len(jobs))
     return out

@@ -68,6 +68,7 @@ class TrainOptions:
     rescale_outputs: bool = False                # with init: output scales from this run's training data
     chain: int = 1                               # windows per training sequence (drift-rate loss over all of them)
     curve: Path | None = None                    # decorrelation curve for tracked files (v2 networks)
+    curve_mix: tuple[float, float, float] | None = None  # simulated sweeps: phantom-calibrated / beam / typical
     drift_sweeps: int = 4
     ema: float = 0.0                             # decay of an exponential moving average of the weights (0: off)
     quiet: bool = False                          # no progress bar (the per-epoch JSON lines still print)
@@ -124,7 +125,7 @@ def load_records(opts: TrainOptions, rank_main: bool, barrier: Callable[[], None
             sites = list(opts.sites or TRAIN_SITES)
             kw = dict(num_frames=opts.frames, kinds=list(opts.kinds), input_spacing=cfg.input_spacing,
                       input_size=cfg.input_size, cache=opts.cache, lags=cfg.decorrelation_lags,
-                      floor_lag=cfg.decorrelation_floor_lag)
+                      floor_lag=cfg.decorrelation_floor_lag, curve_mix=opts.curve_mix)
             if opts.cache is not None and not rank_main:
                 barrier()  # rank 0 fills the cache first
             train += datasets.simulated_records(sites, range(*opts.train_seeds), progress=progress, **kw)
