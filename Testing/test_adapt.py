@@ -19,6 +19,7 @@ from freehandrecon.adapt import AdaptOptions, FineTuneOptions, adapt_probe
 from freehandrecon.errors import Cancelled, InputError, OutputExistsError, ResourceError
 from freehandrecon.io import read_sweep, write_sweep
 from freehandrecon.model_files import sha256_file
+from freehandrecon.poses.learned import DEFAULT_MODEL_NAME
 from freehandrecon.sweep import Sweep
 
 DATA = Path(__file__).parent / "Data"
@@ -69,7 +70,7 @@ def test_adapt_writes_a_checksummed_probe_model_and_a_report(adapted):
     assert meta["curve"] == {"file": "probe_curve.json", "sha256": sha256_file(out / "probe_curve.json")}
     assert meta["guard"] == {"file": "probe_guard.json", "sha256": sha256_file(out / "probe_guard.json")}
     assert json.loads((out / "probe_guard.json").read_text())["sha256"] == sha256_file(out / "probe_guard.safetensors")
-    assert meta["adapted_from"] == "posenet_sim_v2"
+    assert meta["adapted_from"] == DEFAULT_MODEL_NAME
     report = json.loads((out / "report.json").read_text())
     assert report["split"].startswith("one sweep: frames 0-41 adapt, frames 42-59")
     for method in ("learned", "speckle"):

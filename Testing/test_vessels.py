@@ -15,6 +15,7 @@ from freehandrecon.compound import OutputGrid
 from freehandrecon.errors import InputError, OutputExistsError
 from freehandrecon.io import read_sweep
 from freehandrecon.model_files import MODEL_DIR
+from freehandrecon.poses.learned import DEFAULT_MODEL_NAME
 from freehandrecon.sweep import Sweep
 from freehandrecon.lab.vessels import (add_parser, centreline_errors, dice, evaluate_sweep, format_table,
     otsu_threshold, score_reconstruction, segment, vessel_mask_volume)
@@ -100,7 +101,7 @@ def test_evaluate_sweep_rows_and_errors():
     assert rows["tracked"]["dice"] > 0.5
     rows = evaluate_sweep(sweep, ("learned",), spacing_mm=0.6, model="missing-model.json")
     assert "error" in rows["learned"]  # a method that cannot run is reported, not fatal
-    shipped = str(MODEL_DIR / "posenet_sim_v2.safetensors")  # --model names the learned model only
+    shipped = str(MODEL_DIR / f"{DEFAULT_MODEL_NAME}.safetensors")  # --model names the learned model only
     rows = evaluate_sweep(sweep.subset(slice(0, 20)), ("speckle",), spacing_mm=0.6, model=shipped)
     assert "error" not in rows["speckle"] and rows["speckle"]["final_drift_mm"] > 0.0
     bare = Sweep(sweep.frames, sweep.pixel_spacing, sweep.image_to_world, channels=dict(sweep.channels))

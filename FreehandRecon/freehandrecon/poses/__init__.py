@@ -38,12 +38,12 @@ class PoseEstimate:
         return float((self.relative_centre.shape[0] + 1) / max(self.seconds, 1e-9))
 
 
-# The shipped network learned the elevational step through beam-model curves; an image-calibrated curve is another
-# kind of curve and made it drift more on the independent simulator's probes (README, "With the probe's calibration").
-IMAGE_CURVE_WARNING = ("The shipped learned model was trained with beam-model curves, and a curve calibrated from images "
-                       "makes it drift more on probes it was not trained on. Run freehandrecon adapt on tracked sweeps "
-                       "of this probe instead (it keeps the curve only where that helps on held-out frames), or "
-                       "leave the curve out.")
+# The shipped network learned the elevational step mostly through beam-model curves; an image-calibrated curve still
+# made it drift more on some of the independent simulator's probes (README, "With the probe's calibration").
+IMAGE_CURVE_WARNING = ("The shipped learned model was trained mostly with beam-model curves, and a curve calibrated from "
+                       "images still makes it drift more on some probes it was not trained on (a convex probe, or a "
+                       "curve calibrated on tissue). Run freehandrecon adapt on tracked sweeps of this probe instead "
+                       "(it keeps the curve only where that helps on held-out frames), or leave the curve out.")
 
 
 def estimate_poses(sweep: Sweep, method: str = "learned", *, model: str | Path | None = None,

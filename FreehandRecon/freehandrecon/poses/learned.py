@@ -24,7 +24,7 @@ from ..sweep import Sweep
 from . import common
 from .network import PoseNet, PoseNetConfig, build_pose_net
 
-DEFAULT_MODEL_NAME = "posenet_sim_v2"
+DEFAULT_MODEL_NAME = "posenet_sim_v3"
 FORMAT = "freehandrecon-posenet"
 DOF_NAMES = ("tx_mm", "ty_mm", "tz_mm", "rx_deg", "ry_deg", "rz_deg")
 INFERENCE_MODES = ("window", "full")
