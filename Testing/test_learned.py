@@ -176,8 +176,22 @@ def test_architecture_mismatch_is_a_clear_error(small_model):
 
 
 def test_missing_model_file(tmp_path):
-    with pytest.raises(ResourceError, match="does not exist"):
+    with pytest.raises(ResourceError, match="does not exist") as info:
         learned.load_model(tmp_path / "nothing.json")
+    assert learned.DEFAULT_MODEL_NAME in info.value.fix and "posenet_sim_v2" in info.value.fix  # names what exists
+
+
+def test_a_shipped_model_loads_by_name_to_pin_an_earlier_release(tmp_path, monkeypatch):
+    v2 = learned.load_model("posenet_sim_v2")
+    assert v2.path == learned.MODEL_DIR / "posenet_sim_v2.json" and v2.meta["name"] == "posenet_sim_v2"
+    assert learned.load_model().path == learned.MODEL_DIR / f"{learned.DEFAULT_MODEL_NAME}.json"
+    assert learned.DEFAULT_MODEL_NAME != "posenet_sim_v2"
+    monkeypatch.chdir(tmp_path)  # a file or folder of that name where the user runs takes precedence
+    (tmp_path / "posenet_sim_v2").mkdir()
+    with pytest.raises(ResourceError, match="No pose model"):
+        learned.load_model("posenet_sim_v2")
+    with pytest.raises(ResourceError, match="does not exist"):
+        learned.load_model("posenet_sim_v9")
 
 
 # --- inference checks ------------------------------------------------------------------------------

@@ -26,12 +26,14 @@ def resolve_model_files(path: str | Path | None, default_name: str, fmt: str, wh
                         ) -> tuple[Path, Path, dict[str, Any]]:
     """``(json path, weights path, description)`` of the model at ``path``.
 
-    ``path`` may be None (the shipped ``default_name`` in Resources/Models), a folder (its
-    ``default_name``.json, else its first .json), the .json or the .safetensors. Raises
-    :class:`ResourceError` naming ``what`` with ``fix`` when the description is missing,
-    unreadable or not of format ``fmt``.
+    ``path`` may be None (the shipped ``default_name`` in Resources/Models), the bare name of a
+    shipped model (``posenet_sim_v2``: pins an earlier release), a folder (its ``default_name``.json,
+    else its first .json), the .json or the .safetensors. Raises :class:`ResourceError` naming
+    ``what`` with ``fix`` when the description is missing, unreadable or not of format ``fmt``.
     """
     p = Path(MODEL_DIR / f"{default_name}.json" if path is None else path)
+    if path is not None and not p.exists() and str(p) == p.name and (MODEL_DIR / f"{p.name}.json").is_file():
+        p = MODEL_DIR / f"{p.name}.json"  # a shipped model by name (a file of that name here takes precedence)
     if p.is_dir():
         candidates = sorted(p.glob("*.json"))
         if not candidates:
@@ -40,8 +42,10 @@ def resolve_model_files(path: str | Path | None, default_name: str, fmt: str, wh
     if p.suffix == ".safetensors":
         p = p.with_suffix(".json")
     if not p.exists():
+        names = ", ".join(shipped_names(fmt)) or "none"
         raise ResourceError(f"The {what} description {p} does not exist.",
-                            f"Give an existing .json (beside its .safetensors). {fix}")
+                            f"Give an existing .json (beside its .safetensors), or the name of a shipped {what} "
+                            f"({names}). {fix}")
     try:
         meta = json.loads(p.read_text())
     except (OSError, ValueError) as exc:
@@ -49,6 +53,18 @@ def resolve_model_files(path: str | Path | None, default_name: str, fmt: str, wh
     if meta.get("format") != fmt:
         raise ResourceError(f"{p} is not a FreehandRecon {what} (format {meta.get('format')!r}).", fix)
     return p, p.parent / meta.get("weights", p.with_suffix(".safetensors").name), meta
+
+
+def shipped_names(fmt: str) -> list[str]:
+    """Names of the models of format ``fmt`` shipped in Resources/Models (what ``--model NAME`` accepts)."""
+    names = []
+    for js in sorted(MODEL_DIR.glob("*.json")):
+        try:
+            if json.loads(js.read_text()).get("format") == fmt:
+                names.append(js.stem)
+        except (OSError, ValueError):
+            continue
+    return names
 
 
 def verify_weights(js: Path, weights: Path, meta: dict[str, Any], what: str, fix: str) -> None:

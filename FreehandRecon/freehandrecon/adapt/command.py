@@ -56,7 +56,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--holdout", type=float, default=0.3, metavar="F",
                    help="held-out fraction: of the frames of one sweep, or of the sweeps (default: %(default)s)")
     p.add_argument("--base-model", type=Path, metavar="FILE",
-                   help="pose model to start from (default: the shipped posenet_sim_v3)")
+                   help="pose model to start from: a .json, or the name of a shipped one (default: the shipped "
+                   "posenet_sim_v3)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to train (default: %(default)s)")
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's choice)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the training windows (default: 0)")

@@ -73,9 +73,10 @@ def add_pose_args(p: argparse.ArgumentParser, with_tracked: bool) -> None:
                        help="learned: the sensorless network shipped in Resources/Models (or --model); speckle: "
                        "classical speckle decorrelation (default: %(default)s)")
     p.add_argument("--model", type=Path, metavar="FILE",
-                   help="learned: the pose model (.json with its .safetensors beside it; default: the shipped "
-                   "model); speckle: a decorrelation curve from 'freehandrecon calibrate-speckle' (default: a "
-                   "typical probe's curve, or the simulator's for simulated sweeps)")
+                   help="learned: the pose model (.json with its .safetensors beside it, or the name of a shipped "
+                   "one such as posenet_sim_v2; default: the shipped posenet_sim_v3); speckle: a decorrelation "
+                   "curve from 'freehandrecon calibrate-speckle' (default: a typical probe's curve, or the "
+                   "simulator's for simulated sweeps)")
     p.add_argument("--curve", type=Path, metavar="JSON",
                    help="the probe's speckle decorrelation curve from 'freehandrecon calibrate-speckle', for speckle "
                    "and for learned models that use it (architecture v2, e.g. the shipped one); default: the "
