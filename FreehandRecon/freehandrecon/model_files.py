@@ -11,6 +11,7 @@ from typing import Any
 from .errors import ResourceError
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
+DEFAULT_POSE_MODEL = "posenet_sim_v3"  # the shipped learned pose model (here, not in poses.learned: no torch)
 
 
 def sha256_file(path: str | Path) -> str:

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..model_files import DEFAULT_POSE_MODEL
 from .options import FineTuneOptions
 
 DESCRIPTION = """\
@@ -57,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="held-out fraction: of the frames of one sweep, or of the sweeps (default: %(default)s)")
     p.add_argument("--base-model", type=Path, metavar="FILE",
                    help="pose model to start from: a .json, or the name of a shipped one (default: the shipped "
-                   "posenet_sim_v3)")
+                   f"{DEFAULT_POSE_MODEL})")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to train (default: %(default)s)")
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's choice)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the training windows (default: 0)")

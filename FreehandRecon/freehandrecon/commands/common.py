@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..model_files import DEFAULT_POSE_MODEL
+
 
 class Progress:
     """tqdm bars keyed by stage name (one bar per stage), silent with --quiet."""
@@ -74,7 +76,7 @@ def add_pose_args(p: argparse.ArgumentParser, with_tracked: bool) -> None:
                        "classical speckle decorrelation (default: %(default)s)")
     p.add_argument("--model", type=Path, metavar="FILE",
                    help="learned: the pose model (.json with its .safetensors beside it, or the name of a shipped "
-                   "one such as posenet_sim_v2; default: the shipped posenet_sim_v3); speckle: a decorrelation "
+                   f"one such as posenet_sim_v2; default: the shipped {DEFAULT_POSE_MODEL}); speckle: a decorrelation "
                    "curve from 'freehandrecon calibrate-speckle' (default: a typical probe's curve, or the "
                    "simulator's for simulated sweeps)")
     p.add_argument("--curve", type=Path, metavar="JSON",

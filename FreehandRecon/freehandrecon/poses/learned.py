@@ -19,12 +19,13 @@ import numpy as np
 
 from .. import geometry
 from ..errors import Cancelled, InputError, ResourceError
-from ..model_files import MODEL_DIR, resolve_model_files, sha256_file, verify_weights  # noqa: F401 (MODEL_DIR is public here)
+from ..model_files import (DEFAULT_POSE_MODEL, MODEL_DIR, resolve_model_files, sha256_file,  # noqa: F401 (public)
+                           verify_weights)
 from ..sweep import Sweep
 from . import common
 from .network import PoseNet, PoseNetConfig, build_pose_net
 
-DEFAULT_MODEL_NAME = "posenet_sim_v3"
+DEFAULT_MODEL_NAME = DEFAULT_POSE_MODEL
 FORMAT = "freehandrecon-posenet"
 DOF_NAMES = ("tx_mm", "ty_mm", "tz_mm", "rx_deg", "ry_deg", "rz_deg")
 INFERENCE_MODES = ("window", "full")
