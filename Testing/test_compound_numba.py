@@ -377,6 +377,43 @@ def test_auto_is_numba_without_importing_torch_and_numpy_without_numba() -> None
     json.dumps(stock)
 
 
+def test_auto_takes_numpy_for_small_jobs_until_numba_is_loaded() -> None:
+    """A fresh process (the command line) compounds a small sweep on numpy, stick filling included, without
+    importing numba; a large job, PLUS arithmetic or a process where numba is loaded take numba."""
+    body = """
+        import numpy as np
+        import freehandrecon.compound as c
+        from freehandrecon.compound.engine import numba_pays_off, offline_engine
+        from freehandrecon.sweep import Sweep
+        poses = np.repeat(np.eye(4)[None], 3, axis=0)
+        poses[:, 2, 3] = [0.0, 2.0, 4.0]
+        sw = Sweep(frames=np.full((3, 10, 14), 7, np.uint8), pixel_spacing=(1.0, 1.0), image_to_world=poses)
+        g = c.fit_grid(sw, 1.0)
+        opts = c.CompoundOptions(hole_filling=c.HoleFilling("stick", 9))
+        small = c.compound(sw, g, opts)
+        out = {"small": small.stats["engine"], "filled": small.stats["filled_voxels"],
+               "numba_after_small": "numba" in sys.modules,
+               # numba not loaded: the estimate decides (numba_pays_off imports nothing)
+               "pays_off": [numba_pays_off(opts, 2000 * 640 * 480, 300 ** 3),
+                            numba_pays_off(c.CompoundOptions(interpolation="linear"), 100 * 640 * 480, 10 ** 6),
+                            numba_pays_off(c.CompoundOptions(interpolation="linear"), 10 * 640 * 480, 10 ** 6),
+                            numba_pays_off(c.CompoundOptions(), 100 * 640 * 480, 10 ** 6),
+                            "numba" in sys.modules],
+               # deciding on numba imports it, so the small job goes first
+               "small_linear": offline_engine(c.CompoundOptions(interpolation="linear"), 10 * 640 * 480, 10 ** 6),
+               "large": offline_engine(opts, 2000 * 640 * 480, 300 ** 3),
+               "plus": offline_engine(c.CompoundOptions(plus_arithmetic=True), 10, 10),
+               "asked": offline_engine(c.CompoundOptions(engine="numba"), 10, 10)}
+        import numba  # noqa: F401  (now its start-up is paid)
+        out["loaded"] = [numba_pays_off(opts, 10, 10), c.compound(sw, g, opts).stats["engine"]]
+        print(json.dumps(out))
+    """
+    out = _run_blocked(body, ("torch",))
+    assert out == {"small": "numpy", "filled": 2 * 10 * 14, "numba_after_small": False,
+                   "pays_off": [True, True, False, False, False], "small_linear": "numpy", "large": "numba",
+                   "plus": "numba", "asked": "numba", "loaded": [True, "numba"]}
+
+
 def test_torch_reconstructor_keeps_frames_and_matches_offline() -> None:
     """engine='torch' (the CUDA path, here on the CPU): frames kept, every snapshot compounds them."""
     sw = _oblique_sweep(n=5)

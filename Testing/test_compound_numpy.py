@@ -21,7 +21,7 @@ from freehandrecon.compound import (CompoundOptions, FanMask, HoleFilling, Outpu
                                     estimate_memory_bytes, fit_grid, grid_from_roi, numpy_engine,
                                     options_from_plus_config)
 from freehandrecon.compound.memory import expected_holes
-from freehandrecon.errors import Cancelled, InputError, ResourceError
+from freehandrecon.errors import Cancelled, InputError
 from freehandrecon.geometry import params_to_matrix
 from freehandrecon.io.metaimage import read_metaimage
 from freehandrecon.io.plus import sweep_from_plus
@@ -245,8 +245,11 @@ def test_compound_package_imports_without_torch_h5py_tqdm() -> None:
         g = c.fit_grid(sw, 1.0)
         est = c.estimate_memory_bytes(g, c.CompoundOptions(), (10, 14), 3)
         res = c.compound(sw, g, c.CompoundOptions(interpolation="linear"))
+        gap = Sweep(frames=np.full((3, 10, 14), 7, np.uint8), pixel_spacing=(1.0, 1.0), image_to_world=poses * 1)
+        gap.image_to_world[:, 2, 3] = [0.0, 2.0, 4.0]  # 2 mm apart on a 1 mm grid: a gap between every two frames
+        sticks = c.compound(gap, c.fit_grid(gap, 1.0), c.CompoundOptions(hole_filling=c.HoleFilling("stick", 9)))
         errors = {}
-        for label, kw in {"stick": dict(hole_filling=c.HoleFilling("stick", 9)), "plus": dict(plus_arithmetic=True),
+        for label, kw in {"plus": dict(plus_arithmetic=True),
                           "cuda": dict(device="cuda"), "torch": dict(engine="torch")}.items():
             try:
                 c.compound(sw, g, c.CompoundOptions(**kw))
@@ -254,13 +257,15 @@ def test_compound_package_imports_without_torch_h5py_tqdm() -> None:
                 errors[label] = str(err)
         print(json.dumps({"torch": sys.modules.get("torch") is not None, "estimate": est, "errors": errors,
                           "engine": res.stats["engine"], "hit": res.stats["voxels_hit"],
-                          "values": sorted(set(res.volume.ravel().tolist()))}))
+                          "values": sorted(set(res.volume.ravel().tolist())), "stick_engine": sticks.stats["engine"],
+                          "stick_filled": sticks.stats["filled_voxels"],
+                          "stick_values": sorted(set(sticks.volume.ravel().tolist()))}))
     """, ("torch", "numba", "h5py", "tqdm"))  # a stock Slicer: neither torch nor numba
     assert out["torch"] is False and out["engine"] == "numpy" and out["estimate"] > 0
     assert out["hit"] == 3 * 10 * 14 and out["values"] == [7.0]
-    assert set(out["errors"]) == {"stick", "plus", "cuda", "torch"}
-    assert "Stick hole filling needs numba or PyTorch" in out["errors"]["stick"]
-    assert "normalized hole filling" in out["errors"]["stick"] and "PyTorch' extension" in out["errors"]["stick"]
+    assert set(out["errors"]) == {"plus", "cuda", "torch"}
+    # stick filling needs nothing beyond numpy: the two gap planes between the three frames are filled
+    assert out["stick_engine"] == "numpy" and out["stick_filled"] == 2 * 10 * 14 and out["stick_values"] == [7.0]
     assert "needs numba or PyTorch" in out["errors"]["plus"] and "needs PyTorch" in out["errors"]["cuda"]
 
 
@@ -272,7 +277,8 @@ def _io_imports_without_h5py() -> bool:
 
 SPINE_CASES = {"nearest-mean": {"interpolation": "nearest", "compounding": "mean", "hole": "none"},
                "linear-max": {"interpolation": "linear", "compounding": "max", "hole": "none"},
-               "nearest-mean-normalized": {"interpolation": "nearest", "compounding": "mean", "hole": "normalized"}}
+               "nearest-mean-normalized": {"interpolation": "nearest", "compounding": "mean", "hole": "normalized"},
+               "nearest-mean-stick": {"interpolation": "nearest", "compounding": "mean", "hole": "stick"}}
 
 
 @pytest.mark.parametrize("blocked", [
@@ -287,7 +293,7 @@ def test_tracked_spine_reconstruction_without_torch(spine: Sweep, tmp_path: Path
     base, spacing = options_from_plus_config(SPINE_CFG)
     grid = fit_grid(spine, spacing, clip_rectangle=base.clip_rectangle)
     for name, case in SPINE_CASES.items():
-        kw = {**case, "hole_filling": HoleFilling(case["hole"], 3)}
+        kw = {**case, "hole_filling": HoleFilling(case["hole"], 9 if case["hole"] == "stick" else 3)}
         del kw["hole"]
         opts = CompoundOptions(**{**base.__dict__, **kw, "engine": "torch"})
         np.save(tmp_path / f"{name}.npy", compound(spine, grid, opts).volume)
@@ -295,23 +301,21 @@ def test_tracked_spine_reconstruction_without_torch(spine: Sweep, tmp_path: Path
         import warnings
         import numpy as np
         from freehandrecon.compound import CompoundOptions, HoleFilling, compound, fit_grid, options_from_plus_config
-        from freehandrecon.errors import ResourceError
         from freehandrecon.io.plus import sweep_from_plus
         sweep_file, cfg, folder, cases = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             sweep = sweep_from_plus(sweep_file, plus_config=cfg)
         base, spacing = options_from_plus_config(cfg)
-        try:  # the config asks for stick filling
-            compound(sweep, fit_grid(sweep, 4.0), base)
-            stick = ""
-        except ResourceError as err:
-            stick = str(err)
         grid = fit_grid(sweep, spacing, clip_rectangle=base.clip_rectangle)
-        rows = {"torch": "torch" in sys.modules and sys.modules["torch"] is not None, "stick": stick,
+        assert base.hole_filling.method == "stick"  # the config asks for stick filling, which numpy does
+        config = compound(sweep, grid, base)
+        rows = {"torch": "torch" in sys.modules and sys.modules["torch"] is not None,
+                "config_engine": config.stats["engine"], "config_filled": config.stats["filled_voxels"],
                 "dims": list(grid.dims)}
         for name, kw in cases.items():
-            kw["hole_filling"] = HoleFilling(kw.pop("hole"), 3)
+            hole = kw.pop("hole")
+            kw["hole_filling"] = HoleFilling(hole, 9 if hole == "stick" else 3)
             res = compound(sweep, grid, CompoundOptions(**{**base.__dict__, **kw}))
             ref = np.load(f"{folder}/{name}.npy")
             rows[name] = {"engine": res.stats["engine"], "max_abs_diff": float(np.abs(res.volume - ref).max()),
@@ -321,7 +325,7 @@ def test_tracked_spine_reconstruction_without_torch(spine: Sweep, tmp_path: Path
         print(json.dumps(rows))
     """, blocked, str(SPINE), str(SPINE_CFG), str(tmp_path), json.dumps(SPINE_CASES))
     assert out["torch"] is False and out["dims"] == list(grid.dims)
-    assert "Stick hole filling needs numba or PyTorch" in out["stick"]
+    assert out["config_engine"] == "numpy" and out["config_filled"] > 10_000
     for name in SPINE_CASES:
         row = out[name]
         assert row["engine"] == "numpy", name
@@ -330,3 +334,5 @@ def test_tracked_spine_reconstruction_without_torch(spine: Sweep, tmp_path: Path
         assert row["hit"] > 100_000, (name, row)
     assert out["nearest-mean-normalized"]["filled"] > 0
     assert out["nearest-mean-normalized"]["nonzero"] > out["nearest-mean"]["nonzero"]
+    assert out["nearest-mean-stick"]["filled"] > 10_000
+    assert out["nearest-mean-stick"]["nonzero"] > out["nearest-mean"]["nonzero"]

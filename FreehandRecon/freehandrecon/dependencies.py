@@ -43,13 +43,12 @@ def needed_for(poses: str = "tracked", check_quality: bool = False, fill_holes: 
     "learned", "speckle"), or the quality guard (``check_quality``; learned poses run it first).
 
     Tracked reconstruction compounds with the numba engine, or the numpy engine when numba is absent (numba
-    is an optional speed-up there); a CUDA device needs torch, and stick hole filling numba (torch would do
-    too, but numba is the lighter install and comes with the module's requirements)."""
+    is an optional speed-up there, hole filling included); a CUDA device needs torch. ``fill_holes`` is
+    accepted for callers that pass it: no hole filling needs more than numpy."""
+    del fill_holes
     need = []
     if poses != "tracked" or check_quality or str(device).startswith("cuda"):
         need.append("torch")
-    if fill_holes == "stick" and "torch" not in need:
-        need.append("numba")
     if poses == "learned" or check_quality:
         need.append("safetensors")  # the bundled model and the guard are .safetensors files
     return need

@@ -511,6 +511,8 @@ def run_reconstruct_job(sweep: Sweep, request: ReconstructionRequest, out_dir: P
     if render and has_channels:
         names += (FUSED_RENDER,)
     check_outputs_free(out_dir, names, force)
+    if render:  # it imports the whole vtk module: now, not in the middle of writing where a Ctrl-C could cut it
+        from .scene import render as render_mod
     result = reconstruct_sweep(sweep, request, progress, should_cancel, render=render, files=True, mrb=mrb)
     pose_check = compare_with_tracked(sweep, result.pose_estimate)
     sweep = result.sweep if result.sweep is not None else sweep
@@ -533,8 +535,6 @@ def run_reconstruct_job(sweep: Sweep, request: ReconstructionRequest, out_dir: P
                 save_node(node, tmp / f"volume_{key.split(':', 1)[1]}.nrrd")
         render_stats = None
         if render:
-            from .scene import render as render_mod
-
             if progress:
                 progress("render", 0.0)
             render_stats = render_mod.render_volume_png(logic.scene, nodes["volume"], tmp / "render.png")
@@ -573,6 +573,8 @@ def run_reconstruct_job(sweep: Sweep, request: ReconstructionRequest, out_dir: P
                                             "mean": float(vol[covered].mean()) if covered.any() else None},
             "compound_seconds": round(result.seconds, 3),
             "frames_per_second": round(sweep.num_frames / max(result.seconds, 1e-9), 1),
+            "compound_engine": result.bmode.stats.get("engine"),
+            "filled_voxels": result.bmode.stats.get("filled_voxels"),
             "channels": sorted(result.channels),
             "channel_volumes": {c: {"file": f"volume_{c}.nrrd", "compounding": r.stats.get("compounding"),
                                     "max": float(r.volume.max()) if r.volume.size else None}

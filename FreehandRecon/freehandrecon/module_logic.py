@@ -373,6 +373,8 @@ class FreehandReconLogic:
             "dims_ijk": list(grid.dims), "spacing_mm": grid.spacing.tolist(), "origin_mm": grid.origin.tolist(),
             "coverage_fraction": round(result.coverage_fraction, 4),
             "memory_estimate_mb": round(result.memory_estimate_bytes / 2**20, 1),
+            "compound_engine": result.bmode.stats.get("engine"),
+            "filled_voxels": result.bmode.stats.get("filled_voxels"),
             "channels": sorted(result.channels), "fan_detected": fanMask == "auto" and used_fan is not None,
             "skip_interval": skip, "clip_rectangle": None if clip is None else list(clip),
             "fan": None if used_fan is None else {"origin_px": [float(v) for v in used_fan.origin_px],

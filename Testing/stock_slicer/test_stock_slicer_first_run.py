@@ -73,7 +73,7 @@ def test_missing_dependencies_name_what_each_action_needs():
     assert logic.missingDependencies("speckle") == ["torch"]
     assert logic.missingDependencies("tracked", checkQuality=True) == ["torch", "safetensors"]
     assert logic.missingDependencies("tracked") == []
-    assert logic.missingDependencies("tracked", fillHoles="stick") == ["numba"]
+    assert logic.missingDependencies("tracked", fillHoles="stick") == []  # numpy fills with sticks
 
 
 def test_learned_poses_say_to_install_and_leave_the_scene_unchanged(scene):
@@ -124,6 +124,22 @@ def test_tracked_reconstruction_needs_no_torch(scene):
     browser = logic.loadSample()
     volume = logic.reconstruct(browser, poses="tracked", spacingMm=1.0, showIn3D=False)
     assert volume.GetImageData().GetScalarRange()[1] > 200
+
+
+def test_stick_hole_filling_needs_neither_numba_nor_torch(scene):
+    import numpy as np
+    from slicer.util import arrayFromVolume
+
+    from freehandrecon.module_logic import FreehandReconLogic
+
+    logic = FreehandReconLogic()
+    browser = logic.loadSample()
+    plain = arrayFromVolume(logic.reconstruct(browser, poses="tracked", spacingMm=0.5, showIn3D=False)).copy()
+    filled = arrayFromVolume(logic.reconstruct(browser, poses="tracked", spacingMm=0.5, fillHoles="stick",
+                                               showIn3D=False))
+    assert logic.lastReport["compound_engine"] == "numpy" and logic.lastReport["filled_voxels"] > 10_000
+    assert np.count_nonzero(filled) > np.count_nonzero(plain)
+    assert "numba" not in sys.modules and "torch" not in sys.modules
 
 
 def test_panel_calls_from_no_dependencies_to_the_reconstructed_sample(scene):

@@ -17,7 +17,7 @@ import numpy as np
 from .. import geometry
 from ..errors import Cancelled, InputError
 from ..sweep import Sweep
-from .engine import PasteJob, require_engine
+from .engine import PasteJob, offline_engine
 from .fixedpoint import fixed_matrices
 from .grid import OutputGrid
 from .masks import select_pixels
@@ -45,15 +45,15 @@ def compound(sweep: Sweep, grid: OutputGrid, options: CompoundOptions | None = N
 
     ``progress(done_frames, total_frames)`` is called per chunk; ``should_cancel()`` is checked per chunk
     and raises :class:`~freehandrecon.errors.Cancelled`. ``options.engine`` picks numba, torch or numpy
-    ("auto": numba when it can be imported, else torch, else numpy; torch on CUDA); ``stats["engine"]`` says
-    which one ran.
+    ("auto": numba when it can be imported, else torch, else numpy; torch on CUDA; numpy where starting numba
+    would cost more than it saves, see :func:`.engine.offline_engine`); ``stats["engine"]`` says which one ran.
     """
     t0 = time.perf_counter()
     opts = options or CompoundOptions()
     opts.validate()
     frames = sweep.channel_frames(channel)
     n, h, w = frames.shape
-    opts = dataclasses.replace(opts, engine=require_engine(opts))
+    opts = dataclasses.replace(opts, engine=offline_engine(opts, n * h * w, grid.num_voxels))
     if opts.engine == "torch":
         from . import torch_engine as engine
 

@@ -6,10 +6,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# IGSIO's 13 stick directions (each also searched backwards): axes, face and space diagonals.
-STICKS = ((1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, -1, 0), (1, 0, -1), (0, 1, -1),
-          (1, 1, 1), (-1, 1, 1), (1, -1, 1), (-1, -1, 1))
-_CLASS_START = (0, 3, 9)  # STICKS is grouped by squared direction length 1, 2, 3
+from .holes_numpy import CLASS_STARTS, SQUARED_LENGTHS, STICKS
+
+_CLASS_START = CLASS_STARTS[:3]  # STICKS is grouped by squared direction length 1, 2, 3
 
 
 def fill_normalized(volume: torch.Tensor, coverage: torch.Tensor, size: int = 3) -> tuple[torch.Tensor, int]:
@@ -151,7 +150,7 @@ def _fill_tied(volp: torch.Tensor, dist0: torch.Tensor, cand: torch.Tensor, t: t
     back = cand - rvs * offs[:, None]
     rvs.masked_fill_((back < 0) | (back >= n), 0)  # past the array's ends: not filled
     back.clamp_(0, n - 1)
-    sq = torch.tensor([dx * dx + dy * dy + dz * dz for dx, dy, dz in STICKS], device=dev)[:, None]
+    sq = torch.tensor(SQUARED_LENGTHS, device=dev)[:, None]
     used = (sq == cls + 1) & (rvs >= 1) & (dist0.index_select(0, back.view(-1)).view(nd, -1) == 0)
     d_i, m_i = torch.nonzero(used, as_tuple=True)  # direction order: IGSIO's summation order
     w, wv = _interpolate(volp, cand[m_i], d_i.to(cand.dtype), f[d_i, m_i], t[m_i], offs, w_table)
@@ -170,7 +169,7 @@ def _fill_ranked(volp: torch.Tensor, cand: torch.Tensor, fwd_all: torch.Tensor, 
     nd = len(STICKS)
     score_dtype = torch.uint8 if 3 * (reach + 1) ** 2 < 255 else torch.int32  # squared lengths must fit
     big = torch.iinfo(score_dtype).max
-    sq = torch.tensor([dx * dx + dy * dy + dz * dz for dx, dy, dz in STICKS], dtype=score_dtype, device=dev)
+    sq = torch.tensor(SQUARED_LENGTHS, dtype=score_dtype, device=dev)
     valid = tot_c <= reach
     ln_c = torch.where(valid, tot_c + 1, 0).to(score_dtype)
     # squared stick length; ties are exact integers
@@ -233,7 +232,7 @@ def fill_sticks(volume: torch.Tensor, filled: torch.Tensor, length: int = 9, sti
     offsets = [dx + dy * px + dz * px * py for dx, dy, dz in STICKS]
     # flat indices as int32 where they fit (direction * n + voxel, voxel +- 15 offsets < 32 n): less traffic
     offs = torch.tensor(offsets, dtype=torch.int32 if 32 * n < 2**31 else torch.int64, device=dev)
-    sq = [dx * dx + dy * dy + dz * dz for dx, dy, dz in STICKS]
+    sq = list(SQUARED_LENGTHS)
     lens = torch.arange(1, reach + 2, dtype=torch.float64, device=dev)
     # stick weight 1 / (length in voxels * direction length), looked up per (direction, steps)
     w_table = 1.0 / (lens[None, :] * torch.sqrt(torch.tensor(sq, dtype=torch.float64, device=dev))[:, None])

@@ -16,14 +16,12 @@ import math
 import numba
 import numpy as np
 
-# IGSIO's 13 stick directions (dx, dy, dz), as holes.STICKS (that module needs torch): axes, face and space
-# diagonals; each is also searched backwards. Their order is the summation order.
-STICKS = ((1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, -1, 0), (1, 0, -1), (0, 1, -1),
-          (1, 1, 1), (-1, 1, 1), (1, -1, 1), (-1, -1, 1))
+from .holes_numpy import CLASS_STARTS, SQUARED_LENGTHS, STICKS, stick_weights
+
 _OFFSETS3 = np.array(STICKS, dtype=np.int64)  # (dx, dy, dz) per direction
-_SQ = np.array([dx * dx + dy * dy + dz * dz for dx, dy, dz in STICKS], dtype=np.int64)
-_CLASS = np.array([0 if q == 1 else 1 if q == 2 else 2 for q in _SQ], dtype=np.int64)  # 0: axes, 1, 2: diagonals
-_CLASS_START = np.array([0, 3, 9, 13], dtype=np.int64)  # STICKS is grouped by class
+_SQ = np.array(SQUARED_LENGTHS, dtype=np.int64)
+_CLASS = _SQ - 1  # 0: axes, 1, 2: face and space diagonals
+_CLASS_START = np.array(CLASS_STARTS, dtype=np.int64)  # STICKS is grouped by class
 
 
 @numba.njit(cache=True, parallel=True)
@@ -193,8 +191,7 @@ def fill_sticks(volume: np.ndarray, filled: np.ndarray, length: int = 9, sticks:
     else:
         cdt, shift = np.int32, 16
     invalid = int(np.iinfo(cdt).max)
-    lens = np.arange(1, reach + 2, dtype=np.float64)
-    w_table = 1.0 / (lens[None, :] * np.sqrt(_SQ.astype(np.float64))[:, None])
+    w_table = stick_weights(reach)
     out, count = _fill(volume, filled, fl, ext, pad, reach, shift, invalid, int(sticks), _OFFSETS3, offs, _SQ, w_table,
                        bool(truncate), np.zeros(1, dtype=cdt))
     return out, int(count)

@@ -556,8 +556,11 @@ def count_pasted(frames: np.ndarray, rect: tuple[int, int, int, int], mask: np.n
 
 
 def fill_holes(volume: np.ndarray, coverage: np.ndarray, hf, truncate: bool) -> tuple[np.ndarray, int]:
-    """Hole filling: normalized with the numpy box sum, stick borrowed from the torch implementation (as the
-    numpy engine does, until a compiled stick filler replaces it)."""
+    """Hole filling: stick with the compiled kernels of :mod:`.holes_numba`, normalized with the numpy box sums."""
+    if hf.method == "stick":
+        from .holes_numba import fill_sticks
+
+        return fill_sticks(volume, coverage > 0, hf.size, hf.sticks, truncate=truncate)
     from . import numpy_engine
 
     return numpy_engine.fill_holes(volume, coverage, hf, truncate)

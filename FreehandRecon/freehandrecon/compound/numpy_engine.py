@@ -4,7 +4,7 @@ Same fixed-point pixel positions, same float32 trilinear weights and the same va
 engine (:mod:`.splat`); pixels that are not pasted are dropped (compacted) rather than sent to a trash slot.
 Frames are pasted chunk by chunk into flat float32 accumulators with ``np.add.at`` / ``np.maximum.at``
 (buffered and vectorised since numpy 1.25; older numpy sums with ``np.bincount`` over the chunk's span).
-Normalized hole filling is a separable box sum (shifted adds). Stick filling still needs torch.
+Normalized hole filling is a separable box sum (shifted adds); stick filling is :mod:`.holes_numpy`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 from numpy.lib import NumpyVersion
 
 from ..errors import Cancelled
-from .engine import PasteJob, _import_numba
+from .engine import PasteJob
 from .fixedpoint import FRAC_BITS, ONE, classify_tiles, coordinate_terms, term_bounds
 from .options import HoleFilling
 
@@ -339,23 +339,14 @@ def fill_normalized(volume: np.ndarray, coverage: np.ndarray, size: int = 3) -> 
 
 
 def fill_holes(volume: np.ndarray, coverage: np.ndarray, hf: HoleFilling, truncate: bool) -> tuple[np.ndarray, int]:
-    """Hole filling ``hf``; stick filling runs the numba kernels (:mod:`.holes_numba`) where numba imports, else
-    the torch implementation (one of them was checked present beforehand); both give the same voxels."""
+    """Hole filling ``hf`` with numpy alone (normalized: box sums; stick: :mod:`.holes_numpy`, the same voxels as
+    the numba and torch implementations); returns the volume and the number of voxels filled."""
     if hf.method == "normalized":
         return fill_normalized(volume, coverage, hf.size)
-    if hf.method == "stick" and _import_numba():
-        from .holes_numba import fill_sticks
-
-        return fill_sticks(np.ascontiguousarray(volume, dtype=np.float32), coverage > 0, hf.size, hf.sticks,
-                           truncate=truncate)
     if hf.method == "stick":
-        import torch
+        from .holes_numpy import fill_sticks
 
-        from . import holes
-
-        out, filled = holes.fill_sticks(torch.from_numpy(volume), torch.from_numpy(coverage > 0), hf.size,
-                                        hf.sticks, truncate=truncate)
-        return out.numpy(), filled
+        return fill_sticks(volume, coverage > 0, hf.size, hf.sticks, truncate=truncate)
     return volume, 0
 
 

@@ -52,7 +52,8 @@ class CompoundOptions:
     for bit-level comparisons with PLUS; it is slower and only changes the mean modes and hole filling.
     ``engine``: "numba" (CPU, compiled, deterministic on any number of threads; needs numba), "torch" (CPU or
     CUDA; needs PyTorch), "numpy" (CPU; no extra package, no ``plus_arithmetic``) or "auto" (numba when it can
-    be imported, else torch, else numpy; torch on CUDA). Stick filling still borrows torch.
+    be imported, else torch, else numpy; torch on CUDA; numpy for an offline job too small for numba's start-up
+    to pay off in a process that has not loaded numba yet: see :func:`.engine.numba_pays_off`).
     """
 
     interpolation: str = "nearest"

@@ -211,9 +211,11 @@ class Reconstructor:
             hit = int(count_positive(coverage.reshape(-1)))
         else:
             hit = int(np.count_nonzero(coverage > 0))
-        from . import numpy_engine  # the numba engine fills holes as the numpy engine does, for now
-
-        volume, filled = numpy_engine.fill_holes(volume, coverage, hole_filling, truncate)
+        if self.engine == "numba":
+            from .numba_engine import fill_holes
+        else:
+            from .numpy_engine import fill_holes
+        volume, filled = fill_holes(volume, coverage, hole_filling, truncate)
         t_end = time.perf_counter()
         stats = {"frames": self._frames_added, "pixels_pasted": self._pasted,
                  "pixels_outside": self._pasted - self._landed, "voxels": self.grid.num_voxels,

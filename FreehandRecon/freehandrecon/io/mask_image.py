@@ -21,10 +21,10 @@ def read_mask_image(path: str | os.PathLike) -> np.ndarray:
 
         arr = read_metaimage(p).array
     elif suffix == ".png":
-        import vtk
-        from vtk.util.numpy_support import vtk_to_numpy
+        from vtkmodules.util.numpy_support import vtk_to_numpy
+        from vtkmodules.vtkIOImage import vtkPNGReader
 
-        reader = vtk.vtkPNGReader()
+        reader = vtkPNGReader()
         reader.SetFileName(str(p))
         reader.Update()
         img = reader.GetOutput()

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import InputError, OutputExistsError
 from ..sweep import Sweep, check_channel_name
 from .common import atomic_outputs, existing_file
-from .slicer_scene import get_logic, matrix_array, new_scene, unique_name
+from .slicer_scene import get_logic, matrix_array, new_matrix, new_scene, unique_name
 from .slicer_sequences import (CHANNEL_ATTRIBUTE, ROLE_ATTRIBUTE, TRANSFORM_SUFFIX, add_transform_sequence,
                                browser_sequences, sweep_from_browser, sweep_to_browser)
 
@@ -208,9 +208,7 @@ def read_transform_sequence(path: str | os.PathLike) -> np.ndarray:
 
 
 def _transform_to_parent(node: Any) -> Any:
-    import vtk
-
-    m = vtk.vtkMatrix4x4()
+    m = new_matrix()
     node.GetMatrixTransformToParent(m)
     return m
 

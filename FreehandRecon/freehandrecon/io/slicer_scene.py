@@ -1,8 +1,13 @@
-"""A headless Slicer MRML scene (through slicer-core) with the logics FreehandRecon needs.
+"""A headless Slicer MRML scene (through slicer-core) with the logics FreehandRecon needs, and numpy <-> VTK helpers.
 
 :func:`new_scene` registers the application, colour, sequences, volumes, volume rendering (FreehandRecon's
 presets), markups and transforms logics; :func:`get_logic` finds a logic of such a scene, or of the Slicer
 application. Slicer and VTK are imported inside the functions, so importing :mod:`freehandrecon.io` stays light.
+
+The helpers (:func:`vtk_matrix`, :func:`matrix_array`, :func:`array_from_volume`, :func:`update_volume_from_array`)
+do what ``slicer.util``'s do with the few ``vtkmodules`` that Slicer and slicer-core load with MRML: ``slicer.util``
+imports the whole ``vtk`` module on first use, every VTK library (about 0.25 s headless), which the command line
+does not need.
 """
 
 from __future__ import annotations
@@ -47,11 +52,15 @@ def new_scene() -> Any:
     rendering ROI) and transforms logics; a cache manager and data IO manager so that
     ``ReadFromMRB`` works. The logics stay alive as long as the scene's Python object.
     """
-    # All of slicer-core and VTK load with the scene: imported for the first time later, in the middle of a run
-    # (slicer.util imports vtk lazily), a Ctrl-C or SIGTERM can interrupt that import and crash the process.
+    # All of slicer-core (and the vtkmodules FreehandRecon's headless code uses) loads with the scene: imported for
+    # the first time later, in the middle of a run, a Ctrl-C or SIGTERM can interrupt that import and crash the
+    # process. Rendering imports the whole vtk module: run_reconstruct_job imports it before any long work.
     import slicer
-    import vtk  # noqa: F401
-    from slicer import util  # noqa: F401
+    import vtkmodules.util.numpy_support  # noqa: F401
+    import vtkmodules.vtkCommonCore  # noqa: F401
+    import vtkmodules.vtkCommonDataModel  # noqa: F401
+    import vtkmodules.vtkCommonMath  # noqa: F401
+    import vtkmodules.vtkIOImage  # noqa: F401
 
     scene = slicer.vtkMRMLScene()
     scene.SetVersion(_slicer_version_string())
@@ -157,21 +166,72 @@ def unique_name(scene: Any, name: str) -> str:
     return candidate
 
 
-def vtk_matrix(array: np.ndarray) -> Any:
-    from slicer import util
+def new_matrix() -> Any:
+    """An identity vtkMatrix4x4."""
+    from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
-    return util.vtkMatrixFromArray(np.asarray(array, dtype=np.float64))
+    return vtkMatrix4x4()
+
+
+def vtk_matrix(array: np.ndarray) -> Any:
+    """A new vtkMatrix4x4 holding the 4x4 ``array`` (as ``slicer.util.vtkMatrixFromArray``)."""
+    a = np.asarray(array, dtype=np.float64)
+    if a.shape != (4, 4):
+        raise ValueError(f"A 4x4 matrix was expected, not shape {a.shape}.")
+    m = new_matrix()
+    m.DeepCopy(a.ravel())
+    return m
 
 
 def matrix_array(matrix: Any) -> np.ndarray:
-    from slicer import util
+    """The elements of a vtkMatrix4x4 or vtkMatrix3x3 as a new numpy array (as ``slicer.util.arrayFromVTKMatrix``)."""
+    from vtkmodules.vtkCommonMath import vtkMatrix3x3, vtkMatrix4x4
 
-    return util.arrayFromVTKMatrix(matrix)
+    if isinstance(matrix, vtkMatrix4x4):
+        out = np.eye(4)
+    elif isinstance(matrix, vtkMatrix3x3):
+        out = np.eye(3)
+    else:
+        raise TypeError(f"A vtkMatrix4x4 or vtkMatrix3x3 was expected, not {type(matrix).__name__}.")
+    matrix.DeepCopy(out.ravel(), matrix)
+    return out
 
 
 def ijk_to_ras(volume: Any) -> np.ndarray:
-    import vtk
-
-    m = vtk.vtkMatrix4x4()
+    m = new_matrix()
     volume.GetIJKToRASMatrix(m)
     return matrix_array(m)
+
+
+def array_from_volume(volume: Any) -> np.ndarray:
+    """The voxels of a scalar volume node as a ``[k, j, i]`` (``[k, j, i, c]`` for several components) numpy view
+    of its image data (as ``slicer.util.arrayFromVolume`` for scalar and vector volumes)."""
+    from vtkmodules.util.numpy_support import vtk_to_numpy
+
+    image = volume.GetImageData()
+    if image is None or image.GetPointData().GetScalars() is None:
+        raise InputError(f"The volume '{volume.GetName()}' has no voxels.", "Load or compute the volume first.")
+    shape = tuple(reversed(image.GetDimensions()))
+    comps = image.GetNumberOfScalarComponents()
+    return vtk_to_numpy(image.GetPointData().GetScalars()).reshape(shape + ((comps,) if comps > 1 else ()))
+
+
+def update_volume_from_array(volume: Any, array: np.ndarray) -> None:
+    """Copy ``array`` (``[k, j, i]`` scalars) into the volume node's image data, made to fit its shape and type,
+    with the notifications ``slicer.util.updateVolumeFromArray`` sends."""
+    from vtkmodules.util.numpy_support import get_vtk_array_type
+    from vtkmodules.vtkCommonDataModel import vtkImageData
+
+    a = np.asarray(array)
+    if a.ndim != 3:
+        raise ValueError(f"A [k, j, i] array was expected, not shape {a.shape}.")
+    image = volume.GetImageData()
+    if image is None:
+        image = vtkImageData()
+        volume.SetAndObserveImageData(image)
+    image.SetDimensions(a.shape[2], a.shape[1], a.shape[0])
+    image.AllocateScalars(get_vtk_array_type(a.dtype), 1)
+    array_from_volume(volume)[:] = a
+    volume.StorableModified()
+    volume.Modified()
+    volume.InvokeEvent(volume.ImageDataModifiedEvent, volume)

@@ -22,7 +22,8 @@ from .. import geometry
 from ..channels import check_channel_timestamps
 from ..errors import CalibrationError, InputError
 from ..sweep import Sweep, to_grey
-from .slicer_scene import get_logic, ijk_to_ras, matrix_array, unique_name, vtk_matrix
+from .slicer_scene import (array_from_volume, get_logic, ijk_to_ras, matrix_array, new_matrix, unique_name,
+                           update_volume_from_array, vtk_matrix)
 
 ROLE_ATTRIBUTE = "FreehandRecon.Role"        # on sequence nodes: "image", "channel" or "ImageToReference"
 
@@ -45,7 +46,6 @@ def _index_values(sweep: Sweep) -> tuple[list[str], str, str]:
 def _image_sequence(scene: Any, frames: np.ndarray, spacing: tuple[float, float], values: Sequence[str],
                     index_name: str, index_unit: str, name: str) -> Any:
     import slicer
-    from slicer import util
 
     seq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", unique_name(scene, name))
     seq.SetIndexName(index_name)
@@ -54,7 +54,7 @@ def _image_sequence(scene: Any, frames: np.ndarray, spacing: tuple[float, float]
     scratch = slicer.vtkMRMLScalarVolumeNode()
     ijk = geometry.pixel_scale_matrix(spacing)
     for n, value in enumerate(values):
-        util.updateVolumeFromArray(scratch, np.ascontiguousarray(frames[n])[None])
+        update_volume_from_array(scratch, np.ascontiguousarray(frames[n])[None])
         scratch.SetIJKToRASMatrix(vtk_matrix(ijk))
         seq.SetDataNodeAtValue(scratch, value)
     return seq
@@ -147,9 +147,9 @@ def is_image_sequence(seq: Any) -> bool:
 
 
 def browser_sequences(browser: Any) -> list[Any]:
-    import vtk
+    from vtkmodules.vtkCommonCore import vtkCollection
 
-    collection = vtk.vtkCollection()
+    collection = vtkCollection()
     browser.GetSynchronizedSequenceNodes(collection, True)
     return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
 
@@ -178,9 +178,7 @@ def pick_image_sequence(browser: Any, sequences: list[Any], image_sequence: Any)
 
 
 def _frame(proxy: Any, what: str) -> np.ndarray:
-    from slicer import util
-
-    a = util.arrayFromVolume(proxy)
+    a = array_from_volume(proxy)
     if a.shape[0] != 1:
         raise InputError(f"The {what} items are 3D volumes ({a.shape[0]} slices), not 2D frames.",
                          "Pick a sequence of single-slice ultrasound images.")
@@ -221,8 +219,6 @@ def sweep_from_browser(browser: Any, image_sequence: Any = None,
     transform is found too. Other image sequences of the browser become channels. With no
     transform above the image the sweep has no poses (``image_to_world`` None).
     """
-    import vtk
-
     scene = browser.GetScene() if browser is not None else None
     if scene is None:
         raise InputError("The sequence browser is not in an MRML scene.", "Pass a browser node from a scene.")
@@ -280,7 +276,7 @@ def sweep_from_browser(browser: Any, image_sequence: Any = None,
             if not parent.IsTransformToWorldLinear():
                 raise CalibrationError(f"The transforms above '{image_proxy.GetName()}' are not linear.",
                                        "Harden or remove the non-linear (grid/b-spline) transform first.")
-            to_world = vtk.vtkMatrix4x4()
+            to_world = new_matrix()
             parent.GetMatrixTransformToWorld(to_world)
             pixel_to_world[n] = matrix_array(to_world) @ ijk_to_ras(image_proxy)
             if n == 0:

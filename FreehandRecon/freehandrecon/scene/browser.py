@@ -14,19 +14,18 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import vtk
-from slicer import util
 
 from ..errors import CalibrationError, InputError
+from ..io.slicer_scene import matrix_array, new_matrix
 from ..io.slicer_sequences import (browser_sequences, check_not_recording, lone_sequence_sweep,
                                    pick_image_sequence, poses_in_image_geometry, sweep_from_pixel_to_world)
 from ..sweep import Sweep
 
 
 def _matrix(getter: Any) -> np.ndarray:
-    m = vtk.vtkMatrix4x4()
+    m = new_matrix()
     getter(m)
-    return util.arrayFromVTKMatrix(m)
+    return matrix_array(m)
 
 
 def _frame_shape(volume: Any, what: str) -> tuple[int, int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import vtk
+from vtkmodules.vtkCommonCore import VTK_UNSIGNED_CHAR
 
 from ..errors import InputError
 from ..io.slicer_scene import PRESET_NAMES, get_logic, register_presets, unique_name
@@ -82,7 +82,7 @@ def show_volume_rendering(scene: Any, volume_node: Any, preset: str = "US-BMode"
     image = volume_node.GetImageData()
     high = float(image.GetScalarRange()[1])
     if rescale is None:
-        rescale = image.GetScalarType() != vtk.VTK_UNSIGNED_CHAR
+        rescale = image.GetScalarType() != VTK_UNSIGNED_CHAR
     if rescale and high > 0:
         _stretch_preset(prop, high)
     display.SetVisibility(True)

@@ -9,11 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from slicer import util
 
 from .. import geometry
 from ..errors import CalibrationError, InputError
-from ..io.slicer_scene import unique_name, vtk_matrix
+from ..io.slicer_scene import unique_name, update_volume_from_array, vtk_matrix
 
 def _volume_array(array_kji: np.ndarray, what: str) -> np.ndarray:
     a = np.asarray(array_kji)
@@ -65,7 +64,7 @@ def add_volume_node(scene: Any, array_kji: np.ndarray, ijk_to_ras: np.ndarray, n
     else:
         node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", unique_name(scene, name))
     modifying = node.StartModify()
-    util.updateVolumeFromArray(node, a)
+    update_volume_from_array(node, a)
     node.SetIJKToRASMatrix(vtk_matrix(m))
     node.EndModify(modifying)
     if node.GetDisplayNode() is None:

@@ -11,17 +11,17 @@ def add_quality_nodes(scene: Any, report: Any, base: str) -> dict[str, Any]:
     """A table node ``<base>_Quality`` (frame, scores, thresholds, flag) and a plot chart ``<base>_QualityPlot`` of
     the OOD score against frame, from a :class:`~freehandrecon.quality.QualityReport`; keys "qualityTable",
     "qualityChart", "qualitySeries"."""
-    import vtk
+    from vtkmodules.vtkCommonCore import vtkDoubleArray, vtkIntArray
 
     from ..io.slicer_scene import unique_name
 
     table = scene.AddNewNodeByClass("vtkMRMLTableNode", unique_name(scene, f"{base}_Quality"))
     n = report.num_frames
-    columns = (("Frame", vtk.vtkIntArray, np.arange(n)),
-               ("OOD score", vtk.vtkDoubleArray, report.ood_score),
-               ("OOD threshold", vtk.vtkDoubleArray, np.full(n, report.thresholds["ood"])),
-               ("Reconstruction error", vtk.vtkDoubleArray, report.recon_error),
-               ("Out of distribution", vtk.vtkIntArray, report.frame_out.astype(int)))
+    columns = (("Frame", vtkIntArray, np.arange(n)),
+               ("OOD score", vtkDoubleArray, report.ood_score),
+               ("OOD threshold", vtkDoubleArray, np.full(n, report.thresholds["ood"])),
+               ("Reconstruction error", vtkDoubleArray, report.recon_error),
+               ("Out of distribution", vtkIntArray, report.frame_out.astype(int)))
     for name, cls, values in columns:
         arr = cls()
         arr.SetName(name)
