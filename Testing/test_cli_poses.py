@@ -93,6 +93,10 @@ def test_calibrate_speckle_then_use_the_curve(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["out"] == str(curve) and printed["static_patches_left_out"] == 0  # a linear probe: no fan corners
     assert printed["structure_pairs_left_out"] == 0 and printed["warnings"] == []  # plain speckle: nothing to warn of
+    check = printed["learned_check"]  # the learned model was run on the calibration sweep with and without it
+    assert check["model_name"] == "posenet_sim_v3" and check["frames"] == 30
+    assert check["use_curve"] == (check["fdr_with_curve_pct"] <= check["fdr_without_curve_pct"])
+    assert json.loads(curve.read_text())["meta"]["learned_check"] == check
     test = tmp_path / "test.npz"
     sweep = random_sweep("site-b", 8, 16, kind="linear", direction=1, structure=False, step_mm=0.25)
     sweep.metadata.pop("settings")  # the estimator must rely on the calibrated curve, not the simulator's
@@ -106,6 +110,48 @@ def test_calibrate_speckle_then_use_the_curve(tmp_path, capsys):
     untracked = tmp_path / "untracked.npz"
     write_sweep(Sweep(sweep.frames, sweep.pixel_spacing), untracked)
     assert main(["--quiet", "calibrate-speckle", str(untracked), "--out", str(tmp_path / "c2.json")]) == 2
+
+
+def test_the_learned_model_follows_its_check_of_a_calibrated_curve(tmp_path, capsys):
+    """calibrate-speckle checks the curve with the learned model on its own tracked sweep; the learned estimator
+    leaves the curve out of the network's features where it drifted more there, uses it where it did not, and uses
+    it with a warning where the check is missing or was made with other weights. A missing model is refused before
+    any calibration."""
+    from pathlib import Path
+
+    from freehandrecon.poses import IMAGE_CURVE_WARNING, estimate_poses
+    from freehandrecon.poses.speckle import DecorrelationCurve
+
+    data = Path(__file__).parent / "Data" / "independent"
+    curve = tmp_path / "l11.json"
+    assert main(["--quiet", "calibrate-speckle", str(data / "l11_translation.npz"), "--out", str(curve)]) == 0
+    check = json.loads(capsys.readouterr().out)["learned_check"]
+    assert check["frames"] == 48 and set(check) >= {"fdr_with_curve_pct", "fdr_without_curve_pct", "use_curve"}
+    sweep = read_sweep(data / "l11_mixed.npz")
+    plain = estimate_poses(sweep, "learned")
+    unchecked_curve = DecorrelationCurve.load(curve)
+    del unchecked_curve.meta["learned_check"]
+    unchecked = estimate_poses(sweep, "learned", curve=unchecked_curve)
+    assert IMAGE_CURVE_WARNING in unchecked.warnings and "probe_curve" not in unchecked.info
+    assert not np.allclose(unchecked.image_to_world, plain.image_to_world)
+    for use in (False, True):
+        c = DecorrelationCurve.load(curve)
+        c.meta["learned_check"]["use_curve"] = use
+        est = estimate_poses(sweep, "learned", curve=c)
+        np.testing.assert_array_equal(est.image_to_world, (unchecked if use else plain).image_to_world)
+        assert IMAGE_CURVE_WARNING not in est.warnings
+        assert est.info["probe_curve"].startswith(f"probe curve {'used' if use else 'not used'} by the learned model")
+    other = DecorrelationCurve.load(curve)
+    other.meta["learned_check"].update(use_curve=False, model_sha256="0" * 64)  # checked with other weights
+    est = estimate_poses(sweep, "learned", curve=other)
+    np.testing.assert_array_equal(est.image_to_world, unchecked.image_to_world)
+    assert IMAGE_CURVE_WARNING in est.warnings
+    assert main(["--quiet", "calibrate-speckle", str(data / "l11_translation.npz"), "--out", str(tmp_path / "n.json"),
+                 "--no-learned-check"]) == 0
+    assert "learned_check" not in json.loads(capsys.readouterr().out)
+    rc = main(["--quiet", "calibrate-speckle", str(data / "l11_translation.npz"), "--out", str(tmp_path / "m.json"),
+               "--model", "no_such_model"])
+    assert rc in (2, 4) and "posenet_sim_v3" in capsys.readouterr().err and not (tmp_path / "m.json").exists()
 
 
 def test_learned_poses_use_the_given_probe_curve(tmp_path, capsys):

@@ -212,6 +212,13 @@ def test_evaluate_with_probe_calibration_reports_every_pair_and_the_targets(tmp_
     for key in ("learned_gain", "learned_curve_gain", "learned_gain_speckle_rotations"):
         assert isinstance(result["targets"][f"{key}_lt_speckle_calibrated"], bool)
     assert "better than speckle with the probe curve" in out and "| mean over 2 pairs |" in out
+    for r in result["pairs"]:  # the curve as calibrate-speckle writes it: checked on the calibration sweep
+        check = r["curve_check"]
+        assert check["use_curve"] == (check["fdr_with_curve_pct"] <= check["fdr_without_curve_pct"])
+        assert r["learned_curve"] == pytest.approx(r["learned_curve_unchecked" if check["use_curve"] else "learned"])
+    assert set(result["per_probe_mean_fdr_length_pct"]) == {"L9-4"}
+    assert isinstance(result["targets"]["learned_with_curve_le_without_every_probe"], bool)
+    assert "the same on every probe" in out
 
 
 @pytest.mark.parametrize("kept,says", [("unchanged", "shipped model unchanged"),

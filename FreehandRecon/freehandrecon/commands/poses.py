@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from .common import Progress, add_input_args, add_pose_args, read_input
 
+log = logging.getLogger("freehandrecon")
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the ``estimate-poses`` and ``calibrate-speckle`` sub-commands."""
@@ -76,7 +78,21 @@ def cmd_calibrate_speckle(args: argparse.Namespace) -> int:
         raise InputError(f"'{args.input}' has no poses; calibrate-speckle needs a tracked sweep (the tracker gives "
                          "the true elevational distances).",
                          "Give a tracked sweep with its calibration (--plus-config or --calibration).")
+    model = None
+    if not args.no_learned_check:  # a missing or damaged model is refused before the calibration
+        from ..poses.learned import load_model
+
+        model = load_model(args.model, device=args.device)
+        if sweep.num_frames < model.min_frames:
+            log.warning("The sweep has %d frames, fewer than the learned model needs (%d): the curve is not checked "
+                        "with it.", sweep.num_frames, model.min_frames)
+            model = None
     curve = DecorrelationCurve.calibrate(sweep)
+    if model is not None:
+        from ..poses import check_learned_with_curve
+        from ..poses.curve_check import CHECK_KEY
+
+        curve.meta[CHECK_KEY] = check_learned_with_curve(sweep, curve, model=model, device=args.device)
     curve.save(args.out, force=args.force)
     print(json.dumps({"frames": sweep.num_frames, "depth_bands_mm": [round(float(d), 2) for d in curve.depths_mm],
                       "max_distance_mm": round(float(curve.distances_mm[-1]), 3),
@@ -86,6 +102,7 @@ def cmd_calibrate_speckle(args: argparse.Namespace) -> int:
                       **({"bands_with_structure_mm": curve.meta["bands_with_structure_mm"]}
                          if "bands_with_structure_mm" in curve.meta else {}),
                       "warnings": list(curve.meta.get("warnings", [])),
+                      **({"learned_check": curve.meta["learned_check"]} if "learned_check" in curve.meta else {}),
                       "out": str(args.out)}, indent=2))
     return 0
 
@@ -95,8 +112,18 @@ def _calibrate_speckle_parser(sub: argparse._SubParsersAction) -> None:
                        description="Fit the depth-dependent speckle decorrelation curve (correlation against "
                        "elevational distance) of your probe and settings from a tracked sweep of a speckle phantom "
                        "or tissue, mostly elevational motion. Use the JSON with 'estimate-poses --curve FILE' or "
-                       "'reconstruct --curve FILE' (speckle and learned poses).")
+                       "'reconstruct --curve FILE' (speckle and learned poses). The learned model is then run on this "
+                       "sweep with and without the new curve; its features use the curve only if it drifted no more "
+                       "with it (the check is stored in the JSON, for that model).")
     add_input_args(p)
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="curve JSON to write")
+    p.add_argument("--model", default=None, metavar="MODEL",
+                   help="learned model to check the curve with: a shipped model's name or a model .json / "
+                   ".safetensors (default: the shipped model)")
+    p.add_argument("--no-learned-check", action="store_true",
+                   help="skip the check (no PyTorch model run); the learned model then uses the curve unchecked, "
+                   "with a warning")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where the check's learned model runs (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.set_defaults(func=cmd_calibrate_speckle)

@@ -6,9 +6,11 @@ pixel spacing; a sweep whose probe has no other sweep is split in halves: the fi
 estimated), the decorrelation curve
 (as ``calibrate-speckle`` and ``adapt`` fit it) and the learned model's elevational gain
 (:mod:`freehandrecon.poses.elevation_gain`, as ``adapt --epochs 0`` fits it) come from A, and B is estimated
-with: the learned model uncalibrated, with A's gain, with A's curve, with A's curve and gain (the gain fitted with
-the curve the estimate uses), with A's gain and speckle's tilt and yaw through A's curve; speckle with the typical curve
-and with A's curve. The figures are final drift rates in % of B's trajectory length, averaged over pairs.
+with: the learned model uncalibrated, with A's gain, with A's curve as ``calibrate-speckle`` writes it (checked on A:
+the network's features use it only if the learned model drifted no more with it on A, :mod:`~..poses.curve_check`),
+with A's curve unchecked, with A's checked curve and gain (the gain fitted with the curve the estimate uses), with A's
+gain and speckle's tilt and yaw through A's curve; speckle with the typical curve and with A's curve. The figures are
+final drift rates in % of B's trajectory length, averaged over pairs (and per probe).
 No fine-tuning happens here (``freehandrecon adapt`` does that).
 """
 
@@ -29,8 +31,9 @@ from ..sweep import Sweep
 VARIANTS = (
     ("learned", "learned, no calibration"),
     ("learned_gain", "learned, typical curve + elevational gain"),
-    ("learned_curve", "learned, probe curve"),
-    ("learned_curve_gain", "learned, probe curve + elevational gain"),
+    ("learned_curve", "learned, probe curve (checked)"),
+    ("learned_curve_unchecked", "learned, probe curve unchecked"),
+    ("learned_curve_gain", "learned, probe curve (checked) + elevational gain"),
     ("learned_gain_speckle_rotations", "learned, typical curve + elevational gain, speckle's tilt and yaw"),
     ("speckle", "speckle, typical curve"),
     ("speckle_curve", "speckle, probe curve"),
@@ -86,13 +89,22 @@ def _fdr(sweep: Sweep, poses: np.ndarray) -> float:
 
 def evaluate_pair(calib: Sweep, target: Sweep, model: Any = None, device: str = "cpu") -> dict[str, Any]:
     """FDR (% of length) of every :data:`VARIANTS` entry on ``target`` with the calibration from ``calib``."""
+    import copy
+
+    from ..poses import check_learned_with_curve
+    from ..poses.curve_check import CHECK_KEY
     from ..poses.speckle import DecorrelationCurve  # imports torch: only when evaluating
 
     out: dict[str, Any] = {}
     gained: tuple[np.ndarray, int] | None = None  # the typical-curve estimate with its gain, for the hybrid
-    curve = DecorrelationCurve.calibrate(calib, min_bands=2)
+    raw = DecorrelationCurve.calibrate(calib, min_bands=2)
+    curve = copy.deepcopy(raw)
+    check = check_learned_with_curve(calib, curve, model=model, device=device)
+    curve.meta[CHECK_KEY] = check
+    out["curve_check"] = {k: check[k] for k in ("fdr_with_curve_pct", "fdr_without_curve_pct", "use_curve")}
     run = lambda s, method, **kw: estimate_poses(s, method, model=model if method == "learned" else None,  # noqa: E731
                                                  sweep_direction="auto", device=device, **kw)
+    out["learned_curve_unchecked"] = _fdr(target, run(target, "learned", curve=raw).image_to_world)
     for suffix, c in (("", None), ("_curve", curve)):
         est = run(target, "learned", curve=c)
         out[f"learned{suffix}"] = _fdr(target, est.image_to_world)
@@ -134,11 +146,20 @@ def evaluate_transfer(named: list[tuple[str, Sweep]], model: Any = None, device:
         rows.append({"calibrated_on": a, "estimated": b, **evaluate_pair(sa, sb, model, device)})
         if progress is not None:
             progress("probe calibration", (i + 1) / len(pairs))
-    means = {}
-    for key, _ in VARIANTS:
-        v = np.array([r[key] for r in rows], np.float64)
-        v = v[np.isfinite(v)]
-        means[key] = float(v.mean()) if v.size else math.nan
+    def mean_of(rs: list[dict[str, Any]]) -> dict[str, float]:
+        out = {}
+        for key, _ in VARIANTS:
+            v = np.array([r[key] for r in rs], np.float64)
+            v = v[np.isfinite(v)]
+            out[key] = float(v.mean()) if v.size else math.nan
+        return out
+
+    means = mean_of(rows)
+    probe_of = {name: str((s.metadata or {}).get("probe") or "") for name, s in named}
+    by_probe: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_probe.setdefault(probe_of.get(r["estimated"].split("[")[0], "") or "sweeps of one setting", []).append(r)
+    per_probe = {p: mean_of(rs) for p, rs in sorted(by_probe.items())}
     def holds(a: float, b: float, strict: bool = False) -> bool | None:
         if not (math.isfinite(a) and math.isfinite(b)):
             return None  # not evaluated: e.g. no gain could be fitted on any pair
@@ -148,12 +169,15 @@ def evaluate_transfer(named: list[tuple[str, Sweep]], model: Any = None, device:
     if rows:
         targets = {
             "learned_with_curve_le_without": holds(means["learned_curve"], means["learned"]),
+            "learned_with_curve_le_without_every_probe": all(holds(m["learned_curve"], m["learned"]) is not False
+                                                             for m in per_probe.values()),
             "learned_with_curve_and_gain_le_without": holds(means["learned_curve_gain"], means["learned"]),
         }
         for key in CALIBRATED:
             targets[f"{key}_le_{TARGET_CALIBRATED_FDR_PCT:g}pct"] = holds(means[key], TARGET_CALIBRATED_FDR_PCT)
             targets[f"{key}_lt_speckle_calibrated"] = holds(means[key], means["speckle_curve"], strict=True)
-    return {"pairs": rows, "mean_fdr_length_pct": means, "targets": targets,
+    return {"pairs": rows, "mean_fdr_length_pct": means, "per_probe_mean_fdr_length_pct": per_probe,
+            "targets": targets,
             "definition": __doc__.split("\n\n")[1].replace("\n", " ")}
 
 
@@ -187,7 +211,10 @@ def targets_lines(result: dict[str, Any]) -> str:
     label = dict(VARIANTS)
     lines = [
         f"- learned with the probe curve <= learned without: {ok(t['learned_with_curve_le_without'])} "
-        f"({m['learned_curve']:.1f} % against {m['learned']:.1f} %)",
+        f"({m['learned_curve']:.1f} % against {m['learned']:.1f} %; unchecked curve {m['learned_curve_unchecked']:.1f} %)",
+        f"- the same on every probe: {ok(t['learned_with_curve_le_without_every_probe'])} ("
+        + "; ".join(f"{p}: {pm['learned_curve']:.1f} against {pm['learned']:.1f} %"
+                    for p, pm in result.get("per_probe_mean_fdr_length_pct", {}).items()) + ")",
         f"- learned with the probe curve and gain <= learned without: {ok(t['learned_with_curve_and_gain_le_without'])}"
         f" ({m['learned_curve_gain']:.1f} % against {m['learned']:.1f} %)",
     ]

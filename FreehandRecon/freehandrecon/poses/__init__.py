@@ -39,11 +39,13 @@ class PoseEstimate:
 
 
 # The shipped network learned the elevational step mostly through beam-model curves; an image-calibrated curve still
-# made it drift more on some of the independent simulator's probes (README, "With the probe's calibration").
+# made it drift more on some of the independent simulator's probes (README, "With the probe's calibration"). A curve
+# that calibrate-speckle checked with the shipped model (curve_check) is used only where it helped, so no warning.
 IMAGE_CURVE_WARNING = ("The shipped learned model was trained mostly with beam-model curves, and a curve calibrated from "
-                       "images still makes it drift more on some probes it was not trained on (a convex probe, or a "
-                       "curve calibrated on tissue). Run freehandrecon adapt on tracked sweeps of this probe instead "
-                       "(it keeps the curve only where that helps on held-out frames), or leave the curve out.")
+                       "images makes it drift more on some probes it was not trained on (a convex probe, or a curve "
+                       "calibrated on tissue). This curve was not checked with the shipped model: calibrate it again "
+                       "with freehandrecon calibrate-speckle (which checks it on its own sweep and keeps it from the "
+                       "network where it does not help), run freehandrecon adapt, or leave the curve out.")
 
 
 def estimate_poses(sweep: Sweep, method: str = "learned", *, model: str | Path | None = None,
@@ -90,7 +92,10 @@ def estimate_poses(sweep: Sweep, method: str = "learned", *, model: str | Path |
         sweep = without_static_overlays(sweep)
     warnings = common.check_speckle(sweep.frames)
     if method == "learned" and model is None and curve is not None and curve.source == CALIBRATED_SOURCE:
-        warnings.append(IMAGE_CURVE_WARNING)
+        from .curve_check import shipped_sha256, verdict
+
+        if verdict(curve, shipped_sha256()) is None:
+            warnings.append(IMAGE_CURVE_WARNING)
     direction = common.resolve_direction(sweep, sweep_direction)
     t0 = time.perf_counter()
     if method == "speckle":
@@ -112,6 +117,26 @@ def estimate_poses(sweep: Sweep, method: str = "learned", *, model: str | Path |
     info = dict(info, sweep_direction="forward" if direction > 0 else "backward",
                 direction_source=sweep_direction)
     return PoseEstimate(poses, rel, method, seconds, direction, warnings, info)
+
+
+def check_learned_with_curve(sweep: Sweep, curve: Any, model: Any = None, device: str = "cpu") -> dict[str, Any]:
+    """Learned final drift rates (% of length) on the tracked ``sweep`` with ``curve`` (a probe's calibrated curve)
+    and without it, and the verdict ``use_curve`` (the curve drifted no more), as :mod:`.curve_check` stores it.
+    ``model``: a loaded model, a model file or None (the shipped one)."""
+    from .learned import LoadedModel, load_model
+    from .metrics import final_drift_rate_length_pct
+
+    m = model if isinstance(model, LoadedModel) else load_model(model, device=device)
+
+    def fdr(c: Any) -> float:
+        est = estimate_poses(sweep, "learned", model=m, sweep_direction="auto", device=device, curve=c)
+        return float(final_drift_rate_length_pct(sweep.image_to_world, est.image_to_world, sweep.frame_shape,
+                                                 sweep.pixel_spacing))
+
+    with_curve, without = fdr(curve), fdr(None)
+    return {"model_name": m.meta.get("name"), "model_sha256": m.meta.get("sha256"), "frames": sweep.num_frames,
+            "fdr_with_curve_pct": round(with_curve, 3), "fdr_without_curve_pct": round(without, 3),
+            "use_curve": bool(with_curve <= without)}
 
 
 def sweep_with_poses(sweep: Sweep, estimate: PoseEstimate) -> Sweep:

@@ -312,6 +312,8 @@ def estimate_relative(sweep: Sweep, *, model: LoadedModel | str | Path | None = 
     ``curve`` (v2 models): the probe's decorrelation curve, a ``DecorrelationCurve`` or a curve JSON
     from ``freehandrecon calibrate-speckle``; default the curve the model carries (a probe model from
     ``freehandrecon adapt`` whose ``learned_curve`` is ``"probe"``), else :func:`decorrelation.curve_for_sweep`.
+    A curve whose calibration checked this model (:mod:`.curve_check`) and found it drifting more with the curve
+    is left out of the network's features (info ``probe_curve`` says so).
     A probe model's ``elevation_gain`` multiplies the forward elevational step; with ``out_of_plane_rotations``
     ``"speckle"`` the tilt and yaw come from speckle decorrelation through the probe's curve (the bundled one, or
     ``curve``).
@@ -324,12 +326,19 @@ def estimate_relative(sweep: Sweep, *, model: LoadedModel | str | Path | None = 
     frames = common.resample_frames(sweep.frames, sweep.pixel_spacing, m.config.input_spacing, m.config.input_size)
     if should_cancel is not None and should_cancel():
         raise Cancelled("Pose estimation was cancelled.")
-    decor = curve_source = None
+    decor = curve_source = checked = None
     if m.config.decorrelation_lags:
+        from .curve_check import describe, verdict
         from .decorrelation import curve_for_sweep
+        from .speckle import DecorrelationCurve
 
+        if curve is not None and not isinstance(curve, DecorrelationCurve):
+            curve = DecorrelationCurve.load(curve)
+        check = verdict(curve, m.meta.get("sha256")) if curve is not None else None
         bundled = m.bundle.get("curve") if m.learned_curve == "probe" else None
-        c = curve_for_sweep(sweep, curve if curve is not None else bundled)
+        given = curve if check is None or check["use_curve"] else None
+        checked = describe(check) if check is not None else None
+        c = curve_for_sweep(sweep, given if given is not None else bundled)
         curve_source = c.source
         decor = decorrelation_inputs(m.config, frames, sweep.frame_shape, sweep.pixel_spacing, c)
     scaled = predict_scaled(m.net, frames, window=m.window, mode=mode, device=m.device, progress=progress,
@@ -349,6 +358,7 @@ def estimate_relative(sweep: Sweep, *, model: LoadedModel | str | Path | None = 
         "model_name": m.meta.get("name"),
         "inference_mode": mode,
         **({"decorrelation_curve": curve_source} if curve_source else {}),
+        **({"probe_curve": checked} if checked else {}),
         **({"elevation_gain": round(m.elevation_gain, 4)} if m.elevation_gain != 1.0 else {}),
         **({"out_of_plane_rotations": "speckle"} if m.out_of_plane_rotations == "speckle" else {}),
         "frames_per_second": round(sweep.num_frames / max(seconds, 1e-9), 1),
