@@ -87,7 +87,7 @@ def reconstructor_engine(options: Any) -> str:
 # What numba costs and saves, measured on the development machine (2-core AMD EPYC VM, 2026-12-06; README,
 # Performance); only used to decide whether starting numba pays off for one offline job.
 NUMBA_START_SECONDS = 0.6  # importing numba and loading its cached kernels in a fresh process
-PASTE_SAVING_SECONDS = {"nearest": 3.8e-9, "linear": 29e-9}  # numpy minus numba, per pixel pasted
+PASTE_SAVING_SECONDS = {"nearest": 4.8e-9, "linear": 29e-9}  # numpy minus numba (1 thread), per pixel pasted
 STICK_SAVING_SECONDS = 50e-9  # numpy minus numba stick filling, per grid voxel
 
 

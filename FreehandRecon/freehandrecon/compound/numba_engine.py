@@ -162,6 +162,7 @@ def paste_nearest(frames, fixed, x0, y0, hc, wc, mask, use_mask, imp, use_imp, t
     nxny = nx * ny
     tx, ty, tz = nx * ONE - 1, ny * ONE - 1, nz * ONE - 1
     n = frames.shape[0]
+    plain = mode == MEAN and not use_mask and not use_thr and not use_imp
     for t in prange(bounds.shape[0] - 1):
         lo, hi = bounds[t], bounds[t + 1]
         count = 0
@@ -181,6 +182,25 @@ def paste_nearest(frames, fixed, x0, y0, hc, wc, mask, use_mask, imp, use_imp, t
                 check = fmin < lo or fmax >= hi  # the row straddles another thread's voxels
                 rx, ry, rz = sx + ax * c0, sy + ay * c0, sz + az * c0
                 cur, sv, sw = -1, F_ZERO, F_ZERO  # mean: the run of pixels on voxel cur, summed
+                if plain and not check:
+                    # the common case without per-pixel tests: the same sums in the same order, a tighter loop
+                    row = frames[f, j]
+                    for c in range(x0 + c0, x0 + c1 + 1):
+                        i = (rz >> FRAC_BITS) * nxny + (ry >> FRAC_BITS) * nx + (rx >> FRAC_BITS)
+                        rx += ax
+                        ry += ay
+                        rz += az
+                        if i != cur:
+                            if cur >= 0:
+                                acc_v[cur] += sv
+                                acc_w[cur] += sw
+                            cur, sv, sw = i, F_ZERO, F_ZERO
+                        sv += np.float32(row[c])
+                        sw += F_ONE
+                    acc_v[cur] += sv
+                    acc_w[cur] += sw
+                    count += c1 - c0 + 1
+                    continue
                 for c in range(c0, c1 + 1):
                     i = (rz >> FRAC_BITS) * nxny + (ry >> FRAC_BITS) * nx + (rx >> FRAC_BITS)
                     rx += ax
@@ -234,6 +254,7 @@ def paste_linear(frames, fixed, x0, y0, hc, wc, mask, use_mask, imp, use_imp, th
     reach = nxny + nx + 1  # the farthest corner's flat offset
     tx, ty, tz = (nx - 1) * ONE, (ny - 1) * ONE, (nz - 1) * ONE
     n = frames.shape[0]
+    plain = mode == MEAN and not use_mask and not use_thr and not use_imp
     for t in prange(bounds.shape[0] - 1):
         lo, hi = bounds[t], bounds[t + 1]
         count = 0
@@ -257,6 +278,61 @@ def paste_linear(frames, fixed, x0, y0, hc, wc, mask, use_mask, imp, use_imp, th
                 cur = -1
                 t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = F_ZERO
                 s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = F_ZERO
+                if plain and clo < 0:
+                    # the common case without per-pixel tests: the same sums in the same order, a tighter loop
+                    row = frames[f, j]
+                    for c in range(x0 + c0, x0 + c1 + 1):
+                        fx, fy, fz = rx & MASK, ry & MASK, rz & MASK
+                        i = (rz >> FRAC_BITS) * nxny + (ry >> FRAC_BITS) * nx + (rx >> FRAC_BITS)
+                        rx += ax
+                        ry += ay
+                        rz += az
+                        v = np.float32(row[c])
+                        gx1, gy1, gz1 = np.float32(fx) * F_INV_ONE, np.float32(fy) * F_INV_ONE, \
+                            np.float32(fz) * F_INV_ONE
+                        gx0, gy0, gz0 = F_ONE - gx1, F_ONE - gy1, F_ONE - gz1
+                        yz00, yz01, yz10, yz11 = gz0 * gy0, gz0 * gy1, gz1 * gy0, gz1 * gy1
+                        w0, w1, w2, w3 = yz00 * gx0, yz00 * gx1, yz01 * gx0, yz01 * gx1
+                        w4, w5, w6, w7 = yz10 * gx0, yz10 * gx1, yz11 * gx0, yz11 * gx1
+                        if i != cur:
+                            if cur >= 0:
+                                _flush(acc_v, acc_w, cur, clo, chi, t0, s0)
+                                _flush(acc_v, acc_w, cur + 1, clo, chi, t1, s1)
+                                _flush(acc_v, acc_w, cur + nx, clo, chi, t2, s2)
+                                _flush(acc_v, acc_w, cur + nx + 1, clo, chi, t3, s3)
+                                _flush(acc_v, acc_w, cur + nxny, clo, chi, t4, s4)
+                                _flush(acc_v, acc_w, cur + nxny + 1, clo, chi, t5, s5)
+                                _flush(acc_v, acc_w, cur + nxny + nx, clo, chi, t6, s6)
+                                _flush(acc_v, acc_w, cur + reach, clo, chi, t7, s7)
+                            cur = i
+                            t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = F_ZERO
+                            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = F_ZERO
+                        t0 += w0
+                        t1 += w1
+                        t2 += w2
+                        t3 += w3
+                        t4 += w4
+                        t5 += w5
+                        t6 += w6
+                        t7 += w7
+                        s0 += w0 * v
+                        s1 += w1 * v
+                        s2 += w2 * v
+                        s3 += w3 * v
+                        s4 += w4 * v
+                        s5 += w5 * v
+                        s6 += w6 * v
+                        s7 += w7 * v
+                    count += c1 - c0 + 1  # the row's corners are all in [lo, hi), so are its base voxels
+                    _flush(acc_v, acc_w, cur, clo, chi, t0, s0)
+                    _flush(acc_v, acc_w, cur + 1, clo, chi, t1, s1)
+                    _flush(acc_v, acc_w, cur + nx, clo, chi, t2, s2)
+                    _flush(acc_v, acc_w, cur + nx + 1, clo, chi, t3, s3)
+                    _flush(acc_v, acc_w, cur + nxny, clo, chi, t4, s4)
+                    _flush(acc_v, acc_w, cur + nxny + 1, clo, chi, t5, s5)
+                    _flush(acc_v, acc_w, cur + nxny + nx, clo, chi, t6, s6)
+                    _flush(acc_v, acc_w, cur + reach, clo, chi, t7, s7)
+                    continue
                 for c in range(c0, c1 + 1):
                     fx, fy, fz = rx & MASK, ry & MASK, rz & MASK
                     i = (rz >> FRAC_BITS) * nxny + (ry >> FRAC_BITS) * nx + (rx >> FRAC_BITS)
