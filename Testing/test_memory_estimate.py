@@ -57,6 +57,8 @@ def test_estimate_bounds_measured_peak_in_fresh_processes(tmp_path):
         bench.compound_case("spine", 0.25, "linear", "latest", engine="numpy"),
         bench.compound_case("spine", 0.25, "linear", "mean", engine="numba"),
         bench.compound_case("spine", 0.25, "nearest", "max", engine="numba"),
+        bench.compound_case("spine", 0.25, "nearest", "mean", "stick", engine="numpy"),
+        bench.compound_case("spine", 0.25, "nearest", "mean", "stick", engine="numba"),
         dict(bench.job_case("spine linear 0.25", [*spine_args, "--spacing", "0.25", "--interpolation", "linear",
                                                   "--fill-holes", "none", "--no-render", "--no-mrb"]),
              out=str(tmp_path / "out")),

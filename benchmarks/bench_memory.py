@@ -192,7 +192,7 @@ def cases(tmp: Path, quick: bool = False) -> list[dict]:
         for comp in ("max", "latest", "importance"):
             out.append(compound_case("spine", 0.25, "linear", comp, engine=engine))
             out.append(compound_case("spine", 0.25, "nearest", comp, engine=engine))
-        for holes in ("normalized", "stick") if engine == "torch" else ("normalized",):
+        for holes in ("normalized", "stick"):  # every engine fills with sticks (numpy and numba without torch)
             out.append(compound_case("spine", 0.25, "nearest", "mean", holes, engine=engine))
         out.append(compound_case(str(PAUS), 0.25, "linear", "max", engine=engine, channel="photoacoustic"))
         out.append(compound_case(synth, 0.5, "linear", engine=engine))

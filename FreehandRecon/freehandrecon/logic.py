@@ -358,6 +358,8 @@ def posed_sweep(sweep: Sweep, poses: PoseRequest, progress: ProgressCallback | N
                               device=poses.device, progress=progress, should_cancel=should_cancel, curve=poses.curve)
     if IMAGE_CURVE_WARNING in estimate.warnings:
         log.warning(IMAGE_CURVE_WARNING)
+    if estimate.info.get("probe_curve"):  # what the curve's check decided (calibrate-speckle)
+        log.info("FreehandRecon: %s.", estimate.info["probe_curve"])
     return sweep_with_poses(sweep, estimate), estimate
 
 

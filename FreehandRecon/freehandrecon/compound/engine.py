@@ -108,12 +108,23 @@ def numba_pays_off(options: Any, pixels: int, voxels: int) -> bool:
     return saving >= NUMBA_START_SECONDS
 
 
+def _small_job(options: Any, pixels: int, voxels: int) -> bool:
+    """"auto" on the CPU, numba installed but not worth starting (PLUS arithmetic needs numba or torch: kept)."""
+    return (options.engine == "auto" and not _cuda(options) and not options.plus_arithmetic and numba_available()
+            and not numba_pays_off(options, pixels, voxels))
+
+
+def planned_offline_engine(options: Any, pixels: int, voxels: int) -> str:
+    """:func:`planned_engine` for one offline :func:`~.compounder.compound` of ``pixels`` into ``voxels`` (what
+    :func:`offline_engine` will pick), without importing anything."""
+    return "numpy" if _small_job(options, pixels, voxels) else planned_engine(options)
+
+
 def offline_engine(options: Any, pixels: int, voxels: int) -> str:
     """The engine an offline :func:`~.compounder.compound` of ``pixels`` into ``voxels`` runs on: as
     :func:`require_engine`, except that "auto" takes numpy over a numba not loaded yet where numba would not pay
     off (PLUS arithmetic needs numba or torch, so it keeps numba)."""
-    if (options.engine == "auto" and not _cuda(options) and not options.plus_arithmetic and numba_available()
-            and not numba_pays_off(options, pixels, voxels)):
+    if _small_job(options, pixels, voxels):
         return require_engine(_with_engine(options, "numpy"))
     return require_engine(options)
 

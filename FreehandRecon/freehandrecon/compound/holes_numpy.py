@@ -64,9 +64,12 @@ def _used_sticks(c: np.ndarray, reach: int, shift: int, sticks: int) -> np.ndarr
             tk = np.where(score[k] == best, tmin[k], reach + 2).astype(t.dtype)  # t <= reach + 1: none match
             np.equal(t[a:b], tk, out=used[a:b])
         return used
-    t = t.astype(np.int64)
-    sq = np.asarray(SQUARED_LENGTHS, dtype=np.int64)[:, None]
-    score = np.where(t <= reach, (t + 1) * (t + 1) * sq, np.iinfo(np.int64).max)
+    # squared lengths looked up per direction (no [13, M] int64 temporaries)
+    sdt = np.int32 if 3 * (reach + 2) ** 2 < np.iinfo(np.int32).max else np.int64
+    lens = np.arange(1, reach + 3, dtype=sdt)
+    score = np.empty(c.shape, dtype=sdt)
+    for d, q in enumerate(SQUARED_LENGTHS):
+        np.take(np.where(lens <= reach + 1, lens * lens * q, np.iinfo(sdt).max).astype(sdt), t[d], out=score[d])
     k = min(sticks, len(STICKS)) - 1
     kth = np.partition(score, k, axis=0)[k]
     return (t <= reach) & (score <= kth)

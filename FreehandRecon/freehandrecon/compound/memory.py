@@ -17,13 +17,14 @@ suggest a spacing that fits.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable, Sequence
 
 import numpy as np
 
 from ..errors import ResourceError
-from .engine import planned_engine
+from .engine import planned_engine, planned_offline_engine
 from .grid import OutputGrid
 from .options import CompoundOptions
 
@@ -46,6 +47,11 @@ PLUS_CHUNK_PIXEL_BYTES = {"nearest": 200, "linear": 1600}
 # search and interpolation (keys, scores, direction, steps, float64 values and weights; ~121 measured).
 STICK_HOLE_BYTES = 136
 STICK_HOLE_BYTES_RANKED = 260  # several sticks: every direction's total per hole, then a ranking
+# Numpy stick filling (holes_numpy): per padded voxel the distances (4 arrays), 13 direction codes, the lowest code,
+# the hole mask and the padded float volume (23 bytes); per hole its codes, the sticks it uses and the float64
+# interpolation (131-154 measured on the spine at 0.25 mm, one or three sticks)
+NUMPY_STICK_PADDED_BYTES = 23
+NUMPY_STICK_HOLE_BYTES = 170
 NUMBA_FIXED_BYTES = 64 << 20  # 59 MB measured (LLVM and the cached kernels, loaded on the first call)
 # Numba engine: frames per call of the kernels (they read the frames in place and allocate nothing per pixel,
 # so a chunk only sets how often progress and cancellation are checked).
@@ -177,6 +183,10 @@ def _holes_stage(grid: OutputGrid, options: CompoundOptions, engine: str, held: 
         reach = int(hf.size) - 1
         steps = max(reach - 1, 1)
         padded = (nx + steps) * (ny + steps) * nz
+        if engine == "numba":  # plane by plane: the filled mask, its padded copy and the new volume
+            return held + v + padded + 4 * v
+        if engine == "numpy":
+            return held + v + NUMPY_STICK_PADDED_BYTES * padded + 4 * v + NUMPY_STICK_HOLE_BYTES * m
         fast = int(hf.sticks) == 1 and 16 * reach + 7 <= 255
         unit = 8 if fast else 1
         top = 2 * reach * unit + unit
@@ -198,7 +208,10 @@ def estimate_memory_bytes(grid: OutputGrid, options: CompoundOptions, frame_shap
     workers, each with its own accumulator, only while they fit the memory limit. ``holes``: voxels hole
     filling is expected to fill (:func:`expected_holes`); None counts every voxel. ``itemsize``: bytes per
     input pixel."""
-    engine = planned_engine(options)
+    engine = planned_offline_engine(options, int(num_frames) * int(frame_shape[0]) * int(frame_shape[1]),
+                                    grid.num_voxels)
+    if engine != planned_engine(options):  # a small job on numpy (engine.offline_engine): estimate that engine
+        options = dataclasses.replace(options, engine=engine)
     nw = 1 if workers is None else max(1, int(workers))
     paste, held = _paste_stage(grid, options, engine, frame_shape, num_frames, itemsize, nw)
     peak = max(paste, _holes_stage(grid, options, engine, held, holes))
@@ -315,7 +328,8 @@ def estimate_reconstruction_bytes(grid: OutputGrid, options: Sequence[CompoundOp
     for k, opts in enumerate(options):  # each compound() with the earlier results held
         est = estimate_memory_bytes(grid, opts, frame_shape, num_frames, workers, holes=holes[k], itemsize=itemsize)
         peak = max(peak, int(input_bytes) + results + est)
-        results += 8 * v + RESIDUE_BYTES[planned_engine(opts)]  # float32 volume and coverage
+        ran = planned_offline_engine(opts, int(num_frames) * int(frame_shape[0]) * int(frame_shape[1]), v)
+        results += 8 * v + RESIDUE_BYTES[ran]  # float32 volume and coverage
     if nodes:
         # node arrays: each volume in the input pixel type, the float32 coverage; building them rounds a
         # float32 copy and clips another; the report masks the covered voxels (after rendering)
