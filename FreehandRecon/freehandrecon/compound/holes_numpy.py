@@ -1,14 +1,14 @@
-"""Stick hole filling with numpy alone: IGSIO's rule, the same voxels as :mod:`.holes` (torch) and
-:mod:`.holes_numba`, bit for bit.
+"""Stick hole filling with numpy alone: IGSIO's rule, the same voxels as :mod:`.holes` (torch) and :mod:`.holes_numba`,
+bit for bit.
 
-A stock 3D Slicer has numpy but neither numba nor torch, and a PLUS config often asks for stick filling; this
-module fills such holes there, and is what small jobs use where starting numba would cost more than it saves.
-The volume is padded, as in :mod:`.holes`, with unfilled voxels after each row and rows after each plane, so a
-line leaving it sideways runs through padding and one leaving through the first or last plane past the flat
-array's ends, which count as unfilled. Per direction, the steps to the nearest filled voxel forwards and
-backwards come from pointer doubling over the flat padded mask (a few whole-array passes), packed per voxel as ``steps between the ends << shift | forward steps``; then each
-hole's shortest sticks (ties included) are interpolated and averaged in IGSIO's direction order and float64
-arithmetic.
+A stock 3D Slicer has numpy but neither numba nor torch, and a PLUS config often asks for stick filling; this module
+fills such holes there, and is what small jobs use where starting numba would cost more than it saves. The volume is
+padded, as in :mod:`.holes`, with unfilled voxels after each row and rows after each plane, so a line leaving it
+sideways runs through padding and one leaving through the first or last plane past the flat array's ends, which
+count as unfilled. Per direction, the steps to the nearest filled voxel forwards and backwards come from pointer
+doubling over the flat padded mask (a few whole-array passes), packed per voxel as
+``steps between the ends << shift | forward steps``; then each hole's shortest sticks (ties included) are
+interpolated and averaged in IGSIO's direction order and float64 arithmetic.
 """
 
 from __future__ import annotations

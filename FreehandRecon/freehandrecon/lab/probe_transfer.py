@@ -211,7 +211,8 @@ def targets_lines(result: dict[str, Any]) -> str:
     label = dict(VARIANTS)
     lines = [
         f"- learned with the probe curve <= learned without: {ok(t['learned_with_curve_le_without'])} "
-        f"({m['learned_curve']:.1f} % against {m['learned']:.1f} %; unchecked curve {m['learned_curve_unchecked']:.1f} %)",
+        f"({m['learned_curve']:.1f} % against {m['learned']:.1f} %; "
+        f"unchecked curve {m['learned_curve_unchecked']:.1f} %)",
         f"- the same on every probe: {ok(t['learned_with_curve_le_without_every_probe'])} ("
         + "; ".join(f"{p}: {pm['learned_curve']:.1f} against {pm['learned']:.1f} %"
                     for p, pm in result.get("per_probe_mean_fdr_length_pct", {}).items()) + ")",

@@ -5,9 +5,10 @@ independent simulator: far better on the L9-4, worse on the C5-2v and the L11-5v
 calibration"). Which of the two holds for a probe shows on the tracked sweep the curve is fitted from:
 ``freehandrecon calibrate-speckle`` estimates that sweep with the learned model twice, with the new curve and with
 the curve the model uses without one (:func:`freehandrecon.poses.check_learned_with_curve`), and stores both drift
-rates and the verdict in the curve's metadata (:data:`CHECK_KEY`; this module only reads it). The learned estimator then gives the curve to that model's features only where it drifted no
-more there; speckle decorrelation (and a probe model's speckle rotations) always use the curve. The verdict holds
-for the model it was made with (the weights' sha256): another model uses the curve unchecked.
+rates and the verdict in the curve's metadata (:data:`CHECK_KEY`; this module only reads it). The learned estimator
+then gives the curve to that model's features only where it drifted no more there; speckle decorrelation (and a
+probe model's speckle rotations) always use the curve. The verdict holds for the model it was made with (the
+weights' sha256): another model uses the curve unchecked.
 """
 
 from __future__ import annotations
