@@ -19,7 +19,7 @@ from freehandrecon.io.slicer_scene import get_logic, new_scene
 from freehandrecon.io.slicer_sequences import add_transform_sequence, sweep_to_browser
 from freehandrecon.scene.nodes import add_volume_node
 from freehandrecon.compound import CompoundOptions
-from freehandrecon.errors import CalibrationError, Cancelled, InputError, ResourceError
+from freehandrecon.errors import CalibrationError, Cancelled, InputError, OutputExistsError, ResourceError
 from freehandrecon.io.plus import sweep_from_plus
 from freehandrecon.logic import ReconstructionRequest, reconstruct_sweep
 from freehandrecon.module_inputs import image_sequence_of
@@ -343,6 +343,33 @@ def test_estimated_poses_become_a_synchronised_transform_sequence(scene):
     seq = logic.estimatePoses(browser, method="speckle")
     assert seq.GetNumberOfDataNodes() == browser.GetNumberOfItems() == 21
     assert browser.IsSynchronizedSequenceNode(seq.GetID())
+
+
+def test_calibrate_speckle_from_a_tracked_browser_writes_a_checked_curve(scene, tmp_path):
+    """The console's calibrateSpeckle: a tracked browser -> the curve JSON with the learned model's check, used by
+    estimatePoses; an existing file is kept unless overwrite; an untracked browser is refused before any work."""
+    assert poses_available(), "freehandrecon.poses does not import (a broken build must fail, not skip)"
+    from freehandrecon.io import read_sweep
+    from freehandrecon.poses.speckle import DecorrelationCurve
+
+    logic = FreehandReconLogic()
+    browser = sweep_to_browser(scene, read_sweep(DATA / "independent" / "l94_translation.npz"), name="L94")
+    out = tmp_path / "curve.json"
+    summary = logic.calibrateSpeckle(browser, out)
+    check = summary["learned_check"]
+    assert summary["frames"] == 48 and check["frames"] == 48
+    assert check["use_curve"] == (check["fdr_with_curve_pct"] <= check["fdr_without_curve_pct"])
+    assert DecorrelationCurve.load(out).meta["learned_check"] == check
+    with pytest.raises(OutputExistsError, match="exists"):
+        logic.calibrateSpeckle(browser, out)
+    assert logic.calibrateSpeckle(browser, out, overwrite=True, checkLearned=False)["learned_check"] is None
+    untracked = sweep_to_browser(scene, Sweep(read_sweep(DATA / "independent" / "l94_mixed.npz").frames, (0.2, 0.2)),
+                                 name="Untracked")
+    with pytest.raises(InputError, match="no tracked poses"):
+        logic.calibrateSpeckle(untracked, tmp_path / "u.json")
+    assert not (tmp_path / "u.json").exists()
+    seq = logic.estimatePoses(browser, method="learned", curve=str(out))
+    assert seq.GetNumberOfDataNodes() == 48
 
 
 # --- the README's console snippet ------------------------------------------------------------------

@@ -458,6 +458,40 @@ def _jsonable(value: Any) -> Any:
 jsonable = _jsonable  # public: report.json values (dataclasses, arrays, paths) as JSON
 
 
+def calibrate_speckle_curve(sweep: Sweep, out: str | Path, *, model: Any = None, check_learned: bool = True,
+                            device: str = "cpu", force: bool = False) -> Any:
+    """Fit the probe's decorrelation curve from the tracked ``sweep`` and write it to ``out`` (JSON); with
+    ``check_learned`` the learned ``model`` (default the shipped one) is run on the sweep with and without the
+    new curve and the verdict is stored with it (:mod:`freehandrecon.poses.curve_check`). Bad input (an existing
+    file without ``force``, no poses, a missing model) is refused before the work. Returns the saved
+    :class:`~freehandrecon.poses.speckle.DecorrelationCurve`."""
+    from .io.common import check_output
+    from .poses import check_learned_with_curve
+    from .poses.curve_check import CHECK_KEY, describe
+    from .poses.speckle import DecorrelationCurve
+
+    check_output(Path(out), force)
+    if sweep.image_to_world is None:
+        raise InputError("The sweep has no tracked poses; a calibration needs them (the tracker gives the true "
+                         "elevational distances).", "Give a tracked sweep with its calibration (--plus-config or "
+                         "--calibration; in Slicer, the calibration transform above the images).")
+    loaded = None
+    if check_learned:
+        from .poses.learned import load_model
+
+        loaded = load_model(model, device=device)
+        if sweep.num_frames < loaded.min_frames:
+            log.warning("The sweep has %d frames, fewer than the learned model needs (%d): the curve is not checked "
+                        "with it.", sweep.num_frames, loaded.min_frames)
+            loaded = None
+    curve = DecorrelationCurve.calibrate(sweep)
+    if loaded is not None:
+        curve.meta[CHECK_KEY] = check_learned_with_curve(sweep, curve, model=loaded, device=device)
+        log.info("FreehandRecon: %s.", describe(curve.meta[CHECK_KEY]))
+    curve.save(out, force=force)
+    return curve
+
+
 def compare_with_tracked(sweep: Sweep, estimate: PoseEstimate | None, digits: int = 4) -> dict[str, float] | None:
     """When estimated poses replace tracked ones the input had, how far apart they are (metrics.py)."""
     if estimate is None or sweep.image_to_world is None:

@@ -542,6 +542,31 @@ class FreehandReconLogic:
             self._removeNewNodes(scene, before)
             raise
 
+    def calibrateSpeckle(self, browserNode: Any, outputPath: str | Path, *, imageSequence: Any = None,
+                         pixelSpacingMm: tuple[float, float] | None = None, calibrationNode: Any = None,
+                         model: Any = None, checkLearned: bool = True, device: str = "cpu",
+                         overwrite: bool = False) -> dict[str, Any]:
+        """Fit the probe's decorrelation curve from a tracked sweep and write it to ``outputPath`` (JSON), as
+        ``freehandrecon calibrate-speckle`` does: with ``checkLearned`` the learned ``model`` (default the shipped
+        one) is run on the sweep with and without the new curve, and the learned estimator later uses the curve
+        only where it drifted no more. Pass the file as ``curve`` to :meth:`reconstruct` or :meth:`estimatePoses`.
+        Returns what was written: depth bands, warnings and the check. An existing file is kept unless
+        ``overwrite``."""
+        from .io.common import check_output
+        from .logic import calibrate_speckle_curve
+
+        _choice(device, DEVICES, "device")
+        self.requireDependencies("speckle", checkQuality=checkLearned)  # torch; safetensors for the check
+        check_output(Path(outputPath), overwrite)
+        sweep = self.readSweep(browserNode, imageSequence, pixelSpacingMm, calibrationNode)
+        curve = calibrate_speckle_curve(sweep, outputPath, model=model, check_learned=checkLearned, device=device,
+                                        force=overwrite)
+        summary = {"path": str(outputPath), "frames": sweep.num_frames,
+                   "depth_bands_mm": [round(float(d), 2) for d in curve.depths_mm],
+                   "warnings": list(curve.meta.get("warnings", [])), "learned_check": curve.meta.get("learned_check")}
+        logging.info("FreehandRecon: speckle curve written to %s.", outputPath)
+        return summary
+
     def checkSweep(self, browserNode: Any, guard: Any = None, progress: ProgressCallback | None = None, *,
                    imageSequence: Any = None, pixelSpacingMm: tuple[float, float] | None = None,
                    addNodes: bool = True) -> Any:

@@ -76,7 +76,7 @@ def test_missing_dependencies_name_what_each_action_needs():
     assert logic.missingDependencies("tracked", fillHoles="stick") == []  # numpy fills with sticks
 
 
-def test_learned_poses_say_to_install_and_leave_the_scene_unchanged(scene):
+def test_learned_poses_say_to_install_and_leave_the_scene_unchanged(scene, tmp_path):
     from freehandrecon.errors import ResourceError
     from freehandrecon.module_logic import FreehandReconLogic
 
@@ -88,6 +88,9 @@ def test_learned_poses_say_to_install_and_leave_the_scene_unchanged(scene):
     assert "torch" in err.value.problem and "Install dependencies" in err.value.fix
     with pytest.raises(ResourceError):
         logic.checkSweep(browser)
+    with pytest.raises(ResourceError) as err:  # the speckle calibration needs torch too: nothing is written
+        logic.calibrateSpeckle(browser, tmp_path / "curve.json")
+    assert "torch" in err.value.problem and not (tmp_path / "curve.json").exists()
     assert scene.GetNumberOfNodes() == before
 
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
 from .common import Progress, add_input_args, add_pose_args, read_input
 
-log = logging.getLogger("freehandrecon")
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the ``estimate-poses`` and ``calibrate-speckle`` sub-commands."""
@@ -68,32 +66,12 @@ def _estimate_poses_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_calibrate_speckle(args: argparse.Namespace) -> int:
     from ..io.common import check_output
-    from ..poses.speckle import DecorrelationCurve
+    from ..logic import calibrate_speckle_curve
 
-    from ..errors import InputError
-
-    check_output(args.out, args.force)
+    check_output(args.out, args.force)  # before reading the sweep
     sweep = read_input(args)
-    if sweep.image_to_world is None:  # a calibration sweep must be tracked
-        raise InputError(f"'{args.input}' has no poses; calibrate-speckle needs a tracked sweep (the tracker gives "
-                         "the true elevational distances).",
-                         "Give a tracked sweep with its calibration (--plus-config or --calibration).")
-    model = None
-    if not args.no_learned_check:  # a missing or damaged model is refused before the calibration
-        from ..poses.learned import load_model
-
-        model = load_model(args.model, device=args.device)
-        if sweep.num_frames < model.min_frames:
-            log.warning("The sweep has %d frames, fewer than the learned model needs (%d): the curve is not checked "
-                        "with it.", sweep.num_frames, model.min_frames)
-            model = None
-    curve = DecorrelationCurve.calibrate(sweep)
-    if model is not None:
-        from ..poses import check_learned_with_curve
-        from ..poses.curve_check import CHECK_KEY
-
-        curve.meta[CHECK_KEY] = check_learned_with_curve(sweep, curve, model=model, device=args.device)
-    curve.save(args.out, force=args.force)
+    curve = calibrate_speckle_curve(sweep, args.out, model=args.model, check_learned=not args.no_learned_check,
+                                    device=args.device, force=args.force)
     print(json.dumps({"frames": sweep.num_frames, "depth_bands_mm": [round(float(d), 2) for d in curve.depths_mm],
                       "max_distance_mm": round(float(curve.distances_mm[-1]), 3),
                       "static_patches_left_out": curve.meta.get("static_patches_left_out", 0),
