@@ -77,13 +77,8 @@ def _used_sticks(c: np.ndarray, reach: int, shift: int, sticks: int) -> np.ndarr
 
 def fill_sticks(volume: np.ndarray, filled: np.ndarray, length: int = 9, sticks: int = 1,
                 truncate: bool = False) -> tuple[np.ndarray, int]:
-    """IGSIO's stick hole filling (as :func:`.holes.fill_sticks`, bit for bit) with numpy.
-
-    ``volume`` ``[nz, ny, nx]`` float32, ``filled`` bool of the same shape. For each hole and each of 13
-    directions, the nearest filled voxels forwards and backwards make a stick of at most ``length`` voxels;
-    the ``sticks`` shortest (ties included) are interpolated and averaged, weighted by 1 / length.
-    ``truncate`` casts like IGSIO's integer output. Returns the filled volume and the number of voxels filled.
-    """
+    """IGSIO's stick hole filling with numpy: arguments, result and voxels as :func:`.holes_numba.fill_sticks`
+    (and :func:`.holes.fill_sticks`), bit for bit."""
     volume = np.ascontiguousarray(volume, dtype=np.float32)
     filled = np.asarray(filled, dtype=bool)
     reach = int(length) - 1

@@ -104,6 +104,30 @@ def _flush(acc_v, acc_w, i, lo, hi, t, s):
 
 
 @njit(cache=True, inline="always")
+def _flush_corners(acc_v, acc_w, cur, lo, hi, nx, nxny, t0, t1, t2, t3, t4, t5, t6, t7, s0, s1, s2, s3, s4, s5, s6,
+                   s7):
+    """:func:`_flush` of a run's 8 corner sums, base voxel ``cur`` (corner order 000, 100, 010, 110, 001, ...)."""
+    _flush(acc_v, acc_w, cur, lo, hi, t0, s0)
+    _flush(acc_v, acc_w, cur + 1, lo, hi, t1, s1)
+    _flush(acc_v, acc_w, cur + nx, lo, hi, t2, s2)
+    _flush(acc_v, acc_w, cur + nx + 1, lo, hi, t3, s3)
+    _flush(acc_v, acc_w, cur + nxny, lo, hi, t4, s4)
+    _flush(acc_v, acc_w, cur + nxny + 1, lo, hi, t5, s5)
+    _flush(acc_v, acc_w, cur + nxny + nx, lo, hi, t6, s6)
+    _flush(acc_v, acc_w, cur + nxny + nx + 1, lo, hi, t7, s7)
+
+
+@njit(cache=True, inline="always")
+def _trilinear(fx, fy, fz):
+    """float32 trilinear weights of the 8 corners from raw fixed-point fractions (corner order as
+    :func:`_flush_corners`)."""
+    gx1, gy1, gz1 = np.float32(fx) * F_INV_ONE, np.float32(fy) * F_INV_ONE, np.float32(fz) * F_INV_ONE
+    gx0, gy0, gz0 = F_ONE - gx1, F_ONE - gy1, F_ONE - gz1
+    yz00, yz01, yz10, yz11 = gz0 * gy0, gz0 * gy1, gz1 * gy0, gz1 * gy1  # [z-side][y-side]
+    return (yz00 * gx0, yz00 * gx1, yz01 * gx0, yz01 * gx1, yz10 * gx0, yz10 * gx1, yz11 * gx0, yz11 * gx1)
+
+
+@njit(cache=True, inline="always")
 def _pw(k, m, use_imp):
     """PLUS corner weight: the raw fixed-point weight, times the importance rounded as the torch engine does."""
     if use_imp:
@@ -288,22 +312,11 @@ def paste_linear(frames, fixed, x0, y0, hc, wc, mask, use_mask, imp, use_imp, th
                         ry += ay
                         rz += az
                         v = np.float32(row[c])
-                        gx1, gy1, gz1 = np.float32(fx) * F_INV_ONE, np.float32(fy) * F_INV_ONE, \
-                            np.float32(fz) * F_INV_ONE
-                        gx0, gy0, gz0 = F_ONE - gx1, F_ONE - gy1, F_ONE - gz1
-                        yz00, yz01, yz10, yz11 = gz0 * gy0, gz0 * gy1, gz1 * gy0, gz1 * gy1
-                        w0, w1, w2, w3 = yz00 * gx0, yz00 * gx1, yz01 * gx0, yz01 * gx1
-                        w4, w5, w6, w7 = yz10 * gx0, yz10 * gx1, yz11 * gx0, yz11 * gx1
+                        w0, w1, w2, w3, w4, w5, w6, w7 = _trilinear(fx, fy, fz)
                         if i != cur:
                             if cur >= 0:
-                                _flush(acc_v, acc_w, cur, clo, chi, t0, s0)
-                                _flush(acc_v, acc_w, cur + 1, clo, chi, t1, s1)
-                                _flush(acc_v, acc_w, cur + nx, clo, chi, t2, s2)
-                                _flush(acc_v, acc_w, cur + nx + 1, clo, chi, t3, s3)
-                                _flush(acc_v, acc_w, cur + nxny, clo, chi, t4, s4)
-                                _flush(acc_v, acc_w, cur + nxny + 1, clo, chi, t5, s5)
-                                _flush(acc_v, acc_w, cur + nxny + nx, clo, chi, t6, s6)
-                                _flush(acc_v, acc_w, cur + reach, clo, chi, t7, s7)
+                                _flush_corners(acc_v, acc_w, cur, clo, chi, nx, nxny, t0, t1, t2, t3, t4, t5, t6, t7,
+                                               s0, s1, s2, s3, s4, s5, s6, s7)
                             cur = i
                             t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = F_ZERO
                             s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = F_ZERO
@@ -324,14 +337,8 @@ def paste_linear(frames, fixed, x0, y0, hc, wc, mask, use_mask, imp, use_imp, th
                         s6 += w6 * v
                         s7 += w7 * v
                     count += c1 - c0 + 1  # the row's corners are all in [lo, hi), so are its base voxels
-                    _flush(acc_v, acc_w, cur, clo, chi, t0, s0)
-                    _flush(acc_v, acc_w, cur + 1, clo, chi, t1, s1)
-                    _flush(acc_v, acc_w, cur + nx, clo, chi, t2, s2)
-                    _flush(acc_v, acc_w, cur + nx + 1, clo, chi, t3, s3)
-                    _flush(acc_v, acc_w, cur + nxny, clo, chi, t4, s4)
-                    _flush(acc_v, acc_w, cur + nxny + 1, clo, chi, t5, s5)
-                    _flush(acc_v, acc_w, cur + nxny + nx, clo, chi, t6, s6)
-                    _flush(acc_v, acc_w, cur + reach, clo, chi, t7, s7)
+                    _flush_corners(acc_v, acc_w, cur, clo, chi, nx, nxny, t0, t1, t2, t3, t4, t5, t6, t7,
+                                   s0, s1, s2, s3, s4, s5, s6, s7)
                     continue
                 for c in range(c0, c1 + 1):
                     fx, fy, fz = rx & MASK, ry & MASK, rz & MASK
@@ -374,25 +381,14 @@ def paste_linear(frames, fixed, x0, y0, hc, wc, mask, use_mask, imp, use_imp, th
                             np.float32(k6) * F_INV_ONE, np.float32(k7) * F_INV_ONE
                         th = F_MIN_WEIGHT
                     else:
-                        gx1, gy1, gz1 = np.float32(fx) * F_INV_ONE, np.float32(fy) * F_INV_ONE, \
-                            np.float32(fz) * F_INV_ONE
-                        gx0, gy0, gz0 = F_ONE - gx1, F_ONE - gy1, F_ONE - gz1
-                        yz00, yz01, yz10, yz11 = gz0 * gy0, gz0 * gy1, gz1 * gy0, gz1 * gy1  # [z-side][y-side]
-                        w0, w1, w2, w3 = yz00 * gx0, yz00 * gx1, yz01 * gx0, yz01 * gx1
-                        w4, w5, w6, w7 = yz10 * gx0, yz10 * gx1, yz11 * gx0, yz11 * gx1
+                        w0, w1, w2, w3, w4, w5, w6, w7 = _trilinear(fx, fy, fz)
                         th = F_MIN_WEIGHT
                     m = imp[r, c] if use_imp else F_ONE
                     if mode == MEAN:
                         if i != cur:
                             if cur >= 0:
-                                _flush(acc_v, acc_w, cur, clo, chi, t0, s0)
-                                _flush(acc_v, acc_w, cur + 1, clo, chi, t1, s1)
-                                _flush(acc_v, acc_w, cur + nx, clo, chi, t2, s2)
-                                _flush(acc_v, acc_w, cur + nx + 1, clo, chi, t3, s3)
-                                _flush(acc_v, acc_w, cur + nxny, clo, chi, t4, s4)
-                                _flush(acc_v, acc_w, cur + nxny + 1, clo, chi, t5, s5)
-                                _flush(acc_v, acc_w, cur + nxny + nx, clo, chi, t6, s6)
-                                _flush(acc_v, acc_w, cur + reach, clo, chi, t7, s7)
+                                _flush_corners(acc_v, acc_w, cur, clo, chi, nx, nxny, t0, t1, t2, t3, t4, t5, t6, t7,
+                                               s0, s1, s2, s3, s4, s5, s6, s7)
                             cur = i
                             t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = F_ZERO
                             s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = F_ZERO
@@ -424,14 +420,8 @@ def paste_linear(frames, fixed, x0, y0, hc, wc, mask, use_mask, imp, use_imp, th
                     _corner(mode, acc_v, acc_w, i + nxny + nx, clo, chi, w6, m, use_imp, v, th)
                     _corner(mode, acc_v, acc_w, i + reach, clo, chi, w7, m, use_imp, v, th)
                 if cur >= 0:
-                    _flush(acc_v, acc_w, cur, clo, chi, t0, s0)
-                    _flush(acc_v, acc_w, cur + 1, clo, chi, t1, s1)
-                    _flush(acc_v, acc_w, cur + nx, clo, chi, t2, s2)
-                    _flush(acc_v, acc_w, cur + nx + 1, clo, chi, t3, s3)
-                    _flush(acc_v, acc_w, cur + nxny, clo, chi, t4, s4)
-                    _flush(acc_v, acc_w, cur + nxny + 1, clo, chi, t5, s5)
-                    _flush(acc_v, acc_w, cur + nxny + nx, clo, chi, t6, s6)
-                    _flush(acc_v, acc_w, cur + reach, clo, chi, t7, s7)
+                    _flush_corners(acc_v, acc_w, cur, clo, chi, nx, nxny, t0, t1, t2, t3, t4, t5, t6, t7,
+                                   s0, s1, s2, s3, s4, s5, s6, s7)
         landed[t] = count
 
 
