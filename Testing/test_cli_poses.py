@@ -112,6 +112,26 @@ def test_calibrate_speckle_then_use_the_curve(tmp_path, capsys):
     assert main(["--quiet", "calibrate-speckle", str(untracked), "--out", str(tmp_path / "c2.json")]) == 2
 
 
+def test_calibrate_speckle_leaves_out_a_band_without_speckle(tmp_path, capsys):
+    """A convex probe's sweep (independent simulator, C5-2v) has no speckle in its shallowest depth band (the corners
+    above the fan): calibrate-speckle fits the curve on the other bands and says which depth it left out, as adapt
+    does, instead of refusing the sweep."""
+    from pathlib import Path
+
+    from freehandrecon.poses.speckle import DecorrelationCurve
+
+    curve = tmp_path / "c52.json"
+    src = Path(__file__).parent / "Data" / "independent" / "c52_translation.npz"
+    assert main(["--quiet", "calibrate-speckle", str(src), "--out", str(curve), "--no-learned-check"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert any("no speckle at depth 7.0 mm" in w for w in printed["warnings"]), printed["warnings"]
+    saved = DecorrelationCurve.load(curve)
+    assert saved.meta["bands_without_texture_mm"] == [6.97] and saved.depths_mm.size == 4
+    assert saved.depths_mm.min() > 10.0  # the curve holds only bands with speckle
+    np.testing.assert_allclose(saved.correlation(np.array([7.0]), np.array([0.5])),
+                               saved.correlation(saved.depths_mm[:1], np.array([0.5])))  # nearest band's curve
+
+
 def test_the_learned_model_follows_its_check_of_a_calibrated_curve(tmp_path, capsys):
     """calibrate-speckle checks the curve with the learned model on its own tracked sweep; the learned estimator
     leaves the curve out of the network's features where it drifted more there, uses it where it did not, and uses

@@ -468,7 +468,7 @@ def calibrate_speckle_curve(sweep: Sweep, out: str | Path, *, model: Any = None,
     from .io.common import check_output
     from .poses import check_learned_with_curve
     from .poses.curve_check import CHECK_KEY, describe
-    from .poses.speckle import DecorrelationCurve
+    from .poses.speckle import MIN_CALIBRATION_BANDS, DecorrelationCurve
 
     check_output(Path(out), force)
     if sweep.image_to_world is None:
@@ -484,7 +484,7 @@ def calibrate_speckle_curve(sweep: Sweep, out: str | Path, *, model: Any = None,
             log.warning("The sweep has %d frames, fewer than the learned model needs (%d): the curve is not checked "
                         "with it.", sweep.num_frames, loaded.min_frames)
             loaded = None
-    curve = DecorrelationCurve.calibrate(sweep)
+    curve = DecorrelationCurve.calibrate(sweep, min_bands=MIN_CALIBRATION_BANDS)
     if loaded is not None:
         curve.meta[CHECK_KEY] = check_learned_with_curve(sweep, curve, model=loaded, device=device)
         log.info("FreehandRecon: %s.", describe(curve.meta[CHECK_KEY]))

@@ -41,7 +41,6 @@ OUTPUT_FILES = (f"{MODEL_NAME}.json", f"{MODEL_NAME}.safetensors", CURVE_FILE, f
                 f"{GUARD_NAME}.safetensors", "report.json")
 Progress = Callable[[str, float], None]
 HYBRID = "gain_typical_curve_speckle_rotations"
-MIN_CURVE_BANDS = 2  # depth bands with speckle the curve needs (of 5); a band of water above a phantom is left out
 
 
 @dataclass
@@ -57,9 +56,9 @@ class AdaptOptions:
 
 def fit_curve(sweeps: list[Sweep]):
     """The probe's decorrelation curve from tracked sweeps (``calibrate-speckle`` on each, averaged by frames)."""
-    from ..poses.speckle import DecorrelationCurve
+    from ..poses.speckle import MIN_CALIBRATION_BANDS, DecorrelationCurve
 
-    curves = [DecorrelationCurve.calibrate(s, min_bands=MIN_CURVE_BANDS) for s in sweeps]
+    curves = [DecorrelationCurve.calibrate(s, min_bands=MIN_CALIBRATION_BANDS) for s in sweeps]
     if len(curves) == 1:
         c = curves[0]
     else:  # same frames and spacing (checked): average, weighted by frames, over every band and distance

@@ -55,6 +55,13 @@ RHO_HIGH, RHO_LOW = 0.97, 0.1
 TEXTURE_MIN_STD = 0.02  # of full scale: a flatter patch (anechoic, blank) has no speckle to correlate
 STRUCTURE_STD_RATIO = 1.3  # a patch whose intensity std exceeds its frame's typical patch's by this: structure
 STRUCTURE_WARN_FRACTION = 0.10  # calibration: more structure than this gets a warning
+# calibration: depth bands with speckle a user's curve needs (of 5); bands without texture (water above a phantom,
+# the black corners above a convex probe's fan) are left out and take the nearest kept band's curve
+MIN_CALIBRATION_BANDS = 2
+NO_TEXTURE_BANDS_WARNING = (
+    "The calibration sweep has no speckle at depth {depths} mm (water, or outside the image): the curve is fitted on "
+    "the other {kept} of {rows} depth bands, and those depths use the nearest one's. If the probe had tissue or "
+    "phantom there, recalibrate with good contact over the whole depth.")
 STRUCTURE_CALIBRATION_WARNING = (
     "{pct:.0f} % of the calibration sweep's patch pairs hold tissue structure (left out). Structure decorrelates "
     "slower than speckle, and what is left of it makes curves calibrated on tissue too wide: on our simulator, the "
@@ -354,6 +361,10 @@ class DecorrelationCurve:
             meta["bands_with_structure_mm"] = [round(float(row_depths[i]), 2) for i in structured]
         if missing:
             meta["bands_without_texture_mm"] = [round(float(row_depths[i]), 2) for i in missing]
+            text = NO_TEXTURE_BANDS_WARNING.format(depths=", ".join(f"{row_depths[i]:.1f}" for i in missing),
+                                                   kept=len(kept), rows=rows)
+            meta.setdefault("warnings", []).append(text)
+            log.warning(text)
         return cls(row_depths[kept], dist, np.array(table), source=CALIBRATED_SOURCE, meta=meta)
 
     # --- storage ------------------------------------------------------------------------
