@@ -84,6 +84,26 @@ def test_simulated_records_are_cached_and_forward_canonical(sim_records):
     assert all(np.array_equal(a.frames, b.frames) for a, b in zip(recs, again))
 
 
+def test_simulated_records_from_worker_processes_are_the_same(sim_records, tmp_path):
+    """train --workers N simulates and prepares the sweeps in N processes: the records (frames, labels and the
+    curve-mix decorrelation features) and their order are those of one process; the cache is shared."""
+    recs, cache = sim_records
+    kw = dict(lags=(1, 2), curve_mix=(0.5, 0.3, 0.2))
+    one = datasets.simulated_records(["site-a", "site-c"], [0, 1], 16, datasets.TRAJECTORY_KINDS, 0.3, 64, cache, **kw)
+    seen = []
+    two = datasets.simulated_records(["site-a", "site-c"], [0, 1], 16, datasets.TRAJECTORY_KINDS, 0.3, 64, cache,
+                                     progress=lambda stage, f: seen.append((stage, f)), workers=2, **kw)
+    kinds = {s: datasets.sim_kind(s, datasets.TRAJECTORY_KINDS) for s in (0, 1)}
+    assert [r.name for r in two] == [r.name for r in one] == [
+        f"{site}/seed{s}/{kinds[s]}" for s in (0, 1) for site in ("site-a", "site-c")]
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a.frames, b.frames)
+        np.testing.assert_array_equal(a.params, b.params)
+        np.testing.assert_allclose(a.decor.astype(np.float32), b.decor.astype(np.float32), atol=2e-3)
+    assert seen[-1] == ("simulate", 1.0) and len(seen) == 4
+    assert len(list(cache.glob("site-c_*.npz"))) == 2  # the workers wrote the new sweeps to the shared cache
+
+
 def test_window_dataset_is_deterministic_per_epoch(sim_records):
     recs, _ = sim_records
     scales = datasets.label_scales(recs)

@@ -485,6 +485,8 @@ def calibrate_speckle_curve(sweep: Sweep, out: str | Path, *, model: Any = None,
                         "with it.", sweep.num_frames, loaded.min_frames)
             loaded = None
     curve = DecorrelationCurve.calibrate(sweep, min_bands=MIN_CALIBRATION_BANDS)
+    for text in curve.meta.get("warnings", []):
+        log.warning(text)
     if loaded is not None:
         curve.meta[CHECK_KEY] = check_learned_with_curve(sweep, curve, model=loaded, device=device)
         log.info("FreehandRecon: %s.", describe(curve.meta[CHECK_KEY]))

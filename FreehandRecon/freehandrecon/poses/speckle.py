@@ -34,7 +34,6 @@ square of their matching peak. Frames larger than ``max_size`` pixels are block-
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -48,7 +47,6 @@ from .. import geometry
 from ..errors import Cancelled, InputError
 from . import blockmatch, common
 
-log = logging.getLogger(__name__)
 
 CURVE_FORMAT = "freehandrecon-decorrelation-curve"
 RHO_HIGH, RHO_LOW = 0.97, 0.1
@@ -276,6 +274,9 @@ class DecorrelationCurve:
         ``structure_ratio``: patches holding structure (:func:`speckle_like`) are left out; a depth band with too
         few speckle-like pairs uses all of its textured pairs (listed in ``meta["bands_with_structure_mm"]``).
         None keeps every patch.
+
+        What the user should know (much structure, bands left out) is in ``meta["warnings"]``, not logged: the
+        commands that calibrate for a user log it (``calibrate-speckle``, ``adapt``), training data do not.
         """
         if sweep.image_to_world is None:
             raise InputError("A calibration sweep needs tracked poses.",
@@ -356,7 +357,6 @@ class DecorrelationCurve:
             text = (NO_SPECKLE_WARNING if meta["structure_pairs_fraction"] >= NO_SPECKLE_FRACTION
                     else STRUCTURE_CALIBRATION_WARNING)
             meta["warnings"] = [text.format(pct=100 * meta["structure_pairs_fraction"])]
-            log.warning(meta["warnings"][0])
         if structured:
             meta["bands_with_structure_mm"] = [round(float(row_depths[i]), 2) for i in structured]
         if missing:
@@ -364,7 +364,6 @@ class DecorrelationCurve:
             text = NO_TEXTURE_BANDS_WARNING.format(depths=", ".join(f"{row_depths[i]:.1f}" for i in missing),
                                                    kept=len(kept), rows=rows)
             meta.setdefault("warnings", []).append(text)
-            log.warning(text)
         return cls(row_depths[kept], dist, np.array(table), source=CALIBRATED_SOURCE, meta=meta)
 
     # --- storage ------------------------------------------------------------------------

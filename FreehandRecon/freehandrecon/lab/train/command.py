@@ -53,6 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="simulated trajectory kinds, cycled over seeds (default: all)")
     g.add_argument("--cache", type=Path, metavar="DIR",
                    help="folder caching simulated sweeps as .npz, reused by later runs (default: no cache)")
+    g.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="processes that simulate and prepare the simulated sweeps, one CPU core each (e.g. the "
+                        "machine's cores; the data are the same for any N; default: 1)")
     g.add_argument("--split-by", choices=SPLIT_BY, default="subject",
                    help="held-out split of tracked files: subject (metadata 'subject', else the parent folder), "
                    "site (metadata 'site', else the grandparent folder) or file (default: subject)")
@@ -159,6 +162,8 @@ def options_from_args(args: argparse.Namespace):
     if args.extra_seeds and args.extra_seeds[0] >= args.extra_seeds[1]:
         raise InputError(f"--extra-seeds {args.extra_seeds[0]} {args.extra_seeds[1]} is empty.",
                          "Give START < STOP, e.g. 1000 1080.")
+    if args.workers < 1:
+        raise InputError(f"--workers {args.workers} is below 1.", "Give 1 or more processes, e.g. --workers 4.")
     if args.chain < 1:
         raise InputError(f"--chain {args.chain} is below 1.", "Use 1 (plain windows) or e.g. 4.")
     if args.rescale_outputs and not args.init:
@@ -178,7 +183,7 @@ def options_from_args(args: argparse.Namespace):
         loss=weights, config=cfg, device=args.device, amp=args.amp, threads=args.threads, resume=args.resume,
         seed=args.seed, drift_sweeps=args.drift_sweeps, ema=args.ema, init=args.init, curve=args.curve,
         curve_mix=check_curve_mix(args.curve_mix) if args.curve_mix else None,
-        rescale_outputs=args.rescale_outputs, chain=args.chain,
+        rescale_outputs=args.rescale_outputs, chain=args.chain, workers=args.workers,
         quiet=bool(getattr(args, "quiet", False)),
         command="freehandrecon train " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []) or []))
 

@@ -171,26 +171,63 @@ def _phantom_curve(settings: dict[str, Any], seed: int) -> Any:
     return DecorrelationCurve.calibrate(phantom, min_bands=2)
 
 
+def _simulated_record(site: str, seed: int, num_frames: int, kind: str, input_spacing: float, input_size: int,
+                      cache: Path | None, lags: Sequence[int], floor_lag: int,
+                      step_range: tuple[float, float] | None, curve_mix: Sequence[float] | None) -> SweepRecord:
+    """One (site, seed) record: simulate (or read from the cache), pick the curve, prepare."""
+    sweep = simulated_sweep(site, seed, num_frames, kind, cache, step_range)
+    curve = mixed_curve(sweep, curve_mix)[0] if curve_mix is not None and lags else None
+    tag = "" if step_range is None else f"/step{step_range[0]:g}-{step_range[1]:g}"
+    return prepare_record(sweep, input_spacing, input_size, f"{site}/seed{seed}/{kind}{tag}", site, lags, curve,
+                          floor_lag=floor_lag)
+
+
+def _worker_start() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one core per process: the processes are the parallelism
+
+
 def simulated_records(sites: Sequence[str], seeds: Iterable[int], num_frames: int, kinds: Sequence[str],
                       input_spacing: float, input_size: int, cache: Path | None = None,
                       progress: Callable[[str, float], None] | None = None,
                       lags: Sequence[int] = (), floor_lag: int = 0,
                       step_range: tuple[float, float] | None = None,
-                      curve_mix: Sequence[float] | None = None) -> list[SweepRecord]:
+                      curve_mix: Sequence[float] | None = None, workers: int = 1) -> list[SweepRecord]:
     """Records for every (site, seed): the kind cycles with the seed (:func:`sim_kind`); ``step_range``
-    as in :func:`simulated_sweep`; ``curve_mix`` as in :func:`mixed_curve` (default: each probe's beam model)."""
-    jobs = [(site, int(seed)) for seed in seeds for site in sites]
-    out = []
-    tag = "" if step_range is None else f"/step{step_range[0]:g}-{step_range[1]:g}"
-    for k, (site, seed) in enumerate(jobs):
-        kind = sim_kind(seed, kinds)
-        sweep = simulated_sweep(site, seed, num_frames, kind, cache, step_range)
-        curve = mixed_curve(sweep, curve_mix)[0] if curve_mix is not None and lags else None
-        out.append(prepare_record(sweep, input_spacing, input_size, f"{site}/seed{seed}/{kind}{tag}", site, lags,
-                                  curve, floor_lag=floor_lag))
-        if progress is not None:
-            progress("simulate", (k + 1) / len(jobs))
-    return out
+    as in :func:`simulated_sweep`; ``curve_mix`` as in :func:`mixed_curve` (default: each probe's beam model).
+
+    ``workers`` > 1 simulates and prepares the sweeps in that many processes of one thread each (a sweep's data
+    depends only on its site and seed, so the records are the same); the list keeps the (seed, site) order. The
+    processes are spawned: a script that calls this with workers must do so under ``if __name__ == "__main__":``."""
+    jobs = [(site, int(seed), num_frames, sim_kind(int(seed), kinds), input_spacing, input_size, cache,
+             tuple(lags), floor_lag, step_range, None if curve_mix is None else tuple(curve_mix))
+            for seed in seeds for site in sites]
+    if workers <= 1 or len(jobs) <= 1:
+        out = []
+        for k, job in enumerate(jobs):
+            out.append(_simulated_record(*job))
+            if progress is not None:
+                progress("simulate", (k + 1) / len(jobs))
+        return out
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawn, not fork: a forked child of a process whose torch thread pool already ran can hang
+    ctx = multiprocessing.get_context("spawn")
+    records: list[SweepRecord | None] = [None] * len(jobs)
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_worker_start)
+    try:
+        futures = {pool.submit(_simulated_record, *job): k for k, job in enumerate(jobs)}
+        for done, fut in enumerate(as_completed(futures), 1):
+            records[futures[fut]] = fut.result()
+            if progress is not None:
+                progress("simulate", done / len(jobs))
+    except BaseException:  # an error or Ctrl-C: drop the queued sweeps instead of simulating them all first
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return records  # type: ignore[return-value]
 
 
 # --- tracked files ---------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ class TrainOptions:
     device: str = "cpu"
     amp: bool = False
     threads: int | None = None
+    workers: int = 1  # processes simulating and preparing the simulated sweeps
     resume: bool = False
     seed: int = 0
     max_val_windows: int = 64
@@ -125,7 +126,7 @@ def load_records(opts: TrainOptions, rank_main: bool, barrier: Callable[[], None
             sites = list(opts.sites or TRAIN_SITES)
             kw = dict(num_frames=opts.frames, kinds=list(opts.kinds), input_spacing=cfg.input_spacing,
                       input_size=cfg.input_size, cache=opts.cache, lags=cfg.decorrelation_lags,
-                      floor_lag=cfg.decorrelation_floor_lag, curve_mix=opts.curve_mix)
+                      floor_lag=cfg.decorrelation_floor_lag, curve_mix=opts.curve_mix, workers=opts.workers)
             if opts.cache is not None and not rank_main:
                 barrier()  # rank 0 fills the cache first
             train += datasets.simulated_records(sites, range(*opts.train_seeds), progress=progress, **kw)
