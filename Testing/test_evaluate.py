@@ -145,6 +145,33 @@ def test_evaluate_guard_and_the_typical_curve_on_simulated_sweeps(tmp_path, caps
         g["ok_and_good"] == 2
 
 
+def test_the_phantom_curve_is_calibrated_per_simulated_sweep_and_refused_for_files(tmp_path):
+    """--curve phantom: each simulated sweep is scored with the curve calibrated on a simulated speckle phantom of its
+    own probe (a calibrated curve, not the beam model), the same one for the same seed; files and sets are refused
+    before any work (they have no probe settings to simulate)."""
+    from freehandrecon.lab.phantom_curve import phantom_calibrated_curve
+
+    out = tmp_path / "eval"
+    args = _parser().parse_args(["--quiet", "evaluate", "--sites", "site-random-linear", "site-a", "--sweeps", "1",
+                                 "--frames", "12", "--methods", "speckle", "--curve", "phantom", "--plots", "0",
+                                 "--out", str(out)])
+    assert args.func(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["curve"] == "phantom"
+    sweep = random_sweep("site-a", evaluate.DEFAULT_SEED, 12)
+    curve = evaluate.phantom_curve_for(sweep)
+    assert curve.meta["patch_height_mm"] > 0  # calibrated from images, not a beam model
+    again = phantom_calibrated_curve(sweep.metadata["settings"], evaluate.DEFAULT_SEED + 777)
+    np.testing.assert_array_equal(curve.rho, again.rho)
+    for e in report["sweeps"]:
+        assert "calibrated" in e["results"]["speckle"]["info"]["curve"]
+    bad = _parser().parse_args(["--quiet", "evaluate", "--set", "independent", "--curve", "phantom", "--out",
+                                str(tmp_path / "o")])
+    with pytest.raises(InputError, match="needs simulated sweeps"):
+        bad.func(bad)
+    assert not (tmp_path / "o").exists()
+
+
 def test_guard_needs_the_learned_method_and_a_bad_curve_fails_first(tmp_path):
     sweeps = [("s", random_sweep("site-f", 10000, 12))]
     with pytest.raises(InputError, match="Add learned"):

@@ -270,6 +270,23 @@ def test_tiny_run_learns_exports_and_resumes(tmp_path):
         train(options_from_args(_args(*base, "--out", str(tmp_path / "new"), "--resume")))
 
 
+def test_a_time_budget_stops_after_the_epoch_that_passes_it_and_exports(tmp_path, capsys):
+    """--time-budget (for a lent GPU's fixed minutes): the run stops after the first epoch that ends past the budget
+    and exports the best checkpoint; without one, every epoch runs."""
+    from freehandrecon.lab.train.trainer import train
+
+    args = [*TINY, "--cache", str(tmp_path / "cache"), "--steps-per-epoch", "2", "--epochs", "5", "--name", "t"]
+    summary = train(options_from_args(_args(*args, "--out", str(tmp_path / "b"), "--time-budget", "0.01")))
+    assert [r["epoch"] for r in summary["history"]] == [1]
+    assert '"event": "time_budget"' in capsys.readouterr().out
+    assert learned.load_model(tmp_path / "b" / "t.json").meta["recipe"]["time_budget"] == 0.01
+    assert len(train(options_from_args(_args(*args, "--epochs", "2", "--out", str(tmp_path / "c"))))["history"]) == 2
+    with pytest.raises(InputError, match="not positive"):
+        options_from_args(_args(*args, "--out", str(tmp_path / "d"), "--time-budget", "0"))
+    with pytest.raises(InputError, match="below 1"):
+        options_from_args(_args(*args, "--out", str(tmp_path / "d"), "--workers", "0"))
+
+
 def test_v2_run_from_a_v1_model_keeps_its_start_and_exports_v2(tmp_path):
     from freehandrecon.lab.train.trainer import train
 

@@ -8,7 +8,8 @@ sweeps with speckle). Each method runs through
 their direction in metadata; tracked ones give it by their net motion), and
 :func:`freehandrecon.poses.metrics.evaluate_poses` scores it. Writes ``report.json`` and PNG plots.
 ``--curve typical`` scores simulated sweeps with the typical probe's curve instead of their own beam model (as an
-uncalibrated probe would be scored); ``--guard`` adds whether the quality guard's verdict predicts the learned
+uncalibrated probe would be scored), ``--curve phantom`` with a curve calibrated on a simulated speckle phantom of
+each sweep's probe (:mod:`.phantom_curve`); ``--guard`` adds whether the quality guard's verdict predicts the learned
 poses' drift (:mod:`.guard_vs_error`).
 """
 
@@ -404,7 +405,8 @@ def run_evaluation(sweeps: Iterable[tuple[str, Sweep]], methods: Iterable[str], 
         if progress is not None and total:
             inner = lambda stage, f, i=i: progress("evaluate", min(1.0, (i + f) / total))  # noqa: E731
         results, poses = evaluate_sweep(sweep, methods, model=model, device=device, progress=inner,
-                                        should_cancel=should_cancel, curve=curve)
+                                        should_cancel=should_cancel,
+                                        curve=curve(sweep) if callable(curve) else curve)
         meta = sweep.metadata or {}
         entries.append({"name": name, "frames": sweep.num_frames, "frame_shape": list(sweep.frame_shape),
                         "pixel_spacing_mm": list(sweep.pixel_spacing),
@@ -507,10 +509,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "sweep of its probe (the same probe name, or for your files the same frame size and pixel "
                    "spacing), or from the first half of a sweep whose probe has no other one; 'phantom' (with --set "
                    "independent) from its probe's speckle-phantom sweep in independent/phantom")
-    p.add_argument("--curve", metavar="FILE|typical",
+    p.add_argument("--curve", metavar="FILE|typical|phantom",
                    help="decorrelation curve both estimators use: a JSON from calibrate-speckle, or 'typical' for "
                    "the typical probe's curve (default: a simulated sweep's own probe curve, else the typical one); "
-                   "'typical' scores simulated sweeps as a new, uncalibrated probe would be")
+                   "'typical' scores simulated sweeps as a new, uncalibrated probe would be; 'phantom' (simulated "
+                   "sweeps) gives each the curve calibrated on a simulated speckle phantom of its probe (32 frames "
+                   "straight at 0.2 mm/frame), as a user who calibrated on a phantom")
     p.add_argument("--guard", action="store_true",
                    help="also run the quality guard on every sweep and score whether its verdict predicts the learned "
                    "poses' drift (AUROC, rank correlation, verdicts against FDR > 10 %%)")
@@ -518,11 +522,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+def phantom_curve_for(sweep: Sweep) -> Any:
+    """``--curve phantom``: the curve a user would calibrate on a speckle phantom of the simulated sweep's probe
+    (:mod:`.phantom_curve`; the phantom of seed s is drawn with s + 777)."""
+    from .phantom_curve import EVALUATION_SEED_OFFSET, phantom_calibrated_curve
+
+    meta = sweep.metadata or {}
+    if not isinstance(meta.get("settings"), dict) or "seed" not in meta:
+        raise InputError("--curve phantom needs simulated sweeps (their probe settings make the phantom).",
+                         "Drop INPUT files and --set, or give a curve file from calibrate-speckle.")
+    return phantom_calibrated_curve(meta["settings"], int(meta["seed"]) + EVALUATION_SEED_OFFSET)
+
+
 def _curve_option(value: str | None) -> Any:
-    """``--curve``: None, the typical probe's curve for ``typical``, else the curve file (read now, so a bad file
-    fails before any work)."""
+    """``--curve``: None, the typical probe's curve for ``typical``, :func:`phantom_curve_for` for ``phantom``, else
+    the curve file (read now, so a bad file fails before any work)."""
     if value is None:
         return None
+    if value == "phantom":
+        return phantom_curve_for
     from ..poses.speckle import DecorrelationCurve
 
     return DecorrelationCurve.default() if value == "typical" else DecorrelationCurve.load(value)
@@ -562,6 +580,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         total = len(sites) * args.sweeps
         settings = {"mode": "simulated", "sites": sites, "sweeps_per_site": args.sweeps, "seed": args.seed,
                     "frames": args.frames, "trajectory": args.trajectory or "random"}
+    if getattr(args, "curve", None) == "phantom" and (eval_set or args.inputs):  # before any slow work
+        raise InputError("--curve phantom needs simulated sweeps (their probe settings make the phantom).",
+                         "Drop INPUT files and --set, or give a curve file from calibrate-speckle.")
     curve = _curve_option(getattr(args, "curve", None))
     if curve is not None:
         settings["curve"] = str(args.curve)

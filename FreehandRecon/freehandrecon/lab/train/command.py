@@ -124,6 +124,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:K (default: cpu)")
     g.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     g.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's choice)")
+    g.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="stop after the first epoch that ends past this many seconds from the start (data "
+                        "preparation included) and export the best checkpoint so far; the learning-rate schedule "
+                        "still spans --epochs, so size --epochs to the budget (default: no limit)")
     g.add_argument("--drift-sweeps", type=int, default=4,
                    help="validation sweeps whose whole-sweep drift is measured each epoch (default: 4)")
     p.set_defaults(func=cmd_train)
@@ -162,6 +166,8 @@ def options_from_args(args: argparse.Namespace):
     if args.extra_seeds and args.extra_seeds[0] >= args.extra_seeds[1]:
         raise InputError(f"--extra-seeds {args.extra_seeds[0]} {args.extra_seeds[1]} is empty.",
                          "Give START < STOP, e.g. 1000 1080.")
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise InputError(f"--time-budget {args.time_budget} is not positive.", "Give seconds, e.g. --time-budget 300.")
     if args.workers < 1:
         raise InputError(f"--workers {args.workers} is below 1.", "Give 1 or more processes, e.g. --workers 4.")
     if args.chain < 1:
@@ -184,6 +190,7 @@ def options_from_args(args: argparse.Namespace):
         seed=args.seed, drift_sweeps=args.drift_sweeps, ema=args.ema, init=args.init, curve=args.curve,
         curve_mix=check_curve_mix(args.curve_mix) if args.curve_mix else None,
         rescale_outputs=args.rescale_outputs, chain=args.chain, workers=args.workers,
+        time_budget=args.time_budget,
         quiet=bool(getattr(args, "quiet", False)),
         command="freehandrecon train " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []) or []))
 

@@ -158,17 +158,10 @@ def mixed_curve(sweep: Sweep, mix: Sequence[float]) -> tuple[Any, str]:
 
 
 def _phantom_curve(settings: dict[str, Any], seed: int) -> Any:
-    from ...poses.speckle import DecorrelationCurve
-    from ...simulate import AcquisitionSettings, phantom_for, simulate_sweep
-    from ...simulate.trajectory import make_trajectory
+    from ..phantom_curve import phantom_calibrated_curve
 
-    rng = np.random.default_rng(seed)
-    st = AcquisitionSettings.from_dict(settings)
     kind, step = PHANTOM_CALIBRATIONS[seed % len(PHANTOM_CALIBRATIONS)]
-    poses = make_trajectory(kind, 32 if kind == "linear" else 40, rng, direction=1, step_mm=step,
-                            pivot_mm=st.skin_point_mm, depth_mm=st.depth_mm)
-    phantom = simulate_sweep(st, poses, phantom_for(st, poses, rng, structure=False), rng, metadata={})
-    return DecorrelationCurve.calibrate(phantom, min_bands=2)
+    return phantom_calibrated_curve(settings, seed, kind=kind, frames=32 if kind == "linear" else 40, step_mm=step)
 
 
 def _simulated_record(site: str, seed: int, num_frames: int, kind: str, input_spacing: float, input_size: int,

@@ -71,6 +71,7 @@ class TrainOptions:
     curve: Path | None = None                    # decorrelation curve for tracked files (v2 networks)
     curve_mix: tuple[float, float, float] | None = None  # simulated sweeps: phantom-calibrated / beam / typical
     drift_sweeps: int = 4
+    time_budget: float | None = None             # seconds: stop after the first epoch that ends past it
     ema: float = 0.0                             # decay of an exponential moving average of the weights (0: off)
     quiet: bool = False                          # no progress bar (the per-epoch JSON lines still print)
     command: str = ""
@@ -386,6 +387,15 @@ def train(opts: TrainOptions, progress: Callable[[str, float], None] | None = No
                 fh.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
         barrier()
+        if opts.time_budget is not None and epoch + 1 < opts.epochs:
+            over = torch.tensor([float(time.perf_counter() - t_start > opts.time_budget)], device=device)
+            if ddp.world > 1:  # every rank stops after the same epoch
+                dist.all_reduce(over, op=dist.ReduceOp.MAX)
+            if over.item():
+                if ddp.main:
+                    print(json.dumps({"event": "time_budget", "epochs_done": epoch + 1,
+                                      "seconds": round(time.perf_counter() - t_start, 1)}), flush=True)
+                break
     summary: dict[str, Any] = {"first_loss": first_loss, "last_loss": last_loss, "history": history,
                                "parameters": count_parameters(net), "seconds": time.perf_counter() - t_start}
     if ddp.main:
