@@ -522,6 +522,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+PHANTOM_NEEDS_SIMULATED = ("--curve phantom needs simulated sweeps (their probe settings make the phantom).",
+                           "Drop INPUT files and --set, or give a curve file from calibrate-speckle.")
+
+
 def phantom_curve_for(sweep: Sweep) -> Any:
     """``--curve phantom``: the curve a user would calibrate on a speckle phantom of the simulated sweep's probe
     (:mod:`.phantom_curve`; the phantom of seed s is drawn with s + 777)."""
@@ -529,8 +533,7 @@ def phantom_curve_for(sweep: Sweep) -> Any:
 
     meta = sweep.metadata or {}
     if not isinstance(meta.get("settings"), dict) or "seed" not in meta:
-        raise InputError("--curve phantom needs simulated sweeps (their probe settings make the phantom).",
-                         "Drop INPUT files and --set, or give a curve file from calibrate-speckle.")
+        raise InputError(*PHANTOM_NEEDS_SIMULATED)
     return phantom_calibrated_curve(meta["settings"], int(meta["seed"]) + EVALUATION_SEED_OFFSET)
 
 
@@ -581,8 +584,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         settings = {"mode": "simulated", "sites": sites, "sweeps_per_site": args.sweeps, "seed": args.seed,
                     "frames": args.frames, "trajectory": args.trajectory or "random"}
     if getattr(args, "curve", None) == "phantom" and (eval_set or args.inputs):  # before any slow work
-        raise InputError("--curve phantom needs simulated sweeps (their probe settings make the phantom).",
-                         "Drop INPUT files and --set, or give a curve file from calibrate-speckle.")
+        raise InputError(*PHANTOM_NEEDS_SIMULATED)
     curve = _curve_option(getattr(args, "curve", None))
     if curve is not None:
         settings["curve"] = str(args.curve)
