@@ -123,8 +123,26 @@ def test_evaluate_finds_the_sets():
     files = set_sweeps("independent")
     assert [f for _, f, _ in files] == FILES
     real = set_sweeps("real")
-    assert [f.name for _, f, _ in real] == ["SpinePhantomFreehand.igs.mha"]
+    assert [f.name for _, f, _ in real] == ["SpinePhantomFreehand.igs.mha", "BoneUltrasound_L14.igs.mha"]
     assert all(c is not None and c.exists() for _, _, c in real)
+
+
+def test_the_real_soft_tissue_sweep_reads_with_its_plus_calibration():
+    """The second real set sweep (PLUS BoneUltrasound_L14): tracked frames with speckle, placed in mm by the image
+    calibration of its PLUS config (0.085 mm pixels), moving about 0.5 mm per frame mostly out of plane."""
+    import numpy as np
+
+    from freehandrecon.poses import common
+
+    (_, path, config), = [r for r in set_sweeps("real") if r[1].name == "BoneUltrasound_L14.igs.mha"]
+    sweep = read_sweep(path, plus_config=config)
+    assert sweep.frames.shape == (21, 616, 820) and sweep.image_to_world is not None
+    assert np.allclose(sweep.pixel_spacing, 0.0854, atol=2e-4)
+    steps = np.linalg.norm(np.diff(sweep.image_to_world[:, :3, 3], axis=0), axis=1)
+    assert 8.0 < steps.sum() < 12.0 and steps.max() < 1.5
+    rel = common.relative_centre(sweep.image_to_world, sweep.frame_shape, sweep.pixel_spacing)
+    assert np.abs(rel[:, 2, 3]).mean() > np.abs(rel[:, 0, 3]).mean()  # elevational motion dominates
+    assert not common.check_speckle(sweep.frames)  # no warning: textured frames
 
 
 def test_evaluate_cli_on_the_independent_set(tmp_path, capsys):

@@ -66,10 +66,12 @@ def file_sweeps(paths: Iterable[Path], **read_options: Any) -> Iterator[tuple[st
 
 SETS = ("independent", "real")
 DATA_ROOT = Path(__file__).resolve().parents[3] / "Testing" / "Data"
-# Real tracked sweeps with speckle bundled in Testing/Data (file, PLUS config). The other tracked PLUS test
-# sweeps (N-wire and USTC stepper recordings) show wires in water without speckle, and the USTC ones have
-# no image calibration, so they say nothing about speckle-based pose estimation.
-REAL_SWEEPS = (("igsio/SpinePhantomFreehand.igs.mha", "plus/PlusDeviceSet_SpinePhantomFreehandReconstructionOnly.xml"),)
+# Real tracked sweeps with speckle bundled in Testing/Data (file, PLUS config): the spine phantom (IGSIO) and a
+# linear-probe sweep over soft tissue and a bone surface (PLUS test data, BoneUltrasound_L14), 21 frames each. The
+# other tracked PLUS test sweeps (N-wire and USTC stepper recordings) show wires in water without speckle, and the
+# USTC ones have no image calibration, so they say nothing about speckle-based pose estimation.
+REAL_SWEEPS = (("igsio/SpinePhantomFreehand.igs.mha", "plus/PlusDeviceSet_SpinePhantomFreehandReconstructionOnly.xml"),
+               ("plus/BoneUltrasound_L14.igs.mha", "plus/BoneUltrasound_L14_config.xml"))
 
 
 def set_sweeps(name: str, data_root: str | Path | None = None) -> list[tuple[str, Path, Path | None]]:
