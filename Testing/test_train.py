@@ -179,7 +179,7 @@ def test_extra_sweeps_draw_their_steps_from_the_given_range(tmp_path):
         options_from_args(_args("--out", "x", "--extra-seeds", "7", "7"))
 
 
-def test_curve_mix_gives_each_sweep_a_phantom_calibrated_beam_or_typical_curve():
+def test_curve_mix_gives_each_sweep_a_phantom_calibrated_beam_or_typical_curve(tmp_path):
     """Each simulated sweep's curve kind is fixed by its settings and seed; the phantom kind is a curve calibrated
     on a simulated speckle phantom of the same probe (close to, not equal to, the beam model)."""
     from freehandrecon.poses import speckle
@@ -196,6 +196,14 @@ def test_curve_mix_gives_each_sweep_a_phantom_calibrated_beam_or_typical_curve()
     ratio = curve.distance(np.full(curve.depths_mm.size, 0.5), curve.depths_mm) / beam.distance(
         np.full(curve.depths_mm.size, 0.5), curve.depths_mm)
     assert np.all((ratio > 0.5) & (ratio < 2.0)) and not np.allclose(ratio, 1.0), ratio
+    cache = tmp_path / "cache"  # with a cache folder the phantom's curve is kept and read back, not simulated again
+    first, _ = datasets.mixed_curve(sweeps[0], (1.0, 0.0, 0.0), cache)
+    (kept,) = cache.glob("phantom_curve_*.json")
+    np.testing.assert_array_equal(first.rho, curve.rho)
+    kept.write_text(json.dumps(dict(json.loads(kept.read_text()), source="read from the cache")))
+    assert datasets.mixed_curve(sweeps[0], (1.0, 0.0, 0.0), cache)[0].source == "read from the cache"
+    kept.write_text("{broken")  # a broken entry is made again
+    np.testing.assert_array_equal(datasets.mixed_curve(sweeps[0], (1.0, 0.0, 0.0), cache)[0].rho, curve.rho)
     for bad in ((0.5, 0.5), (0.5, 0.3, 0.3), (0.55, 0.25, 0.2), (-0.1, 0.6, 0.5)):
         with pytest.raises(InputError, match="--curve-mix"):
             datasets.check_curve_mix(bad)

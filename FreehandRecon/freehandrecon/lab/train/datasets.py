@@ -130,14 +130,15 @@ def check_curve_mix(mix: Sequence[float]) -> tuple[float, float, float]:
     return shares  # type: ignore[return-value]
 
 
-def mixed_curve(sweep: Sweep, mix: Sequence[float]) -> tuple[Any, str]:
+def mixed_curve(sweep: Sweep, mix: Sequence[float], cache: Path | None = None) -> tuple[Any, str]:
     """The curve a simulated sweep's v2 features use under the curve mix ``(phantom, beam, typical)``, and its kind.
 
     The choice is fixed by a hash of the sweep's probe settings and seed. ``phantom``: a curve
     :meth:`DecorrelationCurve.calibrate` fits (``min_bands=2``) on a structure-free speckle phantom of the same probe
     simulated for the purpose (32 frames straight at 0.1 or 0.2 mm/frame, or 40 freehand frames), as a user
     calibrates a probe; when that fails, the beam model. ``beam``: the probe's beam model. ``typical``: the typical
-    probe's curve, as an uncalibrated probe gets."""
+    probe's curve, as an uncalibrated probe gets. With a ``cache`` folder the phantom-calibrated curves are kept
+    there too (one JSON per probe settings and seed), so later runs on the same sweeps skip the phantoms."""
     from ...poses import decorrelation, speckle
 
     settings = (sweep.metadata or {}).get("settings")
@@ -151,17 +152,34 @@ def mixed_curve(sweep: Sweep, mix: Sequence[float]) -> tuple[Any, str]:
         return speckle.DecorrelationCurve.default(), kind
     if kind == "phantom":
         try:
-            return _phantom_curve(settings, h), kind
+            return _phantom_curve(settings, h, cache), kind
         except InputError:
             pass
     return decorrelation.curve_for_sweep(sweep), "beam"
 
 
-def _phantom_curve(settings: dict[str, Any], seed: int) -> Any:
+def _phantom_curve(settings: dict[str, Any], seed: int, cache: Path | None = None) -> Any:
+    from ...poses.speckle import DecorrelationCurve
+    from ...simulate import SIMULATOR_VERSION
     from ..phantom_curve import phantom_calibrated_curve
 
+    path = None
+    if cache is not None:
+        key = hashlib.sha1((json.dumps(settings, sort_keys=True) + str(seed)).encode()).hexdigest()[:20]
+        path = Path(cache) / f"phantom_curve_{key}_sim{SIMULATOR_VERSION}.json"
+        if path.exists():
+            try:
+                return DecorrelationCurve.load(path)
+            except InputError:
+                path.unlink(missing_ok=True)  # a broken entry is made again
     kind, step = PHANTOM_CALIBRATIONS[seed % len(PHANTOM_CALIBRATIONS)]
-    return phantom_calibrated_curve(settings, seed, kind=kind, frames=32 if kind == "linear" else 40, step_mm=step)
+    curve = phantom_calibrated_curve(settings, seed, kind=kind, frames=32 if kind == "linear" else 40, step_mm=step)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(curve.to_dict()))
+        tmp.replace(path)  # atomic: parallel workers never read half a file
+    return curve
 
 
 def _simulated_record(site: str, seed: int, num_frames: int, kind: str, input_spacing: float, input_size: int,
@@ -169,7 +187,7 @@ def _simulated_record(site: str, seed: int, num_frames: int, kind: str, input_sp
                       step_range: tuple[float, float] | None, curve_mix: Sequence[float] | None) -> SweepRecord:
     """One (site, seed) record: simulate (or read from the cache), pick the curve, prepare."""
     sweep = simulated_sweep(site, seed, num_frames, kind, cache, step_range)
-    curve = mixed_curve(sweep, curve_mix)[0] if curve_mix is not None and lags else None
+    curve = mixed_curve(sweep, curve_mix, cache)[0] if curve_mix is not None and lags else None
     tag = "" if step_range is None else f"/step{step_range[0]:g}-{step_range[1]:g}"
     return prepare_record(sweep, input_spacing, input_size, f"{site}/seed{seed}/{kind}{tag}", site, lags, curve,
                           floor_lag=floor_lag)
