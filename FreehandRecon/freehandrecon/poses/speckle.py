@@ -383,11 +383,12 @@ class DecorrelationCurve:
             raise InputError(f"The decorrelation curve lacks '{err.args[0]}'.", "Recalibrate and save it again.") from err
 
     def save(self, path: str | os.PathLike, force: bool = False) -> Path:
-        from ..io.common import check_output
+        """Write the curve JSON atomically (a killed run, or a parallel reader, never sees half a file)."""
+        from ..io.common import atomic_write, check_output
 
         path = Path(path)
         check_output(path, force)
-        path.write_text(json.dumps(self.to_dict()))
+        atomic_write([(path, [json.dumps(self.to_dict()).encode()])])
         return path
 
     @classmethod

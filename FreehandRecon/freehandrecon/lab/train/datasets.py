@@ -176,9 +176,7 @@ def _phantom_curve(settings: dict[str, Any], seed: int, cache: Path | None = Non
     curve = phantom_calibrated_curve(settings, seed, kind=kind, frames=32 if kind == "linear" else 40, step_mm=step)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(curve.to_dict()))
-        tmp.replace(path)  # atomic: parallel workers never read half a file
+        curve.save(path, force=True)
     return curve
 
 
