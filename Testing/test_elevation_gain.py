@@ -187,7 +187,9 @@ def test_calibration_pairs_group_by_probe_and_split_a_lone_sweep_in_halves():
                                                  ("l11_scurve[:24]", "l11_scurve[24:]")]
     assert pairs[2][1].num_frames == 24 and pairs[2][3].num_frames == 24
     np.testing.assert_array_equal(pairs[2][3].frames, named[2][1].frames[24:])
-    assert calibration_pairs([("short", ind("l11_scurve").subset(slice(0, 20)))]) == []
+    assert calibration_pairs([("short", ind("l11_scurve").subset(slice(0, 19)))]) == []  # halves of 9 and 10
+    real_length = calibration_pairs([("21", ind("l11_scurve").subset(slice(0, 21)))])  # as the real sweeps have
+    assert [(a, b) for a, _, b, _ in real_length] == [("21[:10]", "21[10:]")]
     # a user's files carry no probe name: the same frame size and spacing is the same probe setting
     plain = [(n, Sweep(s.frames, s.pixel_spacing, s.image_to_world)) for n, s in named]
     assert [(a, b) for a, _, b, _ in calibration_pairs(plain)] == [(a, b) for a, _, b, _ in pairs]

@@ -39,7 +39,7 @@ VARIANTS = (
     ("speckle_curve", "speckle, probe curve"),
 )
 CALIBRATED = ("learned_gain", "learned_curve_gain", "learned_gain_speckle_rotations")  # learned with a calibration
-MIN_HALF_FRAMES = 12
+MIN_HALF_FRAMES = 10  # the real sweeps of Testing/Data have 21 frames: halves of 10 and 11
 TARGET_CALIBRATED_FDR_PCT = 10.0
 
 
