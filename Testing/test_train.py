@@ -295,6 +295,25 @@ def test_a_time_budget_stops_after_the_epoch_that_passes_it_and_exports(tmp_path
         options_from_args(_args(*args, "--out", str(tmp_path / "d"), "--workers", "0"))
 
 
+def test_export_last_takes_the_final_epoch_not_the_lowest_validation_loss(tmp_path):
+    """A continuation stage whose validation loss never goes below its first epoch's would export that epoch;
+    --export last takes the end of the schedule instead."""
+    from freehandrecon.lab.train.trainer import train
+
+    args = [*TINY, "--cache", str(tmp_path / "cache"), "--steps-per-epoch", "3", "--epochs", "3", "--lr", "3e-3",
+            "--name", "t"]
+    summary = train(options_from_args(_args(*args, "--out", str(tmp_path / "last"), "--export", "last")))
+    meta = learned.load_model(tmp_path / "last" / "t.json").meta
+    assert meta["exported_from"] == "last.pt" and meta["trained_epochs"] == 3
+    assert meta["metrics"]["validation"]["epoch"] == 3 and meta["recipe"]["export"] == "last"
+    assert meta["metrics"]["validation"]["val_loss"] == summary["history"][-1]["val_loss"]
+    train(options_from_args(_args(*args, "--out", str(tmp_path / "best"))))
+    best = learned.load_model(tmp_path / "best" / "t.json").meta
+    assert best["exported_from"] == "best.pt" and best["recipe"]["export"] == "best"
+    with pytest.raises(SystemExit):
+        _args(*args, "--out", str(tmp_path / "x"), "--export", "first")
+
+
 def test_v2_run_from_a_v1_model_keeps_its_start_and_exports_v2(tmp_path):
     from freehandrecon.lab.train.trainer import train
 

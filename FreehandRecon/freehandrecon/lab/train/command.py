@@ -126,10 +126,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's choice)")
     g.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="stop after the first epoch that ends past this many seconds from the start (data "
-                        "preparation included) and export the best checkpoint so far; the learning-rate schedule "
+                        "preparation included) and export the --export checkpoint so far; the learning-rate schedule "
                         "still spans --epochs, so size --epochs to the budget (default: no limit)")
     g.add_argument("--drift-sweeps", type=int, default=4,
                    help="validation sweeps whose whole-sweep drift is measured each epoch (default: 4)")
+    g.add_argument("--export", choices=("best", "last"), default="best",
+                   help="which weights become <name>.json: 'best', the epoch with the lowest validation loss, or "
+                        "'last', the final epoch (the end of the learning-rate schedule; a continuation stage whose "
+                        "validation loss never goes below its first epoch's would otherwise export that epoch) "
+                        "(default: best)")
     p.set_defaults(func=cmd_train)
 
 
@@ -190,7 +195,7 @@ def options_from_args(args: argparse.Namespace):
         seed=args.seed, drift_sweeps=args.drift_sweeps, ema=args.ema, init=args.init, curve=args.curve,
         curve_mix=check_curve_mix(args.curve_mix) if args.curve_mix else None,
         rescale_outputs=args.rescale_outputs, chain=args.chain, workers=args.workers,
-        time_budget=args.time_budget,
+        time_budget=args.time_budget, export=args.export,
         quiet=bool(getattr(args, "quiet", False)),
         command="freehandrecon train " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []) or []))
 

@@ -72,6 +72,7 @@ class TrainOptions:
     curve_mix: tuple[float, float, float] | None = None  # simulated sweeps: phantom-calibrated / beam / typical
     drift_sweeps: int = 4
     time_budget: float | None = None             # seconds: stop after the first epoch that ends past it
+    export: str = "best"                         # exported weights: lowest validation loss, or the last epoch's
     ema: float = 0.0                             # decay of an exponential moving average of the weights (0: off)
     quiet: bool = False                          # no progress bar (the per-epoch JSON lines still print)
     command: str = ""
@@ -442,10 +443,12 @@ def _atomic_save(state: dict, path: Path) -> None:
 
 
 def export(out: Path, opts: TrainOptions, train_recs=(), val_recs=()) -> dict[str, Any]:
-    """Write ``<name>.safetensors`` + ``<name>.json`` from ``best.pt`` (else ``last.pt``) in ``out``."""
+    """Write ``<name>.safetensors`` + ``<name>.json`` from ``best.pt`` (else ``last.pt``) in ``out``; from
+    ``last.pt`` when ``opts.export`` is ``"last"``."""
     import torch
 
-    src = out / "best.pt" if (out / "best.pt").exists() else out / "last.pt"
+    best = out / "best.pt"
+    src = best if opts.export == "best" and best.exists() else out / "last.pt"
     if not src.exists():
         raise InputError(f"No checkpoint in {out} to export.", "Train for at least one epoch first.")
     ckpt = torch.load(src, map_location="cpu", weights_only=False)
@@ -453,7 +456,8 @@ def export(out: Path, opts: TrainOptions, train_recs=(), val_recs=()) -> dict[st
     net = build_pose_net(cfg)
     net.load_state_dict(ckpt["model"])
     hist = ckpt["history"]
-    best = min(hist, key=lambda r: r.get("val_loss", r["loss"])) if hist else {}
+    chosen = (hist[-1] if opts.export == "last" else min(hist, key=lambda r: r.get("val_loss", r["loss"]))) \
+        if hist else {}
     extra = {
         "recipe": ckpt["recipe"],
         "command": ckpt["recipe"].get("command", ""),
@@ -462,7 +466,7 @@ def export(out: Path, opts: TrainOptions, train_recs=(), val_recs=()) -> dict[st
         "parameters": count_parameters(net),
         "training_data": {"train_sweeps": len(train_recs), "val_sweeps": len(val_recs),
                           "train_pairs": int(sum(r.num_pairs for r in train_recs)), **ckpt.get("data", {})},
-        "metrics": {"validation": {k: v for k, v in best.items() if k.startswith("val") or k == "epoch"}},
+        "metrics": {"validation": {k: v for k, v in chosen.items() if k.startswith("val") or k == "epoch"}},
     }
     w, j = save_model(net, np.asarray(ckpt["scales"]), out, opts.name, extra)
     return {"weights": str(w), "json": str(j)}
