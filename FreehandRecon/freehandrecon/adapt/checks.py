@@ -10,6 +10,7 @@ import numpy as np
 from ..errors import InputError
 from ..poses.metrics import trajectory_length_mm
 from ..poses import common
+from ..poses.tracking_check import tracking_warnings
 from ..sweep import Sweep
 
 MIN_FRAMES = 40          # usable frames per sweep (one sweep: ~28 to adapt on, ~12 to check on)
@@ -33,7 +34,9 @@ def check_sweeps(named: list[tuple[str, Sweep]]) -> list[str]:
 
     Raises :class:`InputError` (problem and fix) for: no tracked poses, unknown pixel spacing, fewer
     than :data:`MIN_FRAMES` frames, a path under :data:`MIN_PATH_MM`, no speckle (blank, saturated or
-    nearly constant frames), or frames whose size or pixel spacing differ from the first sweep's.
+    nearly constant frames), or frames whose size or pixel spacing differ from the first sweep's. Warns when
+    the tracked in-plane motion is not what the images show (:mod:`freehandrecon.poses.tracking_check`): the
+    model would learn motions its images do not have.
     """
     if not named:
         raise InputError("No tracked sweep was given.", "Give one or more tracked sweeps of your probe.")
@@ -74,6 +77,7 @@ def check_sweeps(named: list[tuple[str, Sweep]]) -> list[str]:
                              f"{first.frame_shape[1]}x{first.frame_shape[0]} at {_fmt(first.pixel_spacing)} mm.",
                              "Adapt to one probe setting at a time: give sweeps recorded with the same probe, depth "
                              "and imaging settings (the ones you will estimate), or fix --pixel-spacing.")
+        warnings += tracking_warnings(sweep, name)
     return warnings
 
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from ..poses import metrics
+from ..poses.tracking_check import check_tracking
 from ..errors import Cancelled, InputError, OutputExistsError
 from ..sweep import Sweep
 
@@ -284,11 +285,30 @@ def sweep_attribution_table(entries: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def tracking_table(entries: list[dict[str, Any]]) -> str:
+    """Per sweep, in Markdown, the tracking check (:mod:`freehandrecon.poses.tracking_check`): the in-plane
+    motion the true poses have and the images do not show, and the drift it leaves to any image-based method."""
+    lines = ["| sweep | true in-plane mm | images' in-plane mm | not in the images mm | elevational path mm "
+             "| as a rotation, deg | in-plane floor FDR % | consistent |", "|---" * 8 + "|"]
+    for e in entries:
+        c = e.get("tracking_check")
+        if c is None:
+            continue
+        t, i = c["tracked_in_plane_mm"], c["image_in_plane_mm"]
+        floor = c["in_plane_floor_fdr_pct"]
+        lines.append(f"| {e['name']} | {t[0]:+.2f}, {t[1]:+.2f} | {i[0]:+.2f}, {i[1]:+.2f} | "
+                     f"{c['disagreement_mm']:.2f} | {c['elevational_path_mm']:.1f} | {c['angle_deg']:.1f} | "
+                     f"{'-' if floor is None else f'{floor:.1f}'} | {'yes' if c['consistent'] else 'NO'} |")
+    return "\n".join(lines)
+
+
 def set_summary(entries: list[dict[str, Any]], methods: Iterable[str]) -> dict[str, Any]:
     """One set's headline numbers: mean FDR (% of length and % of start-end distance) per method and of the
     no-motion baseline, and per method the mean tilt (rx) bias in degrees per frame over the pure
     translations (sweeps whose ``trajectory`` is ``translation`` or ``linear``; None when there are none), signed
-    and absolute (biases of opposite signs cancel in the signed mean)."""
+    and absolute (biases of opposite signs cancel in the signed mean); and the tracking check
+    (:mod:`freehandrecon.poses.tracking_check`): on how many sweeps the true poses' in-plane motion is not what the
+    images show, and the mean in-plane floor FDR, the drift no image-based method can remove."""
     def mean(vals: list[float]) -> float:
         v = np.asarray([x for x in vals if x is not None and math.isfinite(x)], dtype=np.float64)
         return float(v.mean()) if v.size else float("nan")
@@ -309,6 +329,12 @@ def set_summary(entries: list[dict[str, Any]], methods: Iterable[str]) -> dict[s
     out["no_motion"] = {"fdr_length_pct": mean([e["no_motion"]["final_drift_rate_length_pct"] for e in entries]),
                         "fdr_distance_pct": mean([e["no_motion"]["final_drift_rate_distance_pct"] for e in entries])}
     out["pure_translations"] = len(pure)
+    checks = [e["tracking_check"] for e in entries if "tracking_check" in e]
+    if checks:
+        out["tracking_check"] = {
+            "inconsistent": sum(not c["consistent"] for c in checks),
+            "in_plane_floor_fdr_pct": mean([c["in_plane_floor_fdr_pct"] for c in checks]),
+            "max_angle_deg": max(c["angle_deg"] for c in checks)}
     return out
 
 
@@ -328,6 +354,11 @@ def summary_line(label: str, summary: dict[str, Any]) -> str:
         t, a = d["tilt_bias_deg_per_frame_pure_translation"], d["tilt_abs_bias_deg_per_frame_pure_translation"]
         tilts.append(f"{m} {t:+.3f} (|.| {a:.3f})" if t is not None and math.isfinite(t) else f"{m} n/a")
     parts.append(f"tilt bias deg/frame on {summary['pure_translations']} pure translations: " + ", ".join(tilts))
+    tc = summary.get("tracking_check")
+    if tc:
+        parts.append(f"tracked in-plane motion not in the images on {tc['inconsistent']} of {summary['sweeps']} "
+                     f"sweeps (up to {tc['max_angle_deg']:.1f} deg; in-plane floor FDR "
+                     f"{tc['in_plane_floor_fdr_pct']:.1f} %)")
     return " | ".join(parts)
 
 
@@ -415,7 +446,8 @@ def run_evaluation(sweeps: Iterable[tuple[str, Sweep]], methods: Iterable[str], 
                         **{k: _jsonable(meta[k]) for k in ("site", "seed", "trajectory", "sweep_direction", "source",
                                                            "probe", "simulator")
                            if k in meta},
-                        "results": _round(results), "no_motion": _round(no_motion_baseline(sweep))})
+                        "results": _round(results), "no_motion": _round(no_motion_baseline(sweep)),
+                        "tracking_check": check_tracking(sweep)})
         if loaded_guard is not None:
             from ..quality import check_sweep
             from .guard_vs_error import guard_entry
@@ -448,6 +480,7 @@ def run_evaluation(sweeps: Iterable[tuple[str, Sweep]], methods: Iterable[str], 
               "table_markdown": markdown_table(agg),
               "attribution_markdown": attribution_table(agg),
               "sweep_attribution_markdown": sweep_attribution_table(entries),
+              "tracking_markdown": tracking_table(entries),
               "summary": _round(set_summary(entries, methods)), "plots": [n for n, _ in figures],
               **({"probe_calibration": transfer} if transfer is not None else {})}
     if guard:
@@ -612,6 +645,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print("\nPer sweep (FDR % of length; with one group of relative motions from the truth; mean signed rx "
           "error per frame):")
     print(report["sweep_attribution_markdown"])
+    print("\nTracking check (is the true poses' in-plane motion what the images show? The floor is the drift of the "
+          "true poses with their in-plane motion read from the images):")
+    print(report["tracking_markdown"])
     print()
     label = eval_set or settings["mode"]
     print(summary_line(label, report["summary"]))
