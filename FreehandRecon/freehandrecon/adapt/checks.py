@@ -10,7 +10,6 @@ import numpy as np
 from ..errors import InputError
 from ..poses.metrics import trajectory_length_mm
 from ..poses import common
-from ..poses.tracking_check import tracking_warnings
 from ..sweep import Sweep
 
 MIN_FRAMES = 40          # usable frames per sweep (one sweep: ~28 to adapt on, ~12 to check on)
@@ -77,6 +76,8 @@ def check_sweeps(named: list[tuple[str, Sweep]]) -> list[str]:
                              f"{first.frame_shape[1]}x{first.frame_shape[0]} at {_fmt(first.pixel_spacing)} mm.",
                              "Adapt to one probe setting at a time: give sweeps recorded with the same probe, depth "
                              "and imaging settings (the ones you will estimate), or fix --pixel-spacing.")
+        from ..poses.tracking_check import tracking_warnings  # imports torch, as adapt does anyway
+
         warnings += tracking_warnings(sweep, name)
     return warnings
 

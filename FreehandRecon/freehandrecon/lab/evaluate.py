@@ -25,7 +25,6 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from ..poses import metrics
-from ..poses.tracking_check import check_tracking
 from ..errors import Cancelled, InputError, OutputExistsError
 from ..sweep import Sweep
 
@@ -406,6 +405,7 @@ def run_evaluation(sweeps: Iterable[tuple[str, Sweep]], methods: Iterable[str], 
     """
     from . import plots as plotting
     from ..io.common import atomic_outputs
+    from ..poses.tracking_check import check_tracking
 
     methods = list(dict.fromkeys(methods))
     if not methods:

@@ -28,7 +28,6 @@ from ..errors import InputError
 from ..poses import common, estimate_poses
 from ..poses.elevation_gain import fit_elevation_gain, forward_params, from_forward_params, with_elevation_gain
 from ..poses.metrics import final_drift_rate_length_pct
-from ..poses.tracking_check import check_tracking
 from ..sweep import Sweep
 
 VARIANTS = (
@@ -131,6 +130,8 @@ def evaluate_pair(calib: Sweep, target: Sweep, model: Any = None, device: str = 
         p = forward_params(rel, direction)
         p[:, 3:5] = forward_params(spk.relative_centre, spk.direction)[:, 3:5]
         out["learned_gain_speckle_rotations"] = _fdr(target, _chain(target, from_forward_params(p, direction)))
+    from ..poses.tracking_check import check_tracking
+
     floor = check_tracking(target)["in_plane_floor_fdr_pct"]
     out["in_plane_floor"] = math.nan if floor is None else floor
     return out
