@@ -4,7 +4,8 @@ Sensorless methods read in-plane motion (lateral, axial, rotation about the beam
 by block matching, which is accurate while consecutive frames still share speckle. A tracker reads the probe's
 marker, and the image-to-probe calibration turns that into image motion. When the calibration's rotation is off
 (or the image and tracker clocks are not aligned, or the marker moved on the probe) part of the elevational
-motion shows up as lateral or axial motion that the images do not show. Such a sweep is a poor reference:
+motion shows up as lateral or axial motion that the images do not show; tissue that moves with the probe
+(compressed under it, dragged along) does the same. Such a sweep is a poor reference for image-based poses:
 
 - an evaluation against it scores every image-based method with an error no method can remove: its
   *in-plane floor*, the drift of the tracked poses with their in-plane motion replaced by the images'.
@@ -103,9 +104,10 @@ def describe(check: dict[str, Any], name: str = "The sweep") -> str | None:
             f"{check['elevational_path_mm']:.1f} mm of elevational travel, but its images show {i[0]:+.1f} and "
             f"{i[1]:+.1f} mm: {check['disagreement_mm']:.1f} mm the images do not show, as if the image-to-probe "
             f"calibration were rotated by about {check['angle_deg']:.0f} degrees. Check the calibration "
-            "(--plus-config / --calibration), the image-to-tracker time offset, and that the marker is fixed on "
-            f"the probe. Against these poses an image-based method drifts at least "
-            f"{check['in_plane_floor_fdr_pct']} % even if it reads every other motion exactly.")
+            "(--plus-config / --calibration), the image-to-tracker time offset and that the marker is fixed on "
+            "the probe, and scan with light pressure (tissue that moves with the probe does the same). Against "
+            f"these poses an image-based method drifts at least {check['in_plane_floor_fdr_pct']} % even if it "
+            "reads every other motion exactly.")
 
 
 def tracking_warnings(sweep: Sweep, name: str = "The sweep") -> list[str]:
