@@ -37,7 +37,7 @@ def test_exact_poses_agree_with_their_images(name):
     c = check_tracking(ind(name))
     assert c["consistent"], c
     assert c["angle_deg"] < 2.0
-    assert c["in_plane_floor_fdr_pct"] < 3.5
+    assert c["in_plane_floor_fdr_pct"] < 5.0
     assert describe(c) is None
 
 

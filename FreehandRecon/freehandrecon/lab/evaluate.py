@@ -286,7 +286,8 @@ def sweep_attribution_table(entries: list[dict[str, Any]]) -> str:
 
 def tracking_table(entries: list[dict[str, Any]]) -> str:
     """Per sweep, in Markdown, the tracking check (:mod:`freehandrecon.poses.tracking_check`): the in-plane
-    motion the true poses have and the images do not show, and the drift it leaves to any image-based method."""
+    motion the true poses have and the images do not show, and the drift it leaves to a method that reads in-plane
+    motion from the images."""
     lines = ["| sweep | true in-plane mm | images' in-plane mm | not in the images mm | elevational path mm "
              "| as a rotation, deg | in-plane floor FDR % | consistent |", "|---" * 8 + "|"]
     for e in entries:
@@ -307,7 +308,8 @@ def set_summary(entries: list[dict[str, Any]], methods: Iterable[str]) -> dict[s
     translations (sweeps whose ``trajectory`` is ``translation`` or ``linear``; None when there are none), signed
     and absolute (biases of opposite signs cancel in the signed mean); and the tracking check
     (:mod:`freehandrecon.poses.tracking_check`): on how many sweeps the true poses' in-plane motion is not what the
-    images show, and the mean in-plane floor FDR, the drift no image-based method can remove."""
+    images show, and the mean in-plane floor FDR, the drift a method that reads in-plane motion from the images
+    cannot remove."""
     def mean(vals: list[float]) -> float:
         v = np.asarray([x for x in vals if x is not None and math.isfinite(x)], dtype=np.float64)
         return float(v.mean()) if v.size else float("nan")

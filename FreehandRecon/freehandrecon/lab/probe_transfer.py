@@ -11,8 +11,8 @@ the network's features use it only if the learned model drifted no more with it 
 with A's curve unchecked, with A's checked curve and gain (the gain fitted with the curve the estimate uses), with A's
 gain and speckle's tilt and yaw through A's curve; speckle with the typical curve and with A's curve. The figures are
 final drift rates in % of B's trajectory length, averaged over pairs (and per probe). Each pair also carries B's
-in-plane floor (:mod:`freehandrecon.poses.tracking_check`): the drift its true poses leave to any image-based method
-when their in-plane motion is not what the images show.
+in-plane floor (:mod:`freehandrecon.poses.tracking_check`): the drift its true poses leave to a method that reads
+in-plane motion from the images, when their in-plane motion is not what the images show.
 No fine-tuning happens here (``freehandrecon adapt`` does that).
 """
 
@@ -235,5 +235,6 @@ def targets_lines(result: dict[str, Any]) -> str:
     floor = m.get("in_plane_floor", math.nan)
     if math.isfinite(floor) and floor > 0.5 * TARGET_CALIBRATED_FDR_PCT:
         lines.append(f"- the estimated sweeps' in-plane floor is {floor:.1f} %: their true poses move in-plane where "
-                     "the images do not (see the tracking check), so no image-based method drifts less against them")
+                     "the images do not (see the tracking check), so a method that reads in-plane motion from the "
+                     "images drifts no less against them")
     return "\n".join(lines)

@@ -229,9 +229,10 @@ class InPlaneResult:
 
 
 def in_plane_motion(a: torch.Tensor, b: torch.Tensor, grid: PatchGrid, spacing: tuple[float, float],
-                    refine: bool = True, transform=None) -> InPlaneResult:
+                    refine: bool = True, transform=None, patch_weight: torch.Tensor | None = None) -> InPlaneResult:
     """Rigid in-plane motion mapping frames ``b`` (k+1) into ``a`` (k), both ``[M, H, W]``, plus the
-    per-patch correlation after compensating it (see the module docstring and :func:`aligned_correlation`)."""
+    per-patch correlation after compensating it (see the module docstring and :func:`aligned_correlation`).
+    ``patch_weight`` ``[P]`` multiplies each patch's weight in the rigid fit (0 leaves a patch out)."""
     h, w = a.shape[-2:]
     sx, sy = spacing
     scale = torch.tensor([sx, sy], dtype=a.dtype)
@@ -239,6 +240,8 @@ def in_plane_motion(a: torch.Tensor, b: torch.Tensor, grid: PatchGrid, spacing: 
     pb = extract_patches(b, grid)
     disp, peak = match(extract_patches(a, grid), pb)
     weight = peak.clamp_min(0) ** 2
+    if patch_weight is not None:
+        weight = weight * patch_weight.to(weight.dtype)
     qq = q.expand(a.shape[0], -1, -1)
     theta, t = fit_rigid(qq, qq + disp * scale, weight)
     if refine:
