@@ -88,3 +88,15 @@ def test_evaluate_reports_the_tracking_check_per_sweep_and_per_set(tmp_path):
     assert "not in the images on 1 of 2 sweeps" in line
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["summary"]["tracking_check"]["max_angle_deg"] == pytest.approx(12.0, abs=1.5)
+
+
+def test_calibrate_speckle_warns_about_a_miscalibrated_sweep(tmp_path):
+    from freehandrecon.logic import calibrate_speckle_curve
+
+    good = calibrate_speckle_curve(ind("l94_translation"), tmp_path / "good.json", check_learned=False)
+    assert not any("tracked poses" in w for w in good.meta.get("warnings", []))
+    bad = calibrate_speckle_curve(miscalibrated(ind("l94_translation"), 12.0), tmp_path / "bad.json",
+                                  check_learned=False)
+    assert any(w.startswith("The calibration sweep's tracked poses") for w in bad.meta["warnings"])
+    saved = json.loads((tmp_path / "bad.json").read_text())
+    assert any("calibration" in w for w in saved["meta"]["warnings"])

@@ -463,7 +463,8 @@ def calibrate_speckle_curve(sweep: Sweep, out: str | Path, *, model: Any = None,
     """Fit the probe's decorrelation curve from the tracked ``sweep`` and write it to ``out`` (JSON); with
     ``check_learned`` the learned ``model`` (default the shipped one) is run on the sweep with and without the
     new curve and the verdict is stored with it (:mod:`freehandrecon.poses.curve_check`). Bad input (an existing
-    file without ``force``, no poses, a missing model) is refused before the work. Returns the saved
+    file without ``force``, no poses, a missing model) is refused before the work; tracked poses whose in-plane
+    motion the images do not show get a warning in the curve's ``meta`` (:mod:`freehandrecon.poses.tracking_check`). Returns the saved
     :class:`~freehandrecon.poses.speckle.DecorrelationCurve`."""
     from .io.common import check_output
     from .poses import check_learned_with_curve
@@ -485,6 +486,10 @@ def calibrate_speckle_curve(sweep: Sweep, out: str | Path, *, model: Any = None,
                         "with it.", sweep.num_frames, loaded.min_frames)
             loaded = None
     curve = DecorrelationCurve.calibrate(sweep, min_bands=MIN_CALIBRATION_BANDS)
+    from .poses.tracking_check import tracking_warnings
+
+    # the curve's distances are the tracked ones: motion the images do not show makes them wrong too
+    curve.meta["warnings"] = list(curve.meta.get("warnings", [])) + tracking_warnings(sweep, "The calibration sweep")
     for text in curve.meta.get("warnings", []):
         log.warning(text)
     if loaded is not None:
