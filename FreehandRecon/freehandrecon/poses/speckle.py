@@ -282,7 +282,7 @@ class DecorrelationCurve:
             raise InputError("A calibration sweep needs tracked poses.",
                              "Record the calibration sweep with a tracker (or simulate one).")
         common.check_speckle(sweep.frames)
-        frames, spacing, _ = _prepare(sweep.frames, sweep.pixel_spacing, max_size)
+        frames, spacing, _ = prepare_frames(sweep.frames, sweep.pixel_spacing, max_size)
         n, h, w = frames.shape
         try:
             grid = blockmatch.patch_grid((h, w), rows, cols)
@@ -420,7 +420,7 @@ def curve_for(sweep, curve: DecorrelationCurve | str | os.PathLike | None,
 
 # --- estimation -----------------------------------------------------------------------------
 
-def _prepare(frames: np.ndarray, spacing: tuple[float, float], max_size: int):
+def prepare_frames(frames: np.ndarray, spacing: tuple[float, float], max_size: int):
     """Float32 frames in [0, 1], block-averaged by an integer factor so both sides are <= max_size."""
     f = common.normalise_intensity(frames)
     factor = max(1, int(math.ceil(max(f.shape[1:]) / max_size)))
@@ -504,7 +504,7 @@ def estimate_relative(sweep, *, curve: DecorrelationCurve | str | os.PathLike | 
     """
     warnings = common.check_speckle(sweep.frames)
     chosen = curve_for(sweep, curve)
-    frames, spacing, factor = _prepare(sweep.frames, sweep.pixel_spacing, max_size)
+    frames, spacing, factor = prepare_frames(sweep.frames, sweep.pixel_spacing, max_size)
     n, h, w = frames.shape
     try:
         grid = blockmatch.patch_grid((h, w), rows, cols)

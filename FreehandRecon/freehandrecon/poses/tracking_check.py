@@ -26,7 +26,7 @@ import torch
 from .. import geometry
 from ..sweep import Sweep
 from . import blockmatch, common, metrics
-from .speckle import imaging_patches
+from .speckle import imaging_patches, prepare_frames
 
 # The in-plane motion the tracker adds that the images do not show, as an angle between the tracked and the
 # image-consistent direction of travel; below it (calibrations are good to a few degrees) or below
@@ -39,12 +39,8 @@ def in_plane_from_images(sweep: Sweep, max_size: int = 256, batch: int = 32) -> 
     """``[N-1, 3]`` in-plane motion of every frame k+1 in frame k read from the images by block matching:
     lateral and axial translation of the frame centre (mm) and rotation about the normal (degrees), in the
     convention of :func:`freehandrecon.poses.common.relative_centre` (as speckle poses read them)."""
-    f = common.normalise_intensity(sweep.frames)
-    factor = max(1, int(math.ceil(max(f.shape[1:]) / max_size)))
-    t = torch.from_numpy(np.ascontiguousarray(f))
-    if factor > 1:
-        t = torch.nn.functional.avg_pool2d(t[:, None], factor)[:, 0].contiguous()
-    spacing = (sweep.pixel_spacing[0] * factor, sweep.pixel_spacing[1] * factor)
+    frames, spacing, _ = prepare_frames(sweep.frames, sweep.pixel_spacing, max_size)
+    t = torch.from_numpy(frames)
     grid = blockmatch.patch_grid(tuple(t.shape[1:]), 5, 5)
     # patches with pixels that never change (outside a fan, burnt-in overlays) match at zero shift whatever the motion
     moving = imaging_patches(t, grid).to(t.dtype)
