@@ -464,8 +464,8 @@ def calibrate_speckle_curve(sweep: Sweep, out: str | Path, *, model: Any = None,
     ``check_learned`` the learned ``model`` (default the shipped one) is run on the sweep with and without the
     new curve and the verdict is stored with it (:mod:`freehandrecon.poses.curve_check`). Bad input (an existing
     file without ``force``, no poses, a missing model) is refused before the work; tracked poses whose in-plane
-    motion the images do not show get a warning in the curve's ``meta`` (:mod:`freehandrecon.poses.tracking_check`). Returns the saved
-    :class:`~freehandrecon.poses.speckle.DecorrelationCurve`."""
+    motion the images do not show get a warning in the curve's ``meta`` (:mod:`freehandrecon.poses.tracking_check`).
+    Returns the saved :class:`~freehandrecon.poses.speckle.DecorrelationCurve`."""
     from .io.common import check_output
     from .poses import check_learned_with_curve
     from .poses.curve_check import CHECK_KEY, describe

@@ -106,11 +106,10 @@ def describe(check: dict[str, Any], name: str = "The sweep") -> str | None:
             f"{i[1]:+.1f} mm: {check['disagreement_mm']:.1f} mm the images do not show, as if the image-to-probe "
             f"calibration were rotated by about {check['angle_deg']:.0f} degrees. Check the calibration "
             "(--plus-config / --calibration; in Slicer the transform above the images), the image-to-tracker time "
-            "offset and that the marker is fixed on "
-            "the probe, and scan with light pressure (tissue that moves with the probe does the same; structures "
-            "oblique to the image plane, such as a calibration phantom's wires, can mislead the images' reading). "
-            "Against "
-            "these poses a method that reads in-plane motion from the images drifts at least "
+            "offset and that the marker is fixed on the probe, and scan with light pressure (tissue that moves with "
+            "the probe does the same; structures oblique to the image plane, such as a calibration phantom's wires, "
+            "can mislead the images' reading). Against these poses a method that reads in-plane motion from the "
+            "images drifts at least "
             f"{check['in_plane_floor_fdr_pct']} % even if it reads every other motion exactly.")
 
 
