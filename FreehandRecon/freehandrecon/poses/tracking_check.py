@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .. import geometry
+from ..errors import InputError
 from ..sweep import Sweep
 from . import blockmatch, common, metrics
 from .speckle import imaging_patches, prepare_frames
@@ -69,7 +70,8 @@ def check_tracking(sweep: Sweep) -> dict[str, Any]:
         ``consistent``: angle below :data:`MAX_ANGLE_DEG` or disagreement below :data:`MIN_DISAGREEMENT_MM`.
     """
     if sweep.image_to_world is None:
-        raise ValueError("check_tracking needs a tracked sweep")
+        raise InputError("The tracking check needs a tracked sweep; this one has no poses.",
+                         "Give the tracker transforms and the calibration (--plus-config or --calibration).")
     common.check_pixel_spacing_known(sweep)
     common.require_min_frames(sweep.num_frames, 2, "the tracking check")
     tracked = geometry.matrix_to_params(common.relative_centre(sweep.image_to_world, sweep.frame_shape,
@@ -101,6 +103,9 @@ def describe(check: dict[str, Any], name: str = "The sweep") -> str | None:
     if check["consistent"]:
         return None
     t, i = check["tracked_in_plane_mm"], check["image_in_plane_mm"]
+    floor = ("" if check["in_plane_floor_fdr_pct"] is None else
+             " Against these poses a method that reads in-plane motion from the images drifts at least "
+             f"{check['in_plane_floor_fdr_pct']} % even if it reads every other motion exactly.")
     return (f"{name}'s tracked poses move the image {t[0]:+.1f} mm laterally and {t[1]:+.1f} mm axially over "
             f"{check['elevational_path_mm']:.1f} mm of elevational travel, but its images show {i[0]:+.1f} and "
             f"{i[1]:+.1f} mm: {check['disagreement_mm']:.1f} mm the images do not show, as if the image-to-probe "
@@ -108,9 +113,7 @@ def describe(check: dict[str, Any], name: str = "The sweep") -> str | None:
             "(--plus-config / --calibration; in Slicer the transform above the images), the image-to-tracker time "
             "offset and that the marker is fixed on the probe, and scan with light pressure (tissue that moves with "
             "the probe does the same; structures oblique to the image plane, such as a calibration phantom's wires, "
-            "can mislead the images' reading). Against these poses a method that reads in-plane motion from the "
-            "images drifts at least "
-            f"{check['in_plane_floor_fdr_pct']} % even if it reads every other motion exactly.")
+            "can mislead the images' reading)." + floor)
 
 
 def tracking_warnings(sweep: Sweep, name: str = "The sweep") -> list[str]:
