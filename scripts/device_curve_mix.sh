@@ -20,8 +20,9 @@
 #
 # The same fine-tune on 1,536 sweeps on the 2-core CPU (v10, FreehandRecon/Resources/Models/EXPERIMENTS.md) met
 # rule 2 (11.7 %) and not rule 1 (6.04 %): more data alone has not stopped the trade. INIT=scratch trains a new
-# network instead (learning rate 1e-3, 100 warm-up steps), the run the README calls for. RESUME=1 continues OUT_DIR's run (a second call on the same warm
-# machine: the simulated sweeps stay in CACHE, default /tmp/freehandrecon_device_cache, outside OUT_DIR).
+# network instead (learning rate 1e-3, 100 warm-up steps), the run the README calls for. RESUME=1 continues
+# OUT_DIR's run (a second call on the same warm machine: the simulated sweeps stay in CACHE, default
+# /tmp/freehandrecon_device_cache, outside OUT_DIR).
 set -euo pipefail
 out=${1:?usage: bash scripts/device_curve_mix.sh OUT_DIR [SEEDS_PER_SITE] [SECONDS]}
 seeds=${2:-200}
